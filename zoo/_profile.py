@@ -1,0 +1,36 @@
+"""Measuring models: multiply-accumulates and wall-clock timings shared by the zoo, the Cuttlefish
+profiler and the benchmarks."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['count_macs', 'median_seconds']
+
+
+def count_macs(model: torch.nn.Module, input_size) -> int:
+    """Multiply-accumulates of one forward pass on a batch of one (torch counts a MAC as 2 FLOPs)."""
+    param = next(model.parameters())
+    x = torch.zeros((1, *input_size), device=param.device, dtype=param.dtype)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, synchronising CUDA around each."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -1,0 +1,154 @@
+"""``zoo`` command line: list, info, predict, publish (and train / finetune from ``training``).
+
+Every command turns the zoo's own errors (unknown model, missing or tampered weights, bad layout)
+into a one-line message and exit status 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ['main']
+
+
+def _format_metrics(metrics) -> str:
+    return ', '.join(f'{k} {v:.4g}' for values in metrics.values() for k, v in values.items())
+
+
+def _cmd_list(args) -> None:
+    import zoo
+    names = zoo.list_models(args.pattern or '*', pretrained=args.pretrained)
+    if not names:
+        print(f'no models match {args.pattern!r}')
+        return
+    rows = [('name', 'task', 'params', 'MACs', 'measured', 'weights')]
+    for name in names:
+        info = zoo.model_info(name)
+        tags = sorted(k.split('.', 1)[1] for k in info['weights'])
+        measured = '; '.join(_format_metrics(w['metrics']) for w in info['weights'].values())
+        rows.append((name, info['task'], f"{info['num_params'] / 1e6:.2f}M", f"{info['macs'] / 1e9:.2f}G",
+                     measured or '-', ', '.join(tags) or '-'))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _cmd_info(args) -> None:
+    import zoo
+    print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
+
+
+def _load_image(path: str, in_chans: int):
+    from PIL import Image
+    try:
+        image = Image.open(path)
+    except (FileNotFoundError, OSError) as e:
+        raise SystemExit(f'zoo predict: cannot read image {path}: {e}')
+    return image.convert('L' if in_chans == 1 else 'RGB')
+
+
+def _cmd_predict(args) -> None:
+    import torch
+    import zoo
+    from timm.data import create_transform, resolve_data_config
+
+    model = zoo.create_model(args.name, pretrained=True).eval()
+    config = resolve_data_config({}, model=model)
+    transform = create_transform(**config)
+    labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+    for path in args.images:
+        image = _load_image(path, config['input_size'][0])
+        with torch.inference_mode():
+            probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
+        top = probs.topk(min(args.topk, probs.numel()))
+        print(path)
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            print(f'  {p * 100:6.2f}%  {labels[i]}')
+
+
+def _parse_metric(text: str) -> tuple[str, str, float]:
+    try:
+        split, rest = text.split(':', 1)
+        key, value = rest.split('=', 1)
+        return split, key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--metric expects SPLIT:NAME=VALUE, got {text!r}')
+
+
+def _cmd_publish(args) -> None:
+    import torch
+    import zoo
+    from safetensors.torch import load_file
+    from .hub import ModelCard, publish
+
+    model_args = json.loads(args.model_args) if args.model_args else {}
+    model = zoo.create_model(args.name, **model_args)
+    try:
+        state_dict = load_file(args.weights)
+    except Exception as e:
+        raise zoo.WeightsError(f'{args.weights} is not a readable safetensors file ({e})') from e
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise zoo.WeightsShapeError(f'{args.weights} does not fit {args.name} {model_args}: '
+                                    f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+    metrics: dict = {}
+    for split, key, value in args.metric:
+        metrics.setdefault(split, {})[key] = value
+    card = ModelCard(title=args.title or args.name, summary=args.summary, dataset=args.dataset,
+                     metrics=metrics, recipe=args.recipe, command=args.command, model_id=None)
+    result = publish(model.eval(), args.out, card, model_args=model.zoo_model_args,
+                     dtype=torch.float16 if args.fp16 else None)
+    print(json.dumps(dict(folder=str(args.out), **result), indent=2))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='zoo', description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('list', help='list models: name, params, MACs, measured metrics, weights')
+    p.add_argument('pattern', nargs='?', help="wildcard, e.g. 'cf_*'")
+    p.add_argument('--pretrained', action='store_true', help='only models with published weights')
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser('info', help='everything known about one model, as JSON')
+    p.add_argument('name')
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser('predict', help='classify images with published weights')
+    p.add_argument('name')
+    p.add_argument('images', nargs='+')
+    p.add_argument('--topk', type=int, default=5)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser('publish', help='write config.json + model.safetensors + README.md card for weights')
+    p.add_argument('name', help='architecture, e.g. cf_resnet18')
+    p.add_argument('weights', help='a .safetensors state dict for that architecture')
+    p.add_argument('out', type=Path, help='output folder (Hugging Face model repo layout)')
+    p.add_argument('--model-args', help='JSON constructor arguments, e.g. \'{"num_classes": 10}\'')
+    p.add_argument('--metric', action='append', type=_parse_metric, default=[], metavar='SPLIT:NAME=VALUE')
+    p.add_argument('--title')
+    p.add_argument('--summary', default='')
+    p.add_argument('--dataset', default='')
+    p.add_argument('--recipe', default='')
+    p.add_argument('--command', default='', help='the command that reproduces the weights')
+    p.add_argument('--fp16', action='store_true', help='store floating-point tensors in float16')
+    p.set_defaults(func=_cmd_publish)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    import zoo
+    try:
+        args.func(args)
+    except (zoo.UnknownModelError, zoo.WeightsError) as e:
+        print(f'zoo {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

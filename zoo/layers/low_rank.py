@@ -1,0 +1,212 @@
+"""Low-rank factorized layers (Cuttlefish / Pufferfish style) and conversion to and from dense layers.
+
+A dense weight ``W`` of shape ``(out, in·k·k)`` is replaced by ``U @ Vᵀ`` with ``U: (out, r)`` and
+``V: (in·k·k, r)``. For a convolution the ``Vᵀ`` factor is a ``k×k`` conv with ``r`` output channels (same
+stride, padding and dilation as the dense conv) and ``U`` is a ``1×1`` conv ``r → out``; an optional
+BatchNorm over the ``r`` channels may sit between the two (no nonlinearity). The SVD initialisation
+splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, so both factors have the same scale.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['LowRankConv2d', 'LowRankLinear', 'LowRankLayer', 'full_rank', 'weight_matrix',
+           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq']
+
+
+def full_rank(module: nn.Module) -> int:
+    """min(out, in·k·k): the rank of the layer's weight matrix when it is unconstrained."""
+    if isinstance(module, (LowRankConv2d, LowRankLinear)):
+        return min(module.out_features_, module.in_features_)
+    out_features, in_features = weight_matrix(module).shape
+    return min(out_features, in_features)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's (effective) weight as an ``(out, in·k·k)`` matrix; for low-rank layers ``U @ Vᵀ``."""
+    if isinstance(module, (LowRankConv2d, LowRankLinear)):
+        return module.u_matrix() @ module.v_matrix().t()
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return module.weight.reshape(module.weight.shape[0], -1)
+    raise TypeError(f'{type(module).__name__} has no weight matrix; expected Conv2d, Linear or a low-rank layer')
+
+
+def svd_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD ``matrix ≈ U @ Vᵀ`` with ``√Σ`` folded into both factors (computed in float64)."""
+    matrix64 = matrix.detach().double()
+    if matrix64.shape[0] < matrix64.shape[1]:
+        # LAPACK is several times faster on tall matrices: factor Wᵀ = V Σ Uᵀ and swap the roles.
+        v, s, uh = torch.linalg.svd(matrix64.t(), full_matrices=False)
+        u, vh = uh.t(), v.t()
+    else:
+        u, s, vh = torch.linalg.svd(matrix64, full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).to(matrix.dtype), (vh[:rank].t() * root).to(matrix.dtype)
+
+
+class LowRankConv2d(nn.Module):
+    """``k×k`` conv to ``rank`` channels, optional BatchNorm, then ``1×1`` conv to ``out_channels``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, tuple], rank: int,
+                 stride=1, padding=0, dilation=1, bias: bool = False, mid_norm: bool = False,
+                 padding_mode: str = 'zeros'):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f'rank must be >= 1, got {rank}')
+        self.rank = rank
+        self.conv_v = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False,
+                                padding_mode=padding_mode)
+        self.norm = nn.BatchNorm2d(rank) if mid_norm else nn.Identity()
+        self.conv_u = nn.Conv2d(rank, out_channels, 1, bias=bias)
+        self.in_features_ = self.conv_v.weight[0].numel()
+        self.out_features_ = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_u(self.norm(self.conv_v(x)))
+
+    def u_matrix(self) -> torch.Tensor:
+        return self.conv_u.weight.reshape(self.out_features_, self.rank)
+
+    def v_matrix(self) -> torch.Tensor:
+        return self.conv_v.weight.reshape(self.rank, -1).t()
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
+        """Truncated-SVD factorization of a trained conv; at full rank (no mid norm) it is exact."""
+        if conv.groups != 1:
+            raise ValueError(f'cannot factorize a grouped conv (groups={conv.groups})')
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, mid_norm=mid_norm,
+                    padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+        u, v = svd_factors(weight_matrix(conv), rank)
+        with torch.no_grad():
+            layer.conv_u.weight.copy_(u.reshape(layer.conv_u.weight.shape))
+            layer.conv_v.weight.copy_(v.t().reshape(layer.conv_v.weight.shape))
+            if conv.bias is not None:
+                layer.conv_u.bias.copy_(conv.bias)
+        return layer
+
+    def to_dense(self) -> nn.Conv2d:
+        """The equivalent dense conv (exact; a mid BatchNorm is folded in with its running statistics)."""
+        v = self.conv_v
+        conv = nn.Conv2d(v.in_channels, self.out_features_, v.kernel_size, v.stride, v.padding, v.dilation,
+                         bias=self.conv_u.bias is not None or isinstance(self.norm, nn.BatchNorm2d),
+                         padding_mode=v.padding_mode).to(v.weight.device, v.weight.dtype)
+        scale, shift = _norm_affine(self.norm, self.rank, v.weight)
+        with torch.no_grad():
+            weight = self.u_matrix() @ (scale[:, None] * self.v_matrix().t())
+            conv.weight.copy_(weight.reshape(conv.weight.shape))
+            if conv.bias is not None:
+                bias = self.u_matrix() @ shift
+                conv.bias.copy_(bias + (self.conv_u.bias if self.conv_u.bias is not None else 0))
+        return conv
+
+
+class LowRankLinear(nn.Module):
+    """``Linear(in → rank)`` without bias, then ``Linear(rank → out)`` carrying the dense layer's bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f'rank must be >= 1, got {rank}')
+        self.rank = rank
+        self.fc_v = nn.Linear(in_features, rank, bias=False)
+        self.fc_u = nn.Linear(rank, out_features, bias=bias)
+        self.in_features_ = in_features
+        self.out_features_ = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_u(self.fc_v(x))
+
+    def u_matrix(self) -> torch.Tensor:
+        return self.fc_u.weight
+
+    def v_matrix(self) -> torch.Tensor:
+        return self.fc_v.weight.t()
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
+        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None).to(
+            linear.weight.device, linear.weight.dtype)
+        u, v = svd_factors(linear.weight, rank)
+        with torch.no_grad():
+            layer.fc_u.weight.copy_(u)
+            layer.fc_v.weight.copy_(v.t())
+            if linear.bias is not None:
+                layer.fc_u.bias.copy_(linear.bias)
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features_, self.out_features_, bias=self.fc_u.bias is not None).to(
+            self.fc_u.weight.device, self.fc_u.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.u_matrix() @ self.v_matrix().t())
+            if linear.bias is not None:
+                linear.bias.copy_(self.fc_u.bias)
+        return linear
+
+
+LowRankLayer = (LowRankConv2d, LowRankLinear)
+
+
+def _norm_affine(norm: nn.Module, rank: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``(scale, shift)`` of an eval-mode BatchNorm (identity for ``nn.Identity``)."""
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    return torch.ones(rank, device=like.device, dtype=like.dtype), torch.zeros(rank, device=like.device, dtype=like.dtype)
+
+
+def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """Dense ``Conv2d`` (groups=1) and ``Linear`` layers of ``model`` by qualified name (optionally a subset)."""
+    layers = {n: m for n, m in model.named_modules()
+              if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)}
+    if names is None:
+        return layers
+    missing = [n for n in names if n not in layers]
+    if missing:
+        raise ValueError(f'not factorizable layers of {type(model).__name__}: {missing}; '
+                       f'candidates include {sorted(layers)[:12]}')
+    return {n: layers[n] for n in names}
+
+
+def factorize_(model: nn.Module, ranks: Mapping[str, int], init: str = 'svd', mid_norm: bool = False) -> nn.Module:
+    """Replace each named dense layer of ``model`` by its low-rank version, in place.
+
+    ``init='svd'`` starts from the truncated SVD of the current weights (the Cuttlefish switch);
+    ``init='random'`` only builds the shapes (a model constructed with known ranks, to be loaded).
+    """
+    if init not in ('svd', 'random'):
+        raise ValueError(f"init must be 'svd' or 'random', got {init!r}")
+    layers = factorizable_layers(model, ranks)
+    for name, dense in layers.items():
+        rank = int(ranks[name])
+        limit = full_rank(dense)
+        if not 1 <= rank <= limit:
+            raise ValueError(f'{name}: rank {rank} outside [1, {limit}] for weight {tuple(dense.weight.shape)}')
+        if isinstance(dense, nn.Conv2d):
+            if init == 'svd':
+                layer = LowRankConv2d.from_dense(dense, rank, mid_norm)
+            else:
+                layer = LowRankConv2d(dense.in_channels, dense.out_channels, dense.kernel_size, rank, dense.stride,
+                                      dense.padding, dense.dilation, dense.bias is not None, mid_norm,
+                                      dense.padding_mode).to(dense.weight.device, dense.weight.dtype)
+        else:
+            if init == 'svd':
+                layer = LowRankLinear.from_dense(dense, rank)
+            else:
+                layer = LowRankLinear(dense.in_features, dense.out_features, rank,
+                                      dense.bias is not None).to(dense.weight.device, dense.weight.dtype)
+        parent_name, _, child = name.rpartition('.')
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    return model
+
+
+def frobenius_norm_sq(layer: Union[LowRankConv2d, LowRankLinear]) -> torch.Tensor:
+    """‖U Vᵀ‖²_F computed as ⟨UᵀU, VᵀV⟩ on ``r×r`` matrices, without forming the product."""
+    u, v = layer.u_matrix(), layer.v_matrix()
+    return ((u.t() @ u) * (v.t() @ v)).sum()

@@ -1,0 +1,2 @@
+"""Model families; importing this package registers every architecture with timm."""
+from . import cf_resnet

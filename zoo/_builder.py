@@ -13,7 +13,7 @@ from . import hub
 from ._registry import check_model_name, get_weights, list_weights
 from .hub import Weights, WeightsError, WeightsShapeError
 
-__all__ = ['build_zoo_model', 'create_model']
+__all__ = ['build_zoo_model', 'create_model', 'check_weights_fit']
 
 # build_model_with_cfg arguments that shape the wrapper or the cache, not the architecture.
 _WRAPPER_KWARGS = ('features_only', 'out_indices', 'feature_cls', 'cache_dir')
@@ -24,7 +24,7 @@ def _file_shapes(path: Path) -> dict[str, tuple]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def _check_fits(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str, ...]) -> None:
+def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str, ...] = ()) -> None:
     """Compare the file's tensor names and shapes with the model's; raise listing every problem."""
     try:
         found = _file_shapes(path)
@@ -32,10 +32,10 @@ def _check_fits(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str
         raise WeightsError(f'{name}: {path} is not a readable safetensors file ({e})') from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     skipped = lambda k: any(k == p or k.startswith(p + '.') for p in ignore)
-    problems = [f'missing {k} {s}' for k, s in expected.items() if k not in found and not skipped(k)]
+    problems = [f'{k}: file has {s}, model has {expected[k]}' for k, s in found.items()
+                if k in expected and s != expected[k] and not skipped(k)]
     problems += [f'unexpected {k} {s}' for k, s in found.items() if k not in expected and not skipped(k)]
-    problems += [f'{k}: file has {s}, model has {expected[k]}' for k, s in found.items()
-                 if k in expected and s != expected[k] and not skipped(k)]
+    problems += [f'missing {k} {s}' for k, s in expected.items() if k not in found and not skipped(k)]
     if problems:
         shown = '\n  '.join(problems[:20]) + ('\n  ...' if len(problems) > 20 else '')
         raise WeightsShapeError(f'{name}: weights file {path} does not fit the architecture '
@@ -76,7 +76,7 @@ def build_zoo_model(model_cls: Union[Type[torch.nn.Module], Callable], variant: 
         with torch.device('meta'):
             reference = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=pretrained_cfg.to_dict(),
                                              **{k: v for k, v in model_args.items()})
-        _check_fits(reference, path, key, tuple(ignore))
+        check_weights_fit(reference, path, key, tuple(ignore))
         overlay = dict(file=str(path), custom_load=False)
     pretrained_cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg.to_dict(),
                                             pretrained_cfg_overlay=overlay)
@@ -99,7 +99,8 @@ def _create_from_folder(source: str, pretrained: bool, **kwargs) -> torch.nn.Mod
         weights_source = f'local:{folder}'
     else:
         weights_source = source
-    config = hub.read_config(hub.fetch(weights_source, None, name=source, filename=hub.CONFIG_NAME).parent)
+    config = hub.read_config(hub.fetch(weights_source, None, name=source, filename=hub.CONFIG_NAME,
+                                       cache_dir=kwargs.get('cache_dir')).parent)
     architecture = check_model_name(config['architecture'])
     if 'sha256' not in config:
         raise WeightsError(f'{source}: config.json has no "sha256" of {hub.WEIGHTS_NAME}; publish it with zoo.hub.publish')

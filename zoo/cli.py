@@ -82,18 +82,13 @@ def _cmd_publish(args) -> None:
     import torch
     import zoo
     from safetensors.torch import load_file
+    from ._builder import check_weights_fit
     from .hub import ModelCard, publish
 
     model_args = json.loads(args.model_args) if args.model_args else {}
     model = zoo.create_model(args.name, **model_args)
-    try:
-        state_dict = load_file(args.weights)
-    except Exception as e:
-        raise zoo.WeightsError(f'{args.weights} is not a readable safetensors file ({e})') from e
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise zoo.WeightsShapeError(f'{args.weights} does not fit {args.name} {model_args}: '
-                                    f'missing {missing[:5]}, unexpected {unexpected[:5]}')
+    check_weights_fit(model, Path(args.weights), args.name)
+    model.load_state_dict(load_file(args.weights))
     metrics: dict = {}
     for split, key, value in args.metric:
         metrics.setdefault(split, {})[key] = value
@@ -106,7 +101,7 @@ def _cmd_publish(args) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='zoo', description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest='command', required=True)
+    sub = parser.add_subparsers(dest='subcommand', required=True)
 
     p = sub.add_parser('list', help='list models: name, params, MACs, measured metrics, weights')
     p.add_argument('pattern', nargs='?', help="wildcard, e.g. 'cf_*'")
@@ -145,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except (zoo.UnknownModelError, zoo.WeightsError) as e:
-        print(f'zoo {args.command}: error: {e}', file=sys.stderr)
+        print(f'zoo {args.subcommand}: error: {e}', file=sys.stderr)
         return 2
     return 0
 

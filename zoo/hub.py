@@ -137,9 +137,10 @@ def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: boo
             path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                         library_name='cuttlefish-mrl-zoo'))
         except (LocalEntryNotFoundError, EntryNotFoundError) as e:
+            from huggingface_hub.constants import HF_HUB_CACHE
             raise WeightsError(
-                f'{name}: could not get {filename} from {source}: {e}. With HF_HUB_OFFLINE=1 the file must '
-                f'already be in the Hugging Face cache ({os.environ.get("HF_HUB_CACHE", "default cache")}).') from e
+                f'{name}: could not get {filename} from {source}: {e} With HF_HUB_OFFLINE=1 the file must '
+                f'already be in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).') from e
     elif source.startswith(_URL_SCHEMES):
         if filename != WEIGHTS_NAME:
             raise WeightsError(f'{name}: a URL source points at one file; cannot fetch {filename} from {source}')
@@ -151,7 +152,8 @@ def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: boo
     else:
         raise WeightsError(f'{name}: unknown weights source {source!r}')
     if not path.is_file():
-        raise WeightsError(f'{name}: weights file {path} does not exist (source {source})')
+        raise WeightsError(f'{name}: {path} does not exist (source {source}); a published model folder '
+                           f'holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}')
     if sha256 is not None:
         actual = sha256_file(path)
         if actual != sha256:

@@ -1,4 +1,4 @@
-"""``zoo`` command line: list, info, predict, publish (and train / finetune from ``training``).
+"""``zoo`` command line: list, info, predict, publish, train and finetune.
 
 Every command turns the zoo's own errors (unknown model, missing or tampered weights, bad layout)
 into a one-line message and exit status 2 instead of a traceback.
@@ -99,6 +99,21 @@ def _cmd_publish(args) -> None:
     print(json.dumps(dict(folder=str(args.out), **result), indent=2))
 
 
+def _cmd_train(args) -> None:
+    from training.trainer import main as train
+    train(args.recipe, args.overrides, args.run_dir)
+
+
+def _cmd_finetune(args) -> None:
+    from training.trainer import main as train
+    overrides = [f'model.name={args.model}', f'task.args.dataset={args.dataset}', *args.overrides]
+    if args.data_dir:
+        overrides.append(f'task.args.data_dir={args.data_dir}')
+    if args.epochs:
+        overrides.append(f'epochs={args.epochs}')
+    train(args.recipe, overrides, args.run_dir or f'runs/finetune-{args.model}-{args.dataset}')
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='zoo', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='subcommand', required=True)
@@ -131,15 +146,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--command', default='', help='the command that reproduces the weights')
     p.add_argument('--fp16', action='store_true', help='store floating-point tensors in float16')
     p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser('train', help='train a recipe (one process, or many under torchrun)',
+                       description='Train a recipe; rerunning with the same run directory resumes it.')
+    p.add_argument('--recipe', required=True, help='a recipe file or the name of a bundled one')
+    p.add_argument('--run-dir', help='default: runs/<recipe name>')
+    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='e.g. epochs=3 optim.lr=0.05')
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser('finetune', help='fine-tune a nuclei segmentation net on a histology dataset')
+    p.add_argument('--model', default='mrl_seg_tiny')
+    p.add_argument('--dataset', default='stardist', choices=['stardist', 'kumar', 'consep', 'cpm17', 'folder'])
+    p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
+    p.add_argument('--epochs', type=int)
+    p.add_argument('--recipe', default='histology_finetune')
+    p.add_argument('--run-dir')
+    p.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
+    p.set_defaults(func=_cmd_finetune)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     import zoo
+    from training.data.nuclei import DatasetLayoutError
+    from training.recipe import RecipeError
     try:
         args.func(args)
-    except (zoo.UnknownModelError, zoo.WeightsError) as e:
+    except (zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, FileNotFoundError) as e:
         print(f'zoo {args.subcommand}: error: {e}', file=sys.stderr)
         return 2
     return 0

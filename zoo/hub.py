@@ -33,7 +33,7 @@ from ._profile import count_macs
 
 __all__ = [
     'Weights', 'ModelCard', 'WeightsError', 'WeightsHashError', 'WeightsShapeError',
-    'hub_dir', 'local_folder', 'sha256_file', 'fetch', 'read_config', 'publish', 'render_card',
+    'hub_dir', 'local_folder', 'sha256_file', 'fetch', 'read_config', 'publish', 'render_card', 'atomic_write_bytes',
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME',
 ]
 
@@ -209,7 +209,7 @@ class ModelCard:
     model_id: Optional[str] = None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False) as tmp:
         tmp.write(data)
@@ -315,16 +315,16 @@ def publish(model: torch.nn.Module, folder: Union[str, Path], card: ModelCard, a
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / WEIGHTS_NAME
         save_file(state_dict, str(tmp_file), metadata={'format': 'pt', 'architecture': architecture})
-        _atomic_write_bytes(folder / WEIGHTS_NAME, tmp_file.read_bytes())
+        atomic_write_bytes(folder / WEIGHTS_NAME, tmp_file.read_bytes())
     sha256 = sha256_file(folder / WEIGHTS_NAME)
     file_size_mb = (folder / WEIGHTS_NAME).stat().st_size / 2 ** 20
     num_params = sum(p.numel() for p in model.parameters())
     config = _model_config(model, architecture, model_args)
     config['sha256'] = sha256
-    _atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + '\n').encode())
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + '\n').encode())
     for figure in card.figures:
-        _atomic_write_bytes(folder / Path(figure).name, Path(figure).read_bytes())
+        atomic_write_bytes(folder / Path(figure).name, Path(figure).read_bytes())
     text = render_card(card, architecture, config, num_params, macs, file_size_mb, sha256)
-    _atomic_write_bytes(folder / CARD_NAME, text.encode())
+    atomic_write_bytes(folder / CARD_NAME, text.encode())
     return dict(sha256=sha256, num_params=num_params, file_size_mb=round(file_size_mb, 3), model_args=model_args)
 

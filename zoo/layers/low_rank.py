@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['LowRankConv2d', 'LowRankLinear', 'LowRankLayer', 'full_rank', 'weight_matrix',
-           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq']
+           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq', 'add_frobenius_decay_']
 
 
 def full_rank(module: nn.Module) -> int:
@@ -48,7 +48,21 @@ def svd_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
     return (u[:, :rank] * root).to(matrix.dtype), (vh[:rank].t() * root).to(matrix.dtype)
 
 
-class LowRankConv2d(nn.Module):
+class _Factorized(nn.Module):
+    """``W ≈ U Vᵀ``: ``u_weight`` holds ``U`` (out, r[, 1, 1]) and ``v_weight`` holds ``Vᵀ`` (r, in[, k, k])."""
+    rank: int
+    out_features_: int
+    u_weight: nn.Parameter
+    v_weight: nn.Parameter
+
+    def u_matrix(self) -> torch.Tensor:
+        return self.u_weight.reshape(self.out_features_, self.rank)
+
+    def v_matrix(self) -> torch.Tensor:
+        return self.v_weight.reshape(self.rank, -1).t()
+
+
+class LowRankConv2d(_Factorized):
     """``k×k`` conv to ``rank`` channels, optional BatchNorm, then ``1×1`` conv to ``out_channels``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, tuple], rank: int,
@@ -68,11 +82,13 @@ class LowRankConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_u(self.norm(self.conv_v(x)))
 
-    def u_matrix(self) -> torch.Tensor:
-        return self.conv_u.weight.reshape(self.out_features_, self.rank)
+    @property
+    def u_weight(self) -> nn.Parameter:
+        return self.conv_u.weight
 
-    def v_matrix(self) -> torch.Tensor:
-        return self.conv_v.weight.reshape(self.rank, -1).t()
+    @property
+    def v_weight(self) -> nn.Parameter:
+        return self.conv_v.weight
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
@@ -106,7 +122,7 @@ class LowRankConv2d(nn.Module):
         return conv
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(_Factorized):
     """``Linear(in → rank)`` without bias, then ``Linear(rank → out)`` carrying the dense layer's bias."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
@@ -122,11 +138,13 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_u(self.fc_v(x))
 
-    def u_matrix(self) -> torch.Tensor:
+    @property
+    def u_weight(self) -> nn.Parameter:
         return self.fc_u.weight
 
-    def v_matrix(self) -> torch.Tensor:
-        return self.fc_v.weight.t()
+    @property
+    def v_weight(self) -> nn.Parameter:
+        return self.fc_v.weight
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
@@ -210,3 +228,21 @@ def frobenius_norm_sq(layer: Union[LowRankConv2d, LowRankLinear]) -> torch.Tenso
     """‖U Vᵀ‖²_F computed as ⟨UᵀU, VᵀV⟩ on ``r×r`` matrices, without forming the product."""
     u, v = layer.u_matrix(), layer.v_matrix()
     return ((u.t() @ u) * (v.t() @ v)).sum()
+
+
+@torch.no_grad()
+def add_frobenius_decay_(layer: Union[LowRankConv2d, LowRankLinear], strength: float) -> None:
+    """Add the gradient of ``strength/2 · ‖U Vᵀ‖²_F`` to the factors' gradients (Frobenius decay).
+
+    ∂/∂U = strength · U (VᵀV) and ∂/∂V = strength · V (UᵀU): a penalty on the product the layer
+    computes, unlike weight decay on each factor, which also depends on how the product is split.
+    """
+    u, v = layer.u_matrix(), layer.v_matrix()
+    grad_u = strength * (u @ (v.t() @ v))
+    grad_v = strength * (v @ (u.t() @ u))
+    for param, grad in ((layer.u_weight, grad_u), (layer.v_weight, grad_v.t())):
+        grad = grad.reshape(param.shape)
+        if param.grad is None:
+            param.grad = grad.clone()
+        else:
+            param.grad.add_(grad)

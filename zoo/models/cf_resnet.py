@@ -19,6 +19,7 @@ from timm.layers import create_classifier
 from timm.models import checkpoint_seq, register_model
 
 from .._builder import build_zoo_model
+from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .._registry import zoo_cfgs
 from ..layers import factorizable_layers, factorize_, full_rank
 
@@ -182,9 +183,10 @@ class ResNet(nn.Module):
         first_stage = 2 if self.stem_type == 'cifar' else self.num_stages
         names = []
         for i in range(first_stage, self.num_stages + 1):
-            for name, module in getattr(self, f'layer{i}').named_modules():
-                if isinstance(module, nn.Conv2d) and (self.stem_type == 'imagenet' or 'downsample' not in name):
-                    names.append(f'layer{i}.{name}')
+            for j, block in enumerate(getattr(self, f'layer{i}')):
+                names += [f'layer{i}.{j}.{c}' for c in ('conv1', 'conv2', 'conv3') if hasattr(block, c)]
+                if self.stem_type == 'imagenet' and isinstance(block.downsample, nn.Sequential):
+                    names.append(f'layer{i}.{j}.downsample.0')
         return names
 
     @torch.jit.ignore
@@ -241,8 +243,14 @@ def _cifar_cfg(**kwargs) -> dict:
     return _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), crop_pct=1.0, **_CIFAR) | kwargs
 
 
+def _fmnist_cfg(**kwargs) -> dict:
+    return _cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(4, 4), crop_pct=1.0, mean=FASHION_MNIST_MEAN,
+                std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES) | kwargs
+
+
 default_cfgs = zoo_cfgs({
     'cf_resnet18': _cifar_cfg(),
+    'cf_resnet18_fmnist': _fmnist_cfg(),
     'cf_resnet50': _cfg(),
     'cf_wide_resnet50_2': _cfg(),
 })
@@ -267,3 +275,11 @@ def cf_wide_resnet50_2(pretrained: bool = False, **kwargs) -> ResNet:
     """ImageNet Wide-ResNet-50-2 (bottlenecks twice as wide), full-rank unless ``ranks``/``rank_ratio`` are given."""
     model_args = dict(block='bottleneck', layers=(3, 4, 6, 3), stem='imagenet', base_width=128)
     return _create_resnet('cf_wide_resnet50_2', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cf_resnet18_fmnist(pretrained: bool = False, **kwargs) -> ResNet:
+    """CIFAR-style ResNet-18 at 1/4 width for 28×28 grey Fashion-MNIST (0.70M params full-rank): small
+    enough to train on two CPU cores; its published weights record the ranks Cuttlefish chose."""
+    model_args = dict(block='basic', layers=(2, 2, 2, 2), widths=(16, 32, 64, 128), stem='cifar')
+    return _create_resnet('cf_resnet18_fmnist', pretrained, **dict(model_args, **kwargs))

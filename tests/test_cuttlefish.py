@@ -1,0 +1,121 @@
+"""Cuttlefish's rules (stable rank, scaling, convergence) and the switch inside a real training run."""
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.cuttlefish import PRESETS, CuttlefishSwitch, _relaxed_epsilon, ema, has_converged, scaled_rank, \
+    stable_rank
+from zoo.layers import LowRankConv2d
+
+
+def test_stable_rank_definition():
+    torch.manual_seed(0)
+    for shape in [(16, 40), (40, 16), (32, 288)]:
+        w = torch.randn(shape)
+        s = torch.linalg.svdvals(w.double())
+        assert stable_rank(w) == math.floor((s ** 2).sum() / s[0] ** 2)
+    assert stable_rank(torch.eye(7)) == 7  # exact integer ratios must not floor one lower
+    assert stable_rank(torch.ones(5, 9)) == 1
+    assert stable_rank(torch.zeros(3, 4)) == 0
+
+
+def test_scaled_rank_maps_the_initial_matrix_to_full_rank():
+    w0 = torch.randn(64, 576)
+    xi = 64 / stable_rank(w0)
+    assert scaled_rank(stable_rank(w0), xi, 64) == 64
+    assert scaled_rank(10, 2.5, 64) == 25
+    assert scaled_rank(30, 2.5, 64) == 64  # capped at full rank
+    assert scaled_rank(2, 1.0, 64, floor=0.2) == 12  # ImageNet floor: at least full/5
+
+
+def test_ema_is_pandas_adjusted_ewm():
+    # pandas.Series([1, 3, 2, 6]).ewm(span=3).mean(): alpha = 0.5, weights normalised by what was seen
+    expected = [1.0, (3 + 0.5 * 1) / 1.5, (2 + 0.5 * 3 + 0.25 * 1) / 1.75, (6 + 0.5 * 2 + 0.25 * 3 + 0.125) / 1.875]
+    np.testing.assert_allclose(ema([1, 3, 2, 6], span=3), expected)
+
+
+def test_convergence_rule():
+    falling = [100, 80, 65, 55, 50, 48, 47, 47, 47, 47, 47, 47]
+    assert not has_converged(falling[:3], window=3, last_n=3, epsilon=0.5)   # not before w epochs
+    assert not has_converged(falling[:6], window=3, last_n=3, epsilon=0.5)   # still moving
+    assert has_converged(falling, window=3, last_n=3, epsilon=0.5)
+    slope = np.abs(np.gradient(ema(falling, 3)))[-3:].mean()
+    assert has_converged(falling, 3, 3, slope) and not has_converged(falling, 3, 3, slope * 0.99)
+
+
+def test_epsilon_is_relaxed_as_few_layers_remain():
+    cifar = PRESETS['cifar']
+    assert _relaxed_epsilon(cifar['epsilon'], cifar['relaxed'], 5) == 0.1
+    assert _relaxed_epsilon(cifar['epsilon'], cifar['relaxed'], 2) == 0.25
+    assert _relaxed_epsilon(cifar['epsilon'], cifar['relaxed'], 1) == 0.5
+    imagenet = PRESETS['imagenet']
+    assert _relaxed_epsilon(imagenet['epsilon'], imagenet['relaxed'], 5) == 0.825
+    assert _relaxed_epsilon(imagenet['epsilon'], imagenet['relaxed'], 3) == 1.65
+
+
+def test_presets_are_the_papers():
+    assert PRESETS['cifar'][ 'window'] == 15 and PRESETS['cifar']['last_n'] == 11
+    assert PRESETS['imagenet']['floor'] == 0.2 and PRESETS['vit']['floor'] == 0.5
+
+
+def test_frobenius_decay_and_mid_batchnorm_are_exclusive():
+    with pytest.raises(ValueError, match='mutually exclusive'):
+        CuttlefishSwitch(frobenius_decay=1e-4, low_rank_bn=True)
+    with pytest.raises(ValueError, match="unknown Cuttlefish preset 'cifar100'"):
+        CuttlefishSwitch(preset='cifar100')
+
+
+def _recipe(tmp_path, **cuttlefish):
+    from training.recipe import load_recipe
+    return load_recipe('fmnist_resnet18_cuttlefish', [
+        'epochs=4', 'task.args.train_subset=512', 'task.args.val_subset=256', 'batch.stages=[[0, 64]]',
+        'batch.base=64', 'model.args.widths=[8,16,32,64]', 'log.progress=false', 'log.tensorboard=false',
+        *[f'cuttlefish.{k}={v}' for k, v in cuttlefish.items()]])
+
+
+def test_switch_in_a_training_run_and_resume(tmp_path):
+    """Forced early convergence (huge epsilon): the run switches after epoch 1 (w=N=2), factorizes the
+    layers whose ranks shrink, keeps training, and a resumed trainer rebuilds the factorized model."""
+    from training.trainer import Trainer
+    recipe = _recipe(tmp_path, window=2, last_n=2, epsilon=1e9, profile=False, floor=0.0, scale=False)
+    trainer = Trainer(recipe, tmp_path / 'run')
+    trainer.fit()
+    switch = trainer.callbacks[0]
+    assert switch.switch_epoch == 2
+    ranks = trainer.model_args['ranks']
+    assert ranks and all(isinstance(trainer.model.get_submodule(n), LowRankConv2d) for n in ranks)
+    assert trainer.history[-1]['params'] < trainer.history[0]['params']
+    # every decision is recorded, with the ranks applied
+    factorized = {row['layer']: row['rank'] for row in switch.decisions if row['factorize']}
+    assert factorized == ranks
+    rows = list(csv.DictReader(open(tmp_path / 'run' / 'cuttlefish' / 'stable_ranks.csv')))
+    assert {r['layer'] for r in rows} == set(switch.history) and len(rows) == 2 * len(switch.history)
+    assert (tmp_path / 'run' / 'cuttlefish' / 'stable_ranks.png').stat().st_size > 10_000
+    # factors are excluded from weight decay and get Frobenius decay instead
+    factor_ids = {id(p) for m in trainer.model.modules() if isinstance(m, LowRankConv2d) for p in (m.u_weight, m.v_weight)}
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    assert factor_ids and not factor_ids & decayed
+
+    resumed = Trainer(recipe, tmp_path / 'run')
+    assert resumed.resume()
+    assert resumed.model_args['ranks'] == ranks
+    for (n1, p1), (n2, p2) in zip(trainer.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    assert resumed.callbacks[0].switch_epoch == 2
+
+
+def test_profiler_keeps_layers_dense_unless_faster(tmp_path):
+    from training.trainer import Trainer
+    recipe = _recipe(tmp_path, window=2, last_n=2, epsilon=1e9, profile=True, min_speedup=1e6, scale=False)
+    recipe['epochs'] = 2
+    trainer = Trainer(recipe, tmp_path / 'run')
+    trainer.fit()
+    switch = trainer.callbacks[0]
+    assert switch.switch_epoch == 2
+    profiled = [r for r in switch.decisions if 'speedup' in r]
+    assert profiled and all(r['dense_ms'] > 0 and r['low_rank_ms'] > 0 for r in profiled)
+    assert not any(r['factorize'] for r in switch.decisions)  # nothing is a million times faster
+    assert trainer.model_args['ranks'] == {}

@@ -1,0 +1,141 @@
+"""What a training run needs besides the loop: data, loss and evaluation for one kind of problem.
+
+The trainer (``training.trainer``) owns everything generic: processes, DDP and its communication
+hook, batch-size control, AMP, optimizer and schedule, callbacks (the Cuttlefish switch), logging and
+atomic checkpoints. A ``Task`` supplies the rest. Evaluation is sharded: each rank evaluates its
+slice of the validation set and returns per-sample *sums*; the trainer all-reduces them and divides
+by ``count``, so a metric defined per image then averaged (HoVer-Net's convention) stays exact.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS']
+
+
+class Task:
+    """Base class; subclasses are registered in ``TASKS`` under the recipe's ``task.name``."""
+
+    main_metric: str = ''  # key of ``evaluate``'s result that selects the best checkpoint (higher is better)
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        """``(train, validation)`` datasets."""
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict]:
+        """Forward ``batch`` through ``model``; return the loss to back-propagate and detached parts."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device,
+                 batch_size: int) -> dict[str, float]:
+        """Per-sample sums of each metric over ``dataset`` (this rank's shard), plus ``count``."""
+        raise NotImplementedError
+
+    def write_examples(self, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
+                       device: torch.device) -> list[Path]:
+        """Optional pictures of predictions (e.g. overlays) written with the best weights, on rank 0."""
+        return []
+
+
+class ClassificationTask(Task):
+    """Image classification: cross-entropy with label smoothing, optional mixup/cutmix, top-1/top-5.
+
+    Datasets: ``'fashion_mnist'`` (Debian's package; ``val_subset``/``train_subset`` keep the first N
+    images for quick recipes), ``'cifar10'`` (binary version under ``data_dir``) and ``'image_folder'``
+    (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with timm's training transforms: random resized
+    crop, flip, ``auto_augment`` such as ``'rand-m9-mstd0.5-inc1'``, random erasing ``re_prob``).
+    """
+    main_metric = 'top1'
+
+    def __init__(self, dataset: str = 'fashion_mnist', data_dir: Optional[str] = None, label_smoothing: float = 0.,
+                 train_subset: Optional[int] = None, val_subset: Optional[int] = None, augment: bool = True,
+                 input_size: int = 224, auto_augment: Optional[str] = None, re_prob: float = 0.,
+                 mixup: float = 0., cutmix: float = 0., num_classes: Optional[int] = None):
+        if dataset not in ('fashion_mnist', 'cifar10', 'image_folder'):
+            raise ValueError(f"unknown classification dataset {dataset!r}; "
+                             f"available: 'fashion_mnist', 'cifar10', 'image_folder'")
+        if dataset != 'fashion_mnist' and not data_dir:
+            raise ValueError(f'dataset {dataset!r} needs task.args.data_dir')
+        self.dataset, self.data_dir = dataset, data_dir
+        self.label_smoothing = label_smoothing
+        self.train_subset, self.val_subset = train_subset, val_subset
+        self.augment, self.input_size = augment, input_size
+        self.auto_augment, self.re_prob = auto_augment, re_prob
+        self.mixup_fn = None
+        if mixup or cutmix:
+            from timm.data import Mixup
+            if num_classes is None:
+                raise ValueError('mixup/cutmix need task.args.num_classes')
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                                  num_classes=num_classes)
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        import numpy as np
+        from torchvision.transforms import v2
+        if self.dataset == 'fashion_mnist':
+            from .data.fashion_mnist import FashionMNIST
+            transform = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]) if self.augment else None
+            subset = lambda n: np.arange(n) if n else None
+            return (FashionMNIST('train', self.data_dir, transform, subset(self.train_subset)),
+                    FashionMNIST('test', self.data_dir, None, subset(self.val_subset)))
+        from timm.data import create_transform
+        if self.dataset == 'cifar10':
+            from .data.classification import CIFAR10
+            mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+            normalize = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+            train_tf = v2.Compose(([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else [])
+                                  + normalize)
+            return CIFAR10(self.data_dir, 'train', train_tf), CIFAR10(self.data_dir, 'test', v2.Compose(normalize))
+        from .data.classification import image_folder
+        train_tf = create_transform(self.input_size, is_training=self.augment, auto_augment=self.auto_augment,
+                                    re_prob=self.re_prob)
+        val_tf = create_transform(self.input_size, is_training=False)
+        return image_folder(self.data_dir, 'train', train_tf), image_folder(self.data_dir, 'val', val_tf)
+
+    def loss(self, model, batch, device):
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        if self.mixup_fn is not None and model.training:
+            images, soft = self.mixup_fn(images, labels)
+            loss = torch.sum(-soft * F.log_softmax(model(images), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(model(images), labels, label_smoothing=self.label_smoothing)
+        return loss, {'ce': loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, model, dataset, device, batch_size):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+        sums = dict(top1=0., top5=0., val_loss=0., count=0.)
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images).float()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            sums['top1'] += (top5[:, 0] == labels).sum().item() * 100
+            sums['top5'] += (top5 == labels[:, None]).any(1).sum().item() * 100
+            sums['val_loss'] += F.cross_entropy(logits, labels, reduction='sum').item()
+            sums['count'] += len(labels)
+        return sums
+
+
+# Tasks defined in other modules are imported when first asked for.
+TASKS: dict[str, str] = {
+    'classification': 'training.tasks:ClassificationTask',
+    'nuclei-segmentation': 'training.segmentation:NucleiSegmentationTask',
+}
+
+
+def build_task(name: str, args: Mapping[str, Any]) -> Task:
+    if name not in TASKS:
+        raise ValueError(f'unknown task {name!r}; available: {sorted(TASKS)}')
+    module, _, cls = TASKS[name].partition(':')
+    task_cls = getattr(importlib.import_module(module), cls)
+    try:
+        return task_cls(**args)
+    except TypeError as e:
+        raise ValueError(f'bad arguments for task {name!r}: {e}') from e

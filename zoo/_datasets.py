@@ -1,0 +1,6 @@
+"""Facts about the datasets published weights were trained on (class names, normalisation), shared by
+the model configs here and the data loaders in ``training.data``."""
+
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                         'Ankle boot')
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)  # of the 60k training images, in [0, 1]

@@ -48,7 +48,7 @@ def test_predict_without_weights_is_a_clear_error(capsys, tmp_path):
 def test_publish_then_predict(capsys, tmp_path):
     model = zoo.create_model('cf_resnet18', num_classes=3, widths=(8, 16, 32, 64)).eval()
     save_file(model.state_dict(), str(tmp_path / 'weights.safetensors'))
-    args = ['publish', 'cf_resnet18', str(tmp_path / 'weights.safetensors'), str(tmp_path / 'out'),
+    args = ['publish', str(tmp_path / 'weights.safetensors'), str(tmp_path / 'out'), '--model', 'cf_resnet18',
             '--model-args', '{"num_classes": 3, "widths": [8, 16, 32, 64]}', '--metric', 'val:top1=41.5',
             '--dataset', 'three-colour test images', '--title', 'tiny']
     assert main(args) == 0
@@ -71,7 +71,7 @@ def test_publish_then_predict(capsys, tmp_path):
 
 def test_publish_rejects_weights_of_another_architecture(capsys, tmp_path):
     save_file({'fc.weight': torch.zeros(3, 3)}, str(tmp_path / 'w.safetensors'))
-    assert main(['publish', 'cf_resnet18', str(tmp_path / 'w.safetensors'), str(tmp_path / 'out')]) == 2
+    assert main(['publish', str(tmp_path / 'w.safetensors'), str(tmp_path / 'out'), '--model', 'cf_resnet18']) == 2
     err = capsys.readouterr().err
     assert 'cf_resnet18: weights file' in err and 'fc.weight: file has (3, 3), model has (10, 512)' in err
     assert not (tmp_path / 'out').exists()

@@ -13,8 +13,9 @@ from zoo._registry import model_task
 from zoo.layers import LowRankLayer
 
 CLASSIFIERS = [n for n in zoo.list_models() if model_task(n) == 'image-classification']
-# Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4.
-LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_')]
+# Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
+# of each family only in its dense form: factorization is the same code, and CI has two cores).
+LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]
 CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
 CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
 # Families whose forward is plain enough for torch.fx symbolic tracing.

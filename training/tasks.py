@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,27 @@ class Task:
         """Optional pictures of predictions (e.g. overlays) written with the best weights, on rank 0."""
         return []
 
+    def test_dataset(self) -> Dataset:
+        """Held-out data for the reported figures; never used to select epochs (default: validation)."""
+        return self.datasets()[1]
+
+    def test_description(self) -> str:
+        return 'validation split'
+
+    def dataset_description(self) -> str:
+        return ''
+
+    def dataset_id(self) -> Optional[str]:
+        """The dataset's Hugging Face Hub id, for model-card metadata, where there is one."""
+        return None
+
 
 class ClassificationTask(Task):
     """Image classification: cross-entropy with label smoothing, optional mixup/cutmix, top-1/top-5.
 
-    Datasets: ``'fashion_mnist'`` (Debian's package; ``val_subset``/``train_subset`` keep the first N
-    images for quick recipes), ``'cifar10'`` (binary version under ``data_dir``) and ``'image_folder'``
+    Datasets: ``'fashion_mnist'`` (Debian's package; ``train_subset``/``val_subset`` keep the first N
+    images for quick recipes; ``holdout=N`` validates on the last N *training* images, which are then
+    not trained on, so the test split stays untouched until the final evaluation), ``'cifar10'`` (binary version under ``data_dir``) and ``'image_folder'``
     (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with timm's training transforms: random resized
     crop, flip, ``auto_augment`` such as ``'rand-m9-mstd0.5-inc1'``, random erasing ``re_prob``).
     """
@@ -57,7 +72,7 @@ class ClassificationTask(Task):
     def __init__(self, dataset: str = 'fashion_mnist', data_dir: Optional[str] = None, label_smoothing: float = 0.,
                  train_subset: Optional[int] = None, val_subset: Optional[int] = None, augment: bool = True,
                  input_size: int = 224, auto_augment: Optional[str] = None, re_prob: float = 0.,
-                 mixup: float = 0., cutmix: float = 0., num_classes: Optional[int] = None):
+                 mixup: float = 0., cutmix: float = 0., num_classes: Optional[int] = None, holdout: int = 0):
         if dataset not in ('fashion_mnist', 'cifar10', 'image_folder'):
             raise ValueError(f"unknown classification dataset {dataset!r}; "
                              f"available: 'fashion_mnist', 'cifar10', 'image_folder'")
@@ -67,6 +82,7 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
         self.train_subset, self.val_subset = train_subset, val_subset
         self.augment, self.input_size = augment, input_size
+        self.holdout = holdout
         self.auto_augment, self.re_prob = auto_augment, re_prob
         self.mixup_fn = None
         if mixup or cutmix:
@@ -82,9 +98,14 @@ class ClassificationTask(Task):
         if self.dataset == 'fashion_mnist':
             from .data.fashion_mnist import FashionMNIST
             transform = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]) if self.augment else None
-            subset = lambda n: np.arange(n) if n else None
-            return (FashionMNIST('train', self.data_dir, transform, subset(self.train_subset)),
-                    FashionMNIST('test', self.data_dir, None, subset(self.val_subset)))
+            size = 60_000 - self.holdout
+            train_idx = np.arange(min(self.train_subset or size, size))
+            if self.holdout:
+                return (FashionMNIST('train', self.data_dir, transform, train_idx),
+                        FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000)))
+            val_idx = np.arange(self.val_subset) if self.val_subset else None
+            return (FashionMNIST('train', self.data_dir, transform, train_idx),
+                    FashionMNIST('test', self.data_dir, None, val_idx))
         from timm.data import create_transform
         if self.dataset == 'cifar10':
             from .data.classification import CIFAR10
@@ -98,6 +119,26 @@ class ClassificationTask(Task):
                                     re_prob=self.re_prob)
         val_tf = create_transform(self.input_size, is_training=False)
         return image_folder(self.data_dir, 'train', train_tf), image_folder(self.data_dir, 'val', val_tf)
+
+    def test_dataset(self) -> Dataset:
+        if self.dataset == 'fashion_mnist':
+            from .data.fashion_mnist import FashionMNIST
+            return FashionMNIST('test', self.data_dir)
+        return self.datasets()[1]
+
+    def test_description(self) -> str:
+        return {'fashion_mnist': 'Fashion-MNIST test split (10,000 images)', 'cifar10': 'CIFAR-10 test split',
+                'image_folder': 'val/ folder'}[self.dataset]
+
+    def dataset_description(self) -> str:
+        if self.dataset == 'fashion_mnist':
+            used = f'the first {self.train_subset:,} training images' if self.train_subset else 'the training split'
+            held = f'; the last {self.holdout:,} training images validate' if self.holdout else ''
+            return f'Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): {used}{held}'
+        return {'cifar10': 'CIFAR-10', 'image_folder': f'image folder {self.data_dir}'}[self.dataset]
+
+    def dataset_id(self) -> Optional[str]:
+        return {'fashion_mnist': 'zalando-datasets/fashion_mnist', 'cifar10': 'uoft-cs/cifar10'}.get(self.dataset)
 
     def loss(self, model, batch, device):
         images, labels = (t.to(device, non_blocking=True) for t in batch)

@@ -46,19 +46,24 @@ def build_zoo_model(model_cls: Union[Type[torch.nn.Module], Callable], variant: 
                     weights: Optional[Weights] = None, **kwargs) -> torch.nn.Module:
     """Build ``variant`` like timm does, with the zoo's weights handling.
 
-    * The tag's ``Weights.model_args`` (e.g. per-layer ranks) are applied as defaults, so the
-      architecture always matches the weights it is named after.
+    * The tag's ``Weights.model_args`` (e.g. per-layer ranks) are applied as defaults when the
+      weights are loaded or named by tag, so the architecture always matches its weights.
     * ``pretrained=True`` fetches the file, verifies its sha256, checks every tensor name and shape
       against the model (the classifier and input conv are exempt when ``num_classes``/``in_chans``
       are changed, as timm adapts them) and only then lets timm load it.
     * ``weights`` overrides the registry (e.g. weights you published yourself).
     """
-    pretrained_cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
+    requested = kwargs.pop('pretrained_cfg', None)
+    pretrained_cfg = resolve_pretrained_cfg(variant, pretrained_cfg=requested,
                                             pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
     key = f'{variant}.{pretrained_cfg.tag}' if pretrained_cfg.tag else variant
+    # The architecture follows the weights whenever weights are named ('arch.tag', weights=...) or
+    # loaded; a bare name without pretrained=True is the plain (full-rank) architecture.
+    named = weights is not None or isinstance(requested, str)
     weights = weights or get_weights(key)
-    for arg, value in (weights.model_args if weights else {}).items():
-        kwargs.setdefault(arg, value)
+    if weights is not None and (pretrained or named):
+        for arg, value in weights.model_args.items():
+            kwargs.setdefault(arg, value)
     model_args = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
     overlay = None
     if pretrained:

@@ -54,8 +54,12 @@ def _cmd_predict(args) -> None:
     import torch
     import zoo
     from timm.data import create_transform, resolve_data_config
+    from ._registry import model_task
 
     model = zoo.create_model(args.name, pretrained=True).eval()
+    if model_task(model.pretrained_cfg['architecture']) == 'nuclei-segmentation':
+        _segment(model, args)
+        return
     config = resolve_data_config({}, model=model)
     transform = create_transform(**config)
     labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
@@ -67,6 +71,13 @@ def _cmd_predict(args) -> None:
         print(path)
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
             print(f'  {p * 100:6.2f}%  {labels[i]}')
+
+
+def _segment(model, args) -> None:
+    from .segment import predict_to_overlay
+    for path in args.images:
+        result = predict_to_overlay(model, path, args.out_dir)
+        print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')
 
 
 def _parse_metric(text: str) -> tuple[str, str, float]:
@@ -85,15 +96,26 @@ def _cmd_publish(args) -> None:
     from ._builder import check_weights_fit
     from .hub import ModelCard, publish
 
+    if (Path(args.source) / 'best' / 'run.json').exists():
+        from training.publish import publish_run
+        result = publish_run(Path(args.source), args.out, model_id=args.model_id, title=args.title or args.out.name,
+                             summary=args.summary, intended_use=args.intended_use, limitations=args.limitations,
+                             fp16=args.fp16)
+        print(json.dumps(dict(folder=str(args.out), **result), indent=2))
+        return
+    if not args.model:
+        raise zoo.WeightsError(f'{args.source} is not a training run directory (no best/run.json); to publish a '
+                               f'weights file name its architecture with --model')
     model_args = json.loads(args.model_args) if args.model_args else {}
-    model = zoo.create_model(args.name, **model_args)
-    check_weights_fit(model, Path(args.weights), args.name)
-    model.load_state_dict(load_file(args.weights))
+    model = zoo.create_model(args.model, **model_args)
+    check_weights_fit(model, Path(args.source), args.model)
+    model.load_state_dict(load_file(args.source))
     metrics: dict = {}
     for split, key, value in args.metric:
         metrics.setdefault(split, {})[key] = value
-    card = ModelCard(title=args.title or args.name, summary=args.summary, dataset=args.dataset,
-                     metrics=metrics, recipe=args.recipe, command=args.command, model_id=None)
+    card = ModelCard(title=args.title or args.model, summary=args.summary, dataset=args.dataset,
+                     metrics=metrics, recipe=args.recipe, command=args.reproduce, model_id=args.model_id,
+                     intended_use=args.intended_use, limitations=args.limitations)
     result = publish(model.eval(), args.out, card, model_args=model.zoo_model_args,
                      dtype=torch.float16 if args.fp16 else None)
     print(json.dumps(dict(folder=str(args.out), **result), indent=2))
@@ -127,23 +149,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('name')
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser('predict', help='classify images with published weights')
+    p = sub.add_parser('predict', help='classify images (or segment nuclei) with published weights')
     p.add_argument('name')
     p.add_argument('images', nargs='+')
     p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--out-dir', type=Path, default=Path('predictions'), help='where segmentation overlays go')
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser('publish', help='write config.json + model.safetensors + README.md card for weights')
-    p.add_argument('name', help='architecture, e.g. cf_resnet18')
-    p.add_argument('weights', help='a .safetensors state dict for that architecture')
+    p = sub.add_parser('publish', help='write a hub folder (config.json, model.safetensors, README.md card)',
+                       description='Publish a training run (its best weights, re-evaluated on held-out test '
+                                   'data) or a .safetensors state dict of a named architecture.')
+    p.add_argument('source', help='a run directory from `zoo train`, or a .safetensors state dict (with --model)')
     p.add_argument('out', type=Path, help='output folder (Hugging Face model repo layout)')
+    p.add_argument('--model', help='architecture of a state dict, e.g. cf_resnet18')
     p.add_argument('--model-args', help='JSON constructor arguments, e.g. \'{"num_classes": 10}\'')
-    p.add_argument('--metric', action='append', type=_parse_metric, default=[], metavar='SPLIT:NAME=VALUE')
+    p.add_argument('--model-id', help='the registered name that will load these weights, for the card')
+    p.add_argument('--metric', action='append', type=_parse_metric, default=[], metavar='SPLIT:NAME=VALUE',
+                   help='measured results of a state dict (runs are evaluated automatically)')
     p.add_argument('--title')
     p.add_argument('--summary', default='')
     p.add_argument('--dataset', default='')
     p.add_argument('--recipe', default='')
-    p.add_argument('--command', default='', help='the command that reproduces the weights')
+    p.add_argument('--reproduce', default='', help='the command that reproduces the weights')
+    p.add_argument('--intended-use', default='')
+    p.add_argument('--limitations', default='')
     p.add_argument('--fp16', action='store_true', help='store floating-point tensors in float16')
     p.set_defaults(func=_cmd_publish)
 

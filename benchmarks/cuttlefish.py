@@ -1,0 +1,90 @@
+"""Full-rank vs factorized, side by side in one run on this machine, for every Cuttlefish family.
+
+For each model: parameters and MACs (multiply-adds) dense vs factorized, the MAC ratio (the ideal
+speed-up), and the measured ratios of train-step and inference throughput (median of repeats).
+Ranks: those a real Cuttlefish run chose where one exists (the published ``cf_resnet18_fmnist``
+weights record them); otherwise the uniform rank 1/4 on the paper's layer set, labelled as such.
+
+    python benchmarks/cuttlefish.py [--quick] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import zoo  # noqa: E402
+from zoo._profile import count_macs, median_seconds  # noqa: E402
+
+# (model, batch, image size for timing); ImageNet models are timed below their 224 training size on a CPU.
+MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19', 64, 32), ('cf_resnet50', 8, 224),
+          ('cf_wide_resnet50_2', 8, 224), ('cf_deit_small', 8, 224), ('cf_deit_base', 8, 224)]
+
+
+def _ranks(name: str) -> tuple[dict, str]:
+    weights = zoo.get_weights(name)
+    if weights is not None and weights.model_args.get('ranks'):
+        return dict(ranks=weights.model_args['ranks']), 'chosen by a real Cuttlefish run'
+    return dict(rank_ratio=0.25), 'uniform 1/4 on the paper layers (no real run here)'
+
+
+def _throughput(model, batch: int, size: int, train: bool, device, repeats: int) -> float:
+    x = torch.randn(batch, model.pretrained_cfg['input_size'][0], size, size, device=device)
+    if train:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            model(x).float().logsumexp(-1).mean().backward()
+            optimizer.step()
+        return batch / median_seconds(step, repeats)
+    model.eval()
+    with torch.inference_mode():
+        return batch / median_seconds(lambda: model(x), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='small batches, few repeats, skip the largest models')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'cuttlefish.md')
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = 3 if args.quick else 7
+    models = MODELS[:3] if args.quick else MODELS
+    header = ('| model | ranks | params full | params low-rank | size ratio | MACs full | MACs low-rank | '
+              'MAC ratio (ideal) | train img/s full | train img/s low-rank | train speed-up | '
+              'infer img/s full | infer img/s low-rank | inference speed-up |')
+    lines = [header, '|' + '---|' * (header.count('|') - 1)]
+    for name, batch, size in models:
+        if args.quick:
+            batch = max(2, batch // 4)
+        low_args, origin = _ranks(name)
+        torch.manual_seed(0)
+        dense, low = zoo.create_model(name).to(device), zoo.create_model(name, **low_args).to(device)
+        input_size = dense.pretrained_cfg['input_size']
+        params = [sum(p.numel() for p in m.parameters()) for m in (dense, low)]
+        macs = [count_macs(m.eval(), input_size) for m in (dense, low)]
+        train = [_throughput(m, batch, size, True, device, repeats) for m in (dense, low)]
+        infer = [_throughput(m, batch, size, False, device, repeats) for m in (dense, low)]
+        lines.append(f'| {name} | {origin} | {params[0] / 1e6:.2f}M | {params[1] / 1e6:.2f}M | '
+                     f'{params[0] / params[1]:.2f}x | {macs[0] / 1e9:.3f}G | {macs[1] / 1e9:.3f}G | '
+                     f'{macs[0] / macs[1]:.2f}x | {train[0]:.1f} | {train[1]:.1f} | {train[1] / train[0]:.2f}x | '
+                     f'{infer[0]:.1f} | {infer[1]:.1f} | {infer[1] / infer[0]:.2f}x |')
+        print(lines[-1], flush=True)
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    note = (f'\nMeasured on {where}, torch {torch.__version__}; batch/size per model as in `MODELS` '
+            f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats '
+            f'after warm-up. MACs at the model\'s default input size.\n')
+    text = '\n'.join(lines) + '\n' + note
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(note)
+
+
+if __name__ == '__main__':
+    main()

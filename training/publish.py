@@ -1,0 +1,85 @@
+"""Publishing a finished training run: re-evaluate its best weights on the held-out test data and write
+a hub folder (``config.json``, ``model.safetensors``, ``README.md`` card with the measured figures,
+the run's plots) plus the ``Weights`` entry to record in the model family's ``default_cfgs``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import zoo
+from zoo.hub import ModelCard, publish
+
+from .tasks import build_task
+
+__all__ = ['evaluate_weights', 'publish_run']
+
+
+def evaluate_weights(model: torch.nn.Module, recipe: dict, batch_size: int = 256) -> dict[str, float]:
+    """The recipe task's metrics of ``model`` on its held-out test data (never used for model selection)."""
+    task = build_task(recipe['task']['name'], recipe['task']['args'])
+    sums = task.evaluate(model.eval(), task.test_dataset(), torch.device('cpu'), batch_size)
+    count = sums.pop('count')
+    return {k: v / count for k, v in sums.items()}
+
+
+def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary: str, intended_use: str,
+                limitations: str, fp16: bool = False, command: Optional[str] = None) -> dict:
+    """Publish ``run_dir/best`` to ``out_dir``; returns the measured metrics and the ``Weights`` fields."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    info = json.loads((run_dir / 'best' / 'run.json').read_text())
+    recipe = info['recipe']
+    model = zoo.create_model(info['model_name'], **info['model_args'])
+    zoo._builder.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
+    from safetensors.torch import load_file
+    model.load_state_dict(load_file(str(run_dir / 'best' / 'model.safetensors')))
+    if fp16:  # measure what is published: the fp16-rounded weights
+        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                               for k, v in model.state_dict().items()})
+    test = evaluate_weights(model, recipe)
+    task = build_task(recipe['task']['name'], recipe['task']['args'])
+    split = task.test_description()
+    figures = [p for p in (run_dir / 'cuttlefish' / 'stable_ranks.png',) if p.exists()]
+    figures += sorted((run_dir / 'best').glob('*_overlay.png'))
+    extra = {}
+    if (run_dir / 'cuttlefish' / 'decisions.csv').exists():
+        extra['Cuttlefish switch'] = _switch_summary(run_dir, info)
+    validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}
+    training = (f'Recipe `{recipe["source"].split("training/")[-1]}` ({recipe["description"]}). '
+                f'{info["world_size"]} process(es), all-reduce: {info["allreduce"]}'
+                f'{" (2D torus " + "x".join(map(str, recipe["distributed"]["grid"] or [2, 2])) + ", gloo)" if info["allreduce"] == "torus" else ""}; '
+                f'{info["device"]}; {info["train_seconds"] / 60:.1f} min of training up to the best epoch '
+                f'({int(info["metrics"]["epoch"]) + 1} of {recipe["epochs"]}). Best epoch chosen on the validation '
+                f'data ({task.main_metric} {validation[task.main_metric]:.4g}); the figures above are on held-out test data.')
+    card = ModelCard(
+        title=title, summary=summary, dataset=task.dataset_description(), dataset_id=task.dataset_id(),
+        task=zoo._registry.model_task(info['model_name']), metrics={split: test},
+        recipe=recipe['source'].split('training/')[-1], command=command or
+        f'torchrun --standalone --nproc-per-node {info["world_size"]} -m zoo.cli train --recipe {recipe["name"]}',
+        training=training, intended_use=intended_use, limitations=limitations, figures=figures,
+        extra_sections=extra, tags=('cuttlefish',) if 'ranks' in info['model_args'] else ('mrl',),
+        paper_ids=model.pretrained_cfg.get('paper_ids') or (), model_id=model_id)
+    model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
+    result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
+    return dict(result, metrics={split: test}, dataset=task.dataset_description())
+
+
+def _switch_summary(run_dir: Path, info: dict) -> str:
+    import csv
+    rows = list(csv.DictReader(open(run_dir / 'cuttlefish' / 'decisions.csv')))
+    factorized = [r for r in rows if r['factorize'] == 'True']
+    state_rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
+    switched = next((r['epoch'] for r in state_rows if r.get('cf_switched') == '1'), None)
+    lines = [f'All tracked layers\' stable ranks converged after epoch {switched}; from the next epoch the '
+             f'network trained low-rank. {len(factorized)} of {len(rows)} tracked layers were factorized '
+             f'(the others stay dense: their factorization was not smaller or, timed on the training device, '
+             f'not faster).', '', '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |',
+             '|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | '
+                     f'{float(r["dense_ms"]):.2f} | {float(r["low_rank_ms"]):.2f} |' if r.get('dense_ms')
+                     else f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | - | - |')
+    return '\n'.join(lines)

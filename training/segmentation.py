@@ -1,0 +1,165 @@
+"""Nuclear instance segmentation as a trainer ``Task``: HoVer-Net patches, loss and whole-image metrics.
+
+Training items are :class:`~training.data.NucleiPatchDataset` patches (HoVer-Net's mirror-padded
+sliding windows, augmentation and NP/HV/TP targets) at the network's input size, since the zoo's
+segmentation nets predict at full resolution. Validation runs what inference runs: tiled prediction
+of each *whole* validation image (``zoo.segment.predict_instances``, with HoVer-Net's watershed) and
+HoVer-Net's per-image instance metrics, summed here and averaged over images by the trainer.
+
+Datasets (``dataset=``): ``'kumar'``, ``'consep'``, ``'cpm17'`` (HoVer-Net's layouts under ``data_dir``,
+official train/test splits), ``'folder'`` (``training.data.load_folder``; a deterministic
+``val_fraction`` split unless ``train/`` and ``val/`` exist) and ``'stardist'`` (the fluorescence image
+in the stardist wheel, for smoke tests; no ``data_dir``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from zoo.segment import overlay, predict_instances
+
+from .data import (
+    CONSEP_MERGED_TYPE_NAMES, CONSEP_TYPE_NAMES, NucleiPatchDataset, NucleiSample, load_consep, load_cpm17,
+    load_folder, load_kumar, split_stardist_sample,
+)
+from .losses import hovernet_loss
+from .metrics import STAT_NAMES, instance_stats
+from .tasks import Task
+
+__all__ = ['NucleiSegmentationTask', 'NucleiImageDataset', 'DATASETS']
+
+DATASETS = ('stardist', 'kumar', 'consep', 'cpm17', 'folder')
+_TARGET_KEYS = ('np', 'hv', 'tp')
+
+
+class NucleiImageDataset(Dataset):
+    """Whole annotated images (:class:`~training.data.NucleiSample`), one per item, for validation."""
+
+    def __init__(self, samples: list[NucleiSample]):
+        if not samples:
+            raise ValueError('NucleiImageDataset needs at least one sample')
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> NucleiSample:
+        return self.samples[index]
+
+
+class NucleiSegmentationTask(Task):
+    """HoVer-Net-style training of the ``mrl_seg_*`` nets (or any net with the same outputs).
+
+    Args:
+        dataset: one of :data:`DATASETS`.
+        data_dir: dataset root (not used by ``'stardist'``).
+        patch_size: training patch side, the network input and output size.
+        step: stride of the training windows over each image (default ``patch_size // 2``).
+        num_types: TP classes including background; ``None``/0 trains without a TP branch. CoNSeP takes
+            5 (HoVer-Net's merged classes) or 8 (the original ones); ``'folder'`` needs ``types/`` maps.
+            The model must be built with the same ``num_types``.
+        augment: HoVer-Net's geometric and photometric augmentation of training patches.
+        window_size: side of the window read before augmentation and centre-cropped to ``patch_size``
+            afterwards, so rotations do not bring in empty corners (default ``2 * patch_size`` with
+            augmentation, as HoVer-Net's 540 px windows for 270 px inputs).
+        val_fraction: validation share of a ``'folder'`` dataset without ``train/`` and ``val/``.
+        tile, overlap: tiled inference on validation images (``zoo.segment.predict_maps``).
+        num_examples: validation images drawn by :meth:`write_examples`.
+    """
+    main_metric = 'dice'
+
+    def __init__(self, dataset: str = 'stardist', data_dir: Optional[str] = None, patch_size: int = 256,
+                 step: Optional[int] = None, num_types: Optional[int] = None, augment: bool = True,
+                 window_size: Optional[int] = None, val_fraction: float = 0.2, tile: int = 256, overlap: int = 64,
+                 num_examples: int = 4):
+        if dataset not in DATASETS:
+            raise ValueError(f'unknown nuclei dataset {dataset!r}; available: {DATASETS}')
+        if dataset != 'stardist' and data_dir is None:
+            raise ValueError(f"dataset {dataset!r} needs data_dir")
+        num_types = num_types or None
+        if num_types is not None:
+            if dataset == 'consep' and num_types not in (len(CONSEP_MERGED_TYPE_NAMES), len(CONSEP_TYPE_NAMES)):
+                raise ValueError(f'CoNSeP has {len(CONSEP_MERGED_TYPE_NAMES)} merged or {len(CONSEP_TYPE_NAMES)} '
+                                 f'original types (background included), got num_types={num_types}')
+            if dataset in ('stardist', 'kumar', 'cpm17'):
+                raise ValueError(f'{dataset} has no nuclear type annotations; use num_types=None')
+        self.dataset, self.data_dir = dataset, data_dir
+        self.patch_size, self.step = patch_size, step or patch_size // 2
+        self.window_size = window_size or (2 * patch_size if augment else patch_size)
+        self.num_types, self.augment = num_types, augment
+        self.val_fraction = val_fraction
+        self.tile, self.overlap = tile, overlap
+        self.num_examples = num_examples
+
+    def _samples(self) -> tuple[list[NucleiSample], list[NucleiSample]]:
+        root = self.data_dir
+        if self.dataset == 'stardist':
+            return split_stardist_sample()
+        if self.dataset == 'kumar':
+            return load_kumar(root, 'train'), load_kumar(root, 'test')
+        if self.dataset == 'consep':
+            merge = self.num_types != len(CONSEP_TYPE_NAMES)
+            return load_consep(root, 'train', merge), load_consep(root, 'test', merge)
+        if self.dataset == 'cpm17':
+            return load_cpm17(root, 'train'), load_cpm17(root, 'test')
+        return (load_folder(root, 'train', self.val_fraction), load_folder(root, 'val', self.val_fraction))
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        train, val = self._samples()
+        patches = NucleiPatchDataset(train, self.patch_size, self.step, self.augment, self.num_types,
+                                     window_size=self.window_size)
+        return patches, NucleiImageDataset(val)
+
+    def test_description(self) -> str:
+        if self.dataset == 'stardist':
+            return 'held-out tiles of the stardist sample (4 of 16 tiles of 128x128)'
+        return {'folder': 'val images', 'consep': 'CoNSeP Test (14 images)', 'kumar': 'Kumar test (14 images)',
+                'cpm17': 'CPM-17 test'}[self.dataset]
+
+    def dataset_description(self) -> str:
+        if self.dataset == 'stardist':
+            return ('the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
+                    'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, tiled 12 train / 4 held out')
+        return {'folder': f'image folder {self.data_dir}', 'consep': 'CoNSeP (Graham et al. 2019)',
+                'kumar': 'Kumar / MoNuSeg 2018', 'cpm17': 'CPM-17'}[self.dataset]
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+             ) -> tuple[torch.Tensor, dict]:
+        outputs = model(batch['image'].to(device, non_blocking=True))
+        targets = {key: batch[key].to(device, non_blocking=True) for key in _TARGET_KEYS if key in batch}
+        total, parts = hovernet_loss(outputs, targets)
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device,
+                 batch_size: int) -> dict[str, float]:
+        """Sums over this shard's images of HoVer-Net's per-image ``dice, aji, aji_plus, dq, sq, pq``, and ``count``."""
+        sums = dict.fromkeys(STAT_NAMES, 0.) | {'count': 0.}
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            pred, _ = predict_instances(model, sample.image, tile=self.tile, overlap=self.overlap,
+                                        batch_size=batch_size, device=device)
+            for name, value in instance_stats(sample.inst_map, pred).items():
+                sums[name] += value
+            sums['count'] += 1
+        return sums
+
+    def write_examples(self, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
+                       device: torch.device) -> list[Path]:
+        """``<name>_overlay.png`` for the first ``num_examples`` images: ground truth left, prediction right."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index in range(min(self.num_examples, len(dataset))):
+            sample = dataset[index]
+            pred, _ = predict_instances(model, sample.image, tile=self.tile, overlap=self.overlap, device=device)
+            side_by_side = np.concatenate([overlay(sample.image, sample.inst_map), overlay(sample.image, pred)], axis=1)
+            path = out_dir / f'{sample.name}_overlay.png'
+            Image.fromarray(side_by_side).save(path)
+            paths.append(path)
+        return paths

@@ -1,0 +1,71 @@
+"""DeiT (Touvron et al. 2021) with the Cuttlefish factorization: each block's fused ``attn.qkv``,
+``mlp.fc1`` and ``mlp.fc2`` may be low-rank; ``attn.proj``, the patch embedding, the class and position
+tokens and the head stay dense, as in the authors' DeiT code.
+
+The transformer itself is timm's ``VisionTransformer`` (this family adds only the factorization),
+built with ``dynamic_img_size=True`` so any input size divisible by 16 works.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from .._builder import build_zoo_model
+from .._registry import zoo_cfgs
+from ..layers import factorizable_layers, factorize_, full_rank
+
+__all__ = ['LowRankDeiT']
+
+
+class LowRankDeiT(VisionTransformer):
+    """timm's VisionTransformer plus ``ranks`` (per layer) or ``rank_ratio`` (on qkv, fc1, fc2)."""
+
+    def __init__(self, ranks: Optional[Mapping[str, int]] = None, rank_ratio: Optional[float] = None, **kwargs):
+        kwargs.setdefault('dynamic_img_size', True)
+        super().__init__(**kwargs)
+        ranks = dict(ranks or {})
+        if rank_ratio is not None:
+            if not 0 < rank_ratio <= 1:
+                raise ValueError(f'rank_ratio must be in (0, 1], got {rank_ratio}')
+            for name, layer in factorizable_layers(self, self.low_rank_candidates()).items():
+                ranks.setdefault(name, max(1, round(rank_ratio * full_rank(layer))))
+        if ranks:
+            factorize_(self, ranks, init='random')
+            self.init_weights()  # timm's ViT init (trunc-normal) for the new factors too
+
+    def low_rank_candidates(self) -> list[str]:
+        return [f'blocks.{i}.{name}' for i in range(len(self.blocks)) for name in ('attn.qkv', 'mlp.fc1', 'mlp.fc2')]
+
+
+def _cfg(**kwargs) -> dict:
+    return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875, interpolation='bicubic',
+                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv='patch_embed.proj',
+                classifier='head', fixed_input_size=False, license='apache-2.0',
+                paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
+                paper_ids=('arXiv:2305.02538', 'arXiv:2012.12877')) | kwargs
+
+
+default_cfgs = zoo_cfgs({
+    'cf_deit_small': _cfg(),
+    'cf_deit_base': _cfg(),
+})
+
+
+def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> LowRankDeiT:
+    return build_zoo_model(LowRankDeiT, variant, pretrained, feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
+
+
+@register_model
+def cf_deit_small(pretrained: bool = False, **kwargs) -> LowRankDeiT:
+    """DeiT-Small/16 (22M params), full-rank unless ``ranks``/``rank_ratio`` are given."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create_deit('cf_deit_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def cf_deit_base(pretrained: bool = False, **kwargs) -> LowRankDeiT:
+    """DeiT-Base/16 (86M params), full-rank unless ``ranks``/``rank_ratio`` are given."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create_deit('cf_deit_base', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,130 @@
+"""VGG-19 with BatchNorm for 32×32 inputs (the CIFAR network Cuttlefish and Pufferfish factorize).
+
+16 conv-BN-ReLU layers in five stages (64, 128, 256, 512, 512 channels; 2, 2, 4, 4, 4 convs), a 2×2
+max-pool before stages 2–5 and after the last one, and one linear classifier on the 512-d vector.
+Full-rank by default; ``ranks`` / ``rank_ratio`` / ``low_rank_bn`` factorize convolutions as in
+``cf_resnet``. The paper keeps conv1–4 dense and factorizes conv5–16 (``low_rank_candidates()``).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import create_classifier
+from timm.models import checkpoint_seq, register_model
+
+from .._builder import build_zoo_model
+from .._registry import zoo_cfgs
+from ..layers import factorizable_layers, factorize_, full_rank
+
+__all__ = ['VGG']
+
+
+class ConvBnAct(nn.Sequential):
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        self.act = nn.ReLU(inplace=True)
+
+
+class VGG(nn.Module):
+    """VGG for small images; ``stage{i}`` outputs are the features at strides 1, 2, 4, 8, 16."""
+
+    def __init__(
+            self,
+            widths: Sequence[int] = (64, 128, 256, 512, 512),
+            depths: Sequence[int] = (2, 2, 4, 4, 4),
+            num_classes: int = 10,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            ranks: Optional[Mapping[str, int]] = None,
+            rank_ratio: Optional[float] = None,
+            low_rank_bn: bool = False,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.feature_info = []
+        in_chs = in_chans
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            layers = [nn.MaxPool2d(2)] if i else []
+            for _ in range(depth):
+                layers.append(ConvBnAct(in_chs, width))
+                in_chs = width
+            self.add_module(f'stage{i + 1}', nn.Sequential(*layers))
+            self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f'stage{i + 1}'))
+        self.num_stages = len(widths)
+        self.final_pool = nn.MaxPool2d(2)
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+        ranks = dict(ranks or {})
+        if rank_ratio is not None:
+            if not 0 < rank_ratio <= 1:
+                raise ValueError(f'rank_ratio must be in (0, 1], got {rank_ratio}')
+            for name, layer in factorizable_layers(self, self.low_rank_candidates()).items():
+                ranks.setdefault(name, max(1, round(rank_ratio * full_rank(layer))))
+        if ranks:
+            factorize_(self, ranks, init='random', mid_norm=low_rank_bn)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f'stage{i + 1}') for i in range(self.num_stages)]
+
+    def low_rank_candidates(self) -> list[str]:
+        """conv5–conv16: every conv from the third stage on (the paper's choice)."""
+        names = []
+        for i, stage in enumerate(self.stages()):
+            names += [f'stage{i + 1}.{j}.conv' for j, m in enumerate(stage) if isinstance(m, ConvBnAct)]
+        return names[4:]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^stage1\.0', blocks=r'^stage(\d+)' if coarse else r'^stage(\d+)\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
+        self.num_classes = num_classes
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages():
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+        return self.final_pool(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+default_cfgs = zoo_cfgs({
+    'cf_vgg19': dict(
+        num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, interpolation='bilinear',
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), first_conv='stage1.0.conv', classifier='fc',
+        license='apache-2.0', paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
+        paper_ids=('arXiv:2305.02538', 'arXiv:1409.1556')),
+})
+
+
+@register_model
+def cf_vgg19(pretrained: bool = False, **kwargs) -> VGG:
+    """VGG-19-BN for 32×32 CIFAR images (20.04M params at 10 classes), full-rank unless ``ranks``/``rank_ratio``."""
+    return build_zoo_model(VGG, 'cf_vgg19', pretrained, **kwargs)

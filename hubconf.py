@@ -30,7 +30,7 @@ def _entrypoint(name):
 
     import timm
     entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = timm.models.model_entrypoint(name).__doc__
+    entrypoint.__doc__ = timm.models.model_entrypoint(name.split('.')[0]).__doc__
     return entrypoint
 
 
@@ -43,4 +43,6 @@ def __getattr__(name):
 def __dir__():
     if any(importlib.util.find_spec(dep) is None for dep in dependencies):
         return ['dependencies']  # torch.hub then names the missing packages
-    return ['dependencies', *_zoo().list_models()]
+    zoo = _zoo()
+    # Architectures, and 'architecture.tag' for each published weight (e.g. 'mrl_seg_nano.stardist').
+    return ['dependencies', *zoo.list_models(), *zoo.list_models(pretrained=True, tags=True)]

@@ -252,7 +252,7 @@ def test_torch_hub_list_semantics():
     hubconf = _hubconf()
     # exactly what torch.hub.list computes
     entrypoints = [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith('_')]
-    assert sorted(entrypoints) == sorted(zoo.list_models())
+    assert sorted(entrypoints) == sorted(zoo.list_models() + zoo.list_models(pretrained=True, tags=True))
     assert {'dependencies', 'cf_resnet18'} <= set(dir(hubconf))
     assert not any(name.startswith('_') for name in entrypoints)
     assert 'CIFAR ResNet-18' in getattr(hubconf, 'cf_resnet18').__doc__  # what torch.hub.help prints

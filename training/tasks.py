@@ -178,5 +178,6 @@ def build_task(name: str, args: Mapping[str, Any]) -> Task:
     task_cls = getattr(importlib.import_module(module), cls)
     try:
         return task_cls(**args)
-    except TypeError as e:
-        raise ValueError(f'bad arguments for task {name!r}: {e}') from e
+    except (TypeError, ValueError) as e:
+        from .recipe import RecipeError
+        raise RecipeError(f'task.args of {name!r}: {e}') from e

@@ -72,9 +72,12 @@ def _zoo_model_names() -> tuple[str, ...]:
     return tuple(n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('zoo.'))
 
 
-def list_models(pattern: str = '*', pretrained: bool = False) -> list[str]:
-    """Zoo architectures matching a wildcard ``pattern``; with ``pretrained`` only those with weights."""
+def list_models(pattern: str = '*', pretrained: bool = False, tags: bool = False) -> list[str]:
+    """Zoo architectures matching a wildcard ``pattern``; with ``pretrained`` only those with weights,
+    and with ``tags`` the ``'architecture.tag'`` names of the published weights instead."""
     names = [n for n in _zoo_model_names() if fnmatch.fnmatch(n, pattern)]
+    if tags:
+        return sorted(k for k in _WEIGHTS if k.split('.')[0] in names)
     if pretrained:
         names = [n for n in names if any(k.startswith(n + '.') for k in _WEIGHTS)]
     return names

@@ -1,0 +1,72 @@
+"""Every published weight loads from the checkout with no network, through timm, torch.hub and the zoo,
+and still measures what its card says on held-out data (never used for training or model selection)."""
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import zoo
+from training.publish import evaluate_weights
+from training.recipe import load_recipe
+from zoo._registry import _WEIGHTS
+from zoo.hub import hub_dir, read_config
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHED = sorted(_WEIGHTS)
+# Evaluation on CPU is deterministic up to float summation order; allow a little for other machines.
+TOLERANCE = {'top1': 0.3, 'top5': 0.3, 'dice': 0.01, 'aji': 0.01, 'aji_plus': 0.01, 'dq': 0.01, 'sq': 0.01,
+             'pq': 0.01}
+
+
+def test_something_is_published():
+    assert {'cf_resnet18_fmnist.cuttlefish', 'cf_resnet18_fmnist.full_rank', 'mrl_nano_fmnist.fmnist',
+            'mrl_seg_nano.stardist'} <= set(PUBLISHED)
+
+
+@pytest.mark.parametrize('key', PUBLISHED)
+def test_hub_folder_matches_the_registry(key):
+    weights = _WEIGHTS[key]
+    assert weights.source.startswith('local:'), 'published weights live in the checkout'
+    folder = hub_dir() / weights.source[len('local:'):]
+    config = read_config(folder)
+    assert config['sha256'] == weights.sha256
+    assert config['architecture'] == key.split('.')[0]
+    assert config['model_args'] == {k: (list(v) if isinstance(v, tuple) else v) for k, v in weights.model_args.items()}
+    card = (folder / 'README.md').read_text()
+    assert weights.sha256 in card and f'{weights.num_params:,}' in card
+    for split, values in weights.metrics.items():
+        assert split in card
+        for name, value in values.items():
+            assert f'| {split} | {name} | {value:.4g} |' in card
+    rendered = REPO / 'model_cards' / f'{folder.name}.md'
+    assert rendered.read_text() == card, f'{rendered} is out of date: copy {folder}/README.md'
+    assert (folder / 'model.safetensors').stat().st_size / 2 ** 20 == pytest.approx(weights.file_size_mb, abs=0.01)
+
+
+@pytest.mark.parametrize('key', PUBLISHED)
+def test_published_weights_reproduce_their_card(key):
+    weights = _WEIGHTS[key]
+    model = timm.create_model(key, pretrained=True)
+    assert sum(p.numel() for p in model.parameters()) == weights.num_params
+    measured = evaluate_weights(model, load_recipe(weights.recipe))
+    for split, values in weights.metrics.items():
+        for name, value in values.items():
+            assert measured[name] >= value - TOLERANCE[name], f'{key} {split} {name}: {measured[name]} < card {value}'
+
+
+@pytest.mark.parametrize('key', PUBLISHED)
+def test_torch_hub_and_zoo_load_the_same_weights(key):
+    by_hub = torch.hub.load(str(REPO), key, source='local', pretrained=True)
+    by_zoo = zoo.create_model(key, pretrained=True)
+    assert by_hub.state_dict().keys() == by_zoo.state_dict().keys()
+    for name, tensor in by_hub.state_dict().items():
+        assert torch.equal(tensor, by_zoo.state_dict()[name]), name
+
+
+def test_bare_name_loads_the_default_tag():
+    """``cf_resnet18_fmnist`` with pretrained=True is the Cuttlefish model, ranks and all (the issue's example)."""
+    model = torch.hub.load(str(REPO), 'cf_resnet18_fmnist', source='local', pretrained=True)
+    assert model.zoo_model_args['ranks'] == _WEIGHTS['cf_resnet18_fmnist.cuttlefish'].model_args['ranks']
+    plain = zoo.create_model('cf_resnet18_fmnist')  # without weights: the plain full-rank architecture
+    assert 'ranks' not in plain.zoo_model_args

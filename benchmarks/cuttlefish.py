@@ -27,7 +27,8 @@ MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19',
 def _ranks(name: str) -> tuple[dict, str]:
     weights = zoo.get_weights(name)
     if weights is not None and weights.model_args.get('ranks'):
-        return dict(ranks=weights.model_args['ranks']), 'chosen by a real Cuttlefish run'
+        chosen = {k: v for k, v in weights.model_args.items() if k in ('ranks', 'low_rank_bn')}
+        return chosen, 'chosen by a real Cuttlefish run'
     return dict(rank_ratio=0.25), 'uniform 1/4 on the paper layers (no real run here)'
 
 
@@ -51,7 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small batches, few repeats, skip the largest models')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'cuttlefish.md')
+    parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'cuttlefish.md',
+                        help='where the table is written (not in --quick mode)')
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = 3 if args.quick else 7
@@ -80,10 +82,10 @@ def main() -> None:
     note = (f'\nMeasured on {where}, torch {torch.__version__}; batch/size per model as in `MODELS` '
             f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats '
             f'after warm-up. MACs at the model\'s default input size.\n')
-    text = '\n'.join(lines) + '\n' + note
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     print(note)
+    if not args.quick:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text('\n'.join(lines) + '\n' + note)
 
 
 if __name__ == '__main__':

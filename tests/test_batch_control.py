@@ -34,6 +34,8 @@ def test_per_rank_batch_and_accumulation():
     assert per_rank_batch(96, 4, max_per_rank=10) == (8, 3)  # 24 per rank does not split into 10s
     with pytest.raises(ValueError, match='not divisible by the world size 3'):
         per_rank_batch(128, 3)
+    with pytest.raises(ValueError, match='a per-rank batch of 257 splits .* only as 257 x 1'):
+        per_rank_batch(1028, 4, max_per_rank=256)  # 257 is prime: micro-batches of 1 would break BatchNorm
 
 
 def test_warmup_then_step_decay():

@@ -119,3 +119,31 @@ def test_profiler_keeps_layers_dense_unless_faster(tmp_path):
     assert profiled and all(r['dense_ms'] > 0 and r['low_rank_ms'] > 0 for r in profiled)
     assert not any(r['factorize'] for r in switch.decisions)  # nothing is a million times faster
     assert trainer.model_args['ranks'] == {}
+
+
+def test_run_killed_after_the_switch_resumes_to_the_same_weights(tmp_path):
+    from training.trainer import Trainer
+    from _helpers import KillAt, Killed
+    recipe = _recipe(tmp_path, window=2, last_n=2, epsilon=1e9, profile=False, scale=False)
+    reference = Trainer(recipe, tmp_path / 'reference')
+    reference.fit()
+    with pytest.raises(Killed):
+        Trainer(recipe, tmp_path / 'killed', callbacks=[KillAt(epoch=3, step=3)]).fit()
+    resumed = Trainer(recipe, tmp_path / 'killed')
+    resumed.fit()
+    assert resumed.model_args['ranks'] == reference.model_args['ranks']
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # best/ holds weights that were evaluated: the dense ones if the best epoch was before the switch
+    import json
+    best = json.loads((tmp_path / 'reference' / 'best' / 'run.json').read_text())
+    assert ('ranks' in best['model_args']) == (best['metrics']['epoch'] >= 2)
+
+
+def test_cuttlefish_refuses_architectures_without_ranks(tmp_path):
+    from training.recipe import load_recipe
+    from training.trainer import Trainer
+    recipe = load_recipe('fmnist_mrl_nano', ['epochs=1', 'task.args.train_subset=256', 'log.progress=false',
+                                             'log.tensorboard=false', 'cuttlefish.preset=short'])
+    with pytest.raises(ValueError, match='Cuttlefish needs an architecture that takes per-layer ranks'):
+        Trainer(recipe, tmp_path / 'run').fit()

@@ -42,7 +42,8 @@ def _dying_rank_worker(rank: int, port: int, run_dir: str, queue) -> None:
             if trainer.ctx.rank == 1 and step == 1:
                 os._exit(17)  # no cleanup, like a killed or crashed process
 
-    recipe = load_recipe('fmnist_resnet18', ARGS + ['distributed.timeout_s=20'])
+    # a 2x1 grid: the torus path (row reduce-scatter / all-gather) carries the gradients
+    recipe = load_recipe('fmnist_resnet18', ARGS + ['distributed.timeout_s=20', 'distributed.grid=[2,1]'])
     start = time.monotonic()
     try:
         Trainer(recipe, Path(run_dir), callbacks=[DieAtStep()]).fit()

@@ -99,6 +99,24 @@ def test_tampered_file_is_refused(published):
     assert ARCH in zoo.hub.read_config(folder)['architecture']
 
 
+def test_config_cannot_redirect_loading_to_unverified_weights(published):
+    """A config.json edited to name another source still loads only the verified model.safetensors."""
+    folder, model, _ = published
+    config = json.loads((folder / 'config.json').read_text())
+    config['pretrained_cfg'].update(source='hf-hub', hf_hub_id='attacker/weights', url='https://example.invalid/x')
+    (folder / 'config.json').write_text(json.dumps(config))
+    loaded = zoo.create_model(f'local-dir:{folder}', pretrained=True)
+    _same_outputs(model, loaded)
+    assert loaded.pretrained_cfg['file'] == str(folder / 'model.safetensors')
+    assert not loaded.pretrained_cfg.get('hf_hub_id') and not loaded.pretrained_cfg.get('url')
+
+
+def test_published_files_are_readable_by_others(published):
+    folder, _, _ = published
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o044, f'{path.name} is private'
+
+
 def test_truncated_file_is_refused(published):
     folder, _, info = published
     weights = folder / 'model.safetensors'
@@ -252,9 +270,11 @@ def test_torch_hub_list_semantics():
     hubconf = _hubconf()
     # exactly what torch.hub.list computes
     entrypoints = [f for f in dir(hubconf) if callable(getattr(hubconf, f)) and not f.startswith('_')]
-    assert sorted(entrypoints) == sorted(zoo.list_models() + zoo.list_models(pretrained=True, tags=True))
-    assert {'dependencies', 'cf_resnet18'} <= set(dir(hubconf))
+    assert {'cf_resnet18', 'cf_resnet50', 'cf_vgg19', 'cf_deit_small', 'mrl_tiny', 'mrl_seg_nano',
+            'cf_resnet18_fmnist.cuttlefish', 'mrl_seg_nano.stardist'} <= set(entrypoints)
+    assert 'dependencies' in dir(hubconf) and 'dependencies' not in entrypoints
     assert not any(name.startswith('_') for name in entrypoints)
+    assert all(name.startswith(('cf_', 'mrl_')) for name in entrypoints)
     assert 'CIFAR ResNet-18' in getattr(hubconf, 'cf_resnet18').__doc__  # what torch.hub.help prints
 
 

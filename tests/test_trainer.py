@@ -7,25 +7,12 @@ import torch
 
 from training.checkpoint import CheckpointDir, flatten, unflatten
 from training.recipe import RecipeError, load_recipe
-from training.trainer import Callback, Trainer
+from training.trainer import Trainer
+
+from _helpers import KillAt, Killed
 
 TINY = ['epochs=3', 'task.args.train_subset=384', 'task.args.val_subset=256', 'batch.stages=[[0, 64], [2, 128]]',
         'batch.base=64', 'model.args.widths=[4,8,16,32]', 'log.progress=false', 'log.tensorboard=false']
-
-
-class _Killed(Exception):
-    pass
-
-
-class KillAt(Callback):
-    """Stands in for SIGKILL: stops the run in the middle of an epoch, after its last checkpoint."""
-
-    def __init__(self, epoch, step):
-        self.epoch, self.step = epoch, step
-
-    def on_step_end(self, trainer, epoch, step):
-        if (epoch, step) == (self.epoch, self.step):
-            raise _Killed
 
 
 def _weights(model):
@@ -37,7 +24,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     reference = Trainer(recipe, tmp_path / 'uninterrupted')
     reference.fit()
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         Trainer(recipe, tmp_path / 'killed', callbacks=[KillAt(epoch=1, step=2)]).fit()
     assert CheckpointDir(tmp_path / 'killed').latest().name == 'epoch-0001'
     resumed = Trainer(recipe, tmp_path / 'killed')
@@ -74,6 +61,16 @@ def test_finished_run_is_not_retrained(tmp_path):
     again = Trainer(recipe, tmp_path / 'run', callbacks=[KillAt(epoch=0, step=0)])
     again.fit()  # nothing left to do: no step runs, so KillAt never fires
     assert again.epoch == 3
+
+
+def test_resume_with_a_changed_recipe_is_refused(tmp_path):
+    Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=1']), tmp_path / 'run').fit()
+    changed = Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=2', 'optim.lr=0.05']), tmp_path / 'run')
+    with pytest.raises(ValueError, match=r'different recipe \(optim.lr: 0.1 -> 0.05\)'):
+        changed.resume()
+    # a run's own recipe.yaml is a valid recipe, and more epochs may be added to a finished run
+    again = Trainer(load_recipe(str(tmp_path / 'run' / 'recipe.yaml'), ['epochs=2']), tmp_path / 'run')
+    assert again.resume() and again.epoch == 1
 
 
 def test_resume_with_another_world_size_is_refused(tmp_path):

@@ -58,7 +58,12 @@ def per_rank_batch(global_batch: int, world_size: int, max_per_rank: Optional[in
     accumulation = 1 if not max_per_rank else math.ceil(per_rank / max_per_rank)
     while per_rank % accumulation:
         accumulation += 1
-    return per_rank // accumulation, accumulation
+    micro = per_rank // accumulation
+    if max_per_rank and micro < max_per_rank // 2:
+        raise ValueError(f'a per-rank batch of {per_rank} splits into micro-batches of at most {max_per_rank} '
+                         f'only as {accumulation} x {micro}; choose a global batch whose per-rank share has a '
+                         f'divisor near {max_per_rank}')
+    return micro, accumulation
 
 
 @dataclass(frozen=True)

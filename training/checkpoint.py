@@ -4,11 +4,14 @@ A checkpoint is a folder ``checkpoints/epoch-NNNN/`` holding ``model.safetensors
 + ``state.json`` (optimizer, trainer and callback state) and one ``rng-rank{R}.safetensors`` +
 ``rng-rank{R}.json`` per rank. It is assembled under a temporary name and renamed into place, then
 the text file ``checkpoints/latest`` is atomically replaced to point at it, so a run killed at any
-moment leaves either the previous checkpoint or the new one, never half of one.
+moment leaves either the previous checkpoint or the new one, never half of one. Files are fsynced
+before each rename, and if the machine itself crashes with ``latest`` pointing at an incomplete folder,
+the newest complete one is used.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.hub import atomic_write_bytes
+from zoo.hub import atomic_write_bytes, fsync_dir
 
 __all__ = ['flatten', 'unflatten', 'rng_state', 'set_rng_state', 'CheckpointDir']
+
+_log = logging.getLogger('training.checkpoint')
 
 _TENSOR, _TUPLE, _NDARRAY = '__tensor__', '__tuple__', '__ndarray__'
 
@@ -92,21 +97,34 @@ def _load(folder: Path, name: str) -> Any:
     return unflatten(json.loads((folder / f'{name}.json').read_text()), tensors)
 
 
+def _complete(folder: Path) -> bool:
+    return all((folder / f).exists() for f in ('model.safetensors', 'state.safetensors', 'state.json'))
+
+
 class CheckpointDir:
     """``run_dir/checkpoints``: writing epoch folders atomically and finding the latest one."""
 
     def __init__(self, run_dir: Path, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f'checkpoint.keep must be at least 1, got {keep}')
         self.root = Path(run_dir) / 'checkpoints'
         self.keep = keep
 
     def latest(self) -> Optional[Path]:
+        """The newest complete checkpoint (``latest``'s target, or the newest complete folder if that is
+        missing, as after a crash of the machine rather than of the process)."""
         pointer = self.root / 'latest'
         if not pointer.exists():
             return None
         folder = self.root / pointer.read_text().strip()
-        if not (folder / 'model.safetensors').exists():
-            raise FileNotFoundError(f'{pointer} points at {folder}, which is incomplete or missing')
-        return folder
+        if _complete(folder):
+            return folder
+        complete = sorted(p for p in self.root.glob('epoch-*') if _complete(p))
+        if not complete:
+            raise FileNotFoundError(f'{pointer} points at {folder}, which is incomplete, and no other complete '
+                                    f'checkpoint exists in {self.root}')
+        _log.warning('%s is incomplete; resuming from %s instead', folder, complete[-1])
+        return complete[-1]
 
     def staging(self, epoch: int) -> Path:
         """The temporary folder all ranks write epoch ``epoch`` into (created by rank 0)."""
@@ -133,7 +151,13 @@ class CheckpointDir:
         final = self.root / f'epoch-{epoch:04d}'
         if final.exists():  # written by a run killed after the rename but before `latest` moved
             shutil.rmtree(final)
-        os.replace(self.staging(epoch), final)
+        staging = self.staging(epoch)
+        for file in staging.iterdir():  # durable contents before the rename makes them visible
+            with open(file, 'rb') as f:
+                os.fsync(f.fileno())
+        fsync_dir(staging)
+        os.replace(staging, final)
+        fsync_dir(self.root)
         atomic_write_bytes(self.root / 'latest', final.name.encode())
         epochs = sorted(p for p in self.root.glob('epoch-*') if p.is_dir())
         for old in epochs[:-self.keep]:

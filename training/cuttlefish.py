@@ -32,9 +32,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import zoo
 from zoo._profile import median_seconds
-from zoo.layers import LowRankConv2d, LowRankLayer, LowRankLinear, add_frobenius_decay_, factorizable_layers, \
-    factorize_, full_rank, weight_matrix
+from zoo._builder import as_tuple
+from zoo.layers import LowRankLayer, add_frobenius_decay_, factorizable_layers, factorize_, full_rank, low_rank_like, \
+    weight_matrix
 
 from .trainer import Callback
 
@@ -102,21 +104,14 @@ def _relaxed_epsilon(epsilon: float, relaxed: Iterable[Sequence[float]], still_m
     return epsilon
 
 
-def _factorized_like(layer: nn.Module, rank: int) -> nn.Module:
-    if isinstance(layer, nn.Conv2d):
-        return LowRankConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, rank, layer.stride,
-                             layer.padding, layer.dilation, layer.bias is not None).to(layer.weight.device)
-    return LowRankLinear(layer.in_features, layer.out_features, rank, layer.bias is not None).to(layer.weight.device)
-
-
 def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_shapes: dict[str, tuple],
-                   repeats: int = 7) -> list[dict]:
+                   repeats: int = 7, mid_norm: bool = False) -> list[dict]:
     """Time forward + backward of each layer dense and factorized at its rank on its recorded input."""
     rows = []
     for name, layer in layers.items():
         device = layer.weight.device
         x = torch.randn(input_shapes[name], device=device)
-        dense, low = layer, _factorized_like(layer, ranks[name])
+        dense, low = layer, low_rank_like(layer, ranks[name], mid_norm)
 
         def step(module):
             module.zero_grad(set_to_none=True)
@@ -183,8 +178,7 @@ class CuttlefishSwitch(Callback):
             return factorizable_layers(model, model.low_rank_candidates())
         if spec == 'all':
             cfg = getattr(model, 'pretrained_cfg', {})
-            skip = {cfg.get('first_conv'), *((cfg.get('classifier'),) if isinstance(cfg.get('classifier'), str)
-                                            else cfg.get('classifier') or ())}
+            skip = {*as_tuple(cfg.get('first_conv')), *as_tuple(cfg.get('classifier'))}
             return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
         return factorizable_layers(model, spec)
 
@@ -201,6 +195,13 @@ class CuttlefishSwitch(Callback):
         self._hooks = []
 
     def on_fit_start(self, trainer: 'Trainer') -> None:
+        # Fail now, not after the switch, if the architecture cannot be rebuilt with per-layer ranks.
+        try:
+            with torch.device('meta'):
+                zoo.create_model(trainer.model_name, **dict(trainer.model_args, ranks={}))
+        except TypeError as e:
+            raise ValueError(f'Cuttlefish needs an architecture that takes per-layer ranks (the cf_* models); '
+                             f'{trainer.model_name} does not: {e}') from e
         # "Epoch -1": ξ from the initial weights, so that a random matrix maps to full rank.
         for name, layer in self._tracked(trainer.model).items():
             self.full[name] = full_rank(layer)
@@ -216,8 +217,11 @@ class CuttlefishSwitch(Callback):
         if self.switch_epoch is not None:
             return
         layers = self._tracked(trainer.model)
-        for name, layer in layers.items():
-            self.history[name].append(stable_rank(weight_matrix(layer)))
+        # Rank 0 measures and every rank takes its numbers, so all ranks decide the switch identically.
+        ranks = torch.tensor([stable_rank(weight_matrix(layer)) if trainer.ctx.is_main else 0
+                              for layer in layers.values()], dtype=torch.int64)
+        for name, sr in zip(layers, trainer.ctx.broadcast_tensor(ranks).tolist()):
+            self.history[name].append(int(sr))
         still_moving = [n for n in layers if n not in self.converged_at]
         epsilon = _relaxed_epsilon(self.settings['epsilon'], self.settings['relaxed'], len(still_moving))
         for name in still_moving:
@@ -237,7 +241,8 @@ class CuttlefishSwitch(Callback):
         smaller = {n: r for n, r in ranks.items()
                    if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)}
         if self.settings['profile'] and smaller:
-            rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes, self.profile_repeats)
+            rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes, self.profile_repeats,
+                                  self.settings['low_rank_bn'])
         else:
             rows = [dict(layer=n, rank=r, full_rank=self.full[n]) for n, r in smaller.items()]
         chosen = {}
@@ -261,7 +266,9 @@ class CuttlefishSwitch(Callback):
         before = sum(p.numel() for p in trainer.model.parameters())
         factorize_(trainer.model, chosen, init='svd', mid_norm=self.settings['low_rank_bn'])
         after = sum(p.numel() for p in trainer.model.parameters())
-        trainer.model_args = dict(trainer.model_args, ranks=chosen, low_rank_bn=self.settings['low_rank_bn'])
+        trainer.model_args = dict(trainer.model_args, ranks=chosen)
+        if self.settings['low_rank_bn']:
+            trainer.model_args['low_rank_bn'] = True
         if self.settings['frobenius_decay']:
             trainer.no_weight_decay |= {id(p) for m in trainer.model.modules() if isinstance(m, LowRankLayer)
                                         for p in (m.u_weight, m.v_weight)}

@@ -39,28 +39,31 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     if fp16:  # measure what is published: the fp16-rounded weights
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                                for k, v in model.state_dict().items()})
-    test = evaluate_weights(model, recipe)
+    test = {k: v for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
     task = build_task(recipe['task']['name'], recipe['task']['args'])
     split = task.test_description()
+    source = Path(recipe['source']).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    recipe_path = source.relative_to(repo) if source.is_relative_to(repo) else source.name
     figures = [p for p in (run_dir / 'cuttlefish' / 'stable_ranks.png',) if p.exists()]
     figures += sorted((run_dir / 'best').glob('*_overlay.png'))
     extra = {}
     if (run_dir / 'cuttlefish' / 'decisions.csv').exists():
         extra['Cuttlefish switch'] = _switch_summary(run_dir, info)
     validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}
-    training = (f'Recipe `{recipe["source"].split("training/")[-1]}` ({recipe["description"]}). '
-                f'{info["world_size"]} process(es), all-reduce: {info["allreduce"]}'
-                f'{" (2D torus " + "x".join(map(str, recipe["distributed"]["grid"] or [2, 2])) + ", gloo)" if info["allreduce"] == "torus" else ""}; '
-                f'{info["device"]}; {info["train_seconds"] / 60:.1f} min of training up to the best epoch '
+    grid = f' ({info["grid"][0]}x{info["grid"][1]} grid)' if info.get('grid') else ''
+    training = (f'Recipe `{recipe_path}` ({recipe["description"]}). '
+                f'{info["world_size"]} process(es) ({info["device"]}), gradient all-reduce: {info["allreduce"]}{grid}; '
+                f'{info["train_seconds"] / 60:.1f} min of training up to the best epoch '
                 f'({int(info["metrics"]["epoch"]) + 1} of {recipe["epochs"]}). Best epoch chosen on the validation '
                 f'data ({task.main_metric} {validation[task.main_metric]:.4g}); the figures above are on held-out test data.')
     card = ModelCard(
         title=title, summary=summary, dataset=task.dataset_description(), dataset_id=task.dataset_id(),
         task=zoo._registry.model_task(info['model_name']), metrics={split: test},
-        recipe=recipe['source'].split('training/')[-1], command=command or
+        recipe=str(recipe_path), command=command or
         f'torchrun --standalone --nproc-per-node {info["world_size"]} -m zoo.cli train --recipe {recipe["name"]}',
         training=training, intended_use=intended_use, limitations=limitations, figures=figures,
-        extra_sections=extra, tags=('cuttlefish',) if 'ranks' in info['model_args'] else ('mrl',),
+        extra_sections=extra, tags=('cuttlefish',) if info['model_name'].startswith('cf_') else ('mrl',),
         paper_ids=model.pretrained_cfg.get('paper_ids') or (), model_id=model_id)
     model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
     result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
@@ -73,11 +76,12 @@ def _switch_summary(run_dir: Path, info: dict) -> str:
     factorized = [r for r in rows if r['factorize'] == 'True']
     state_rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
     switched = next((r['epoch'] for r in state_rows if r.get('cf_switched') == '1'), None)
-    lines = [f'All tracked layers\' stable ranks converged after epoch {switched}; from the next epoch the '
-             f'network trained low-rank. {len(factorized)} of {len(rows)} tracked layers were factorized '
-             f'(the others stay dense: their factorization was not smaller or, timed on the training device, '
-             f'not faster).', '', '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |',
-             '|---|---|---|---|---|---|']
+    outcome = (f'from epoch {int(switched) + 1} on, {len(factorized)} of the {len(rows)} tracked layers trained '
+               f'low-rank' if factorized else 'no layer was factorized')
+    lines = [f'All tracked layers\' stable ranks had converged after epoch {switched}; {outcome}. A layer stays '
+             f'dense when its factorization at the chosen rank is not smaller or (when profiling) not faster on '
+             f'the training device.', '',
+             '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |', '|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | '
                      f'{float(r["dense_ms"]):.2f} | {float(r["low_rank_ms"]):.2f} |' if r.get('dense_ms')

@@ -86,8 +86,22 @@ def _merge(defaults: Any, given: Any, where: str) -> Any:
     merged = copy.deepcopy(defaults)
     for key, value in given.items():
         path = f'{where}.{key}' if where else key
+        _check_type(defaults[key], value, path)
         merged[key] = _merge(defaults[key], value, path) if value is not None else None
     return merged
+
+
+def _check_type(default: Any, value: Any, path: str) -> None:
+    """A value must have its default's type (ints pass for floats); ``None`` only where that is the default."""
+    if default is None or path in _FREE_FORM:
+        return
+    if value is None:
+        if isinstance(default, dict):
+            raise RecipeError(f'{path} must be a mapping, got null')
+        return
+    expected = (int, float) if isinstance(default, float) else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+        raise RecipeError(f'{path} must be {type(default).__name__}, got {value!r}')
 
 
 def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
@@ -120,6 +134,7 @@ def load_recipe(path_or_name: str, overrides: Sequence[str] = ()) -> dict:
         given = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f'{path} is not valid YAML: {e}') from e
+    given.pop('source', None)  # a run's saved recipe.yaml records where it came from
     recipe = _merge(DEFAULTS, given, '')
     recipe = apply_overrides(recipe, overrides)
     recipe = _merge(DEFAULTS, recipe, '')  # validate the overridden values too

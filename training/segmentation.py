@@ -67,7 +67,8 @@ class NucleiSegmentationTask(Task):
         window_size: side of the window read before augmentation and centre-cropped to ``patch_size``
             afterwards, so rotations do not bring in empty corners (default ``2 * patch_size`` with
             augmentation, as HoVer-Net's 540 px windows for 270 px inputs).
-        val_fraction: validation share of a ``'folder'`` dataset without ``train/`` and ``val/``.
+        val_fraction: share of the training images held out for validation (choosing the best epoch);
+            for a ``'folder'`` dataset without ``train/`` and ``val/``, the share of images in ``val``.
         tile, overlap: tiled inference on validation images (``zoo.segment.predict_maps``).
         num_examples: validation images drawn by :meth:`write_examples`.
     """
@@ -97,6 +98,7 @@ class NucleiSegmentationTask(Task):
         self.num_examples = num_examples
 
     def _samples(self) -> tuple[list[NucleiSample], list[NucleiSample]]:
+        """``(training images, held-out test images)`` as the dataset is distributed."""
         root = self.data_dir
         if self.dataset == 'stardist':
             return split_stardist_sample()
@@ -109,16 +111,33 @@ class NucleiSegmentationTask(Task):
             return load_cpm17(root, 'train'), load_cpm17(root, 'test')
         return (load_folder(root, 'train', self.val_fraction), load_folder(root, 'val', self.val_fraction))
 
+    def _splits(self) -> tuple[list[NucleiSample], list[NucleiSample], list[NucleiSample]]:
+        """``(train, validation, test)``: validation images are taken out of the training images (evenly
+        spaced, ``val_fraction`` of them) so that the test images never choose the best epoch. A
+        ``'folder'`` dataset has no separate test split: its ``val`` images serve both purposes."""
+        train, test = self._samples()
+        if self.dataset == 'folder':
+            return train, test, test
+        if len(train) < 2:
+            raise ValueError(f'{self.dataset}: {len(train)} training image(s); at least 2 are needed to hold '
+                             f'one out for validation')
+        count = min(len(train) - 1, max(1, round(len(train) * self.val_fraction)))
+        val_index = set(np.linspace(0, len(train) - 1, count).round().astype(int).tolist())
+        return ([s for i, s in enumerate(train) if i not in val_index], [train[i] for i in sorted(val_index)], test)
+
     def datasets(self) -> tuple[Dataset, Dataset]:
-        train, val = self._samples()
+        train, val, _ = self._splits()
         patches = NucleiPatchDataset(train, self.patch_size, self.step, self.augment, self.num_types,
                                      window_size=self.window_size)
         return patches, NucleiImageDataset(val)
 
+    def test_dataset(self) -> Dataset:
+        return NucleiImageDataset(self._splits()[2])
+
     def test_description(self) -> str:
         if self.dataset == 'stardist':
-            return 'held-out tiles of the stardist sample (4 of 16 tiles of 128x128)'
-        return {'folder': 'val images', 'consep': 'CoNSeP Test (14 images)', 'kumar': 'Kumar test (14 images)',
+            return 'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for selection)'
+        return {'folder': 'val images (also used to pick the best epoch)', 'consep': 'CoNSeP Test (14 images)', 'kumar': 'Kumar test (14 images)',
                 'cpm17': 'CPM-17 test'}[self.dataset]
 
     def dataset_description(self) -> str:
@@ -131,6 +150,9 @@ class NucleiSegmentationTask(Task):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
              ) -> tuple[torch.Tensor, dict]:
         outputs = model(batch['image'].to(device, non_blocking=True))
+        if 'tp' in batch and 'tp' not in outputs:
+            raise ValueError(f'task.args.num_types={self.num_types} but the model has no type branch: build it '
+                             f'with model.args.num_types={self.num_types}')
         targets = {key: batch[key].to(device, non_blocking=True) for key in _TARGET_KEYS if key in batch}
         total, parts = hovernet_loss(outputs, targets)
         return total, {name: value.detach() for name, value in parts.items()}

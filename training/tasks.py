@@ -109,8 +109,8 @@ class ClassificationTask(Task):
         from timm.data import create_transform
         if self.dataset == 'cifar10':
             from .data.classification import CIFAR10
-            mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-            normalize = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+            from zoo._datasets import CIFAR10_MEAN, CIFAR10_STD
+            normalize = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
             train_tf = v2.Compose(([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else [])
                                   + normalize)
             return CIFAR10(self.data_dir, 'train', train_tf), CIFAR10(self.data_dir, 'test', v2.Compose(normalize))

@@ -10,7 +10,9 @@ A run directory (``runs/<recipe name>`` unless ``--run-dir``) holds ``recipe.yam
 ``tensorboard/``, ``checkpoints/`` and ``best/``. Starting a run whose directory already has a
 checkpoint resumes it: model (with its factorized architecture, if the switch happened), optimizer,
 schedule position, batch-size stage, callback state and every rank's RNG are restored, and the epoch
-that was interrupted is run again from its start, so a killed run ends where an uninterrupted one does.
+that was interrupted is run again from its start, so a killed run ends where an uninterrupted one does
+(bit for bit on CPU; on CUDA only with deterministic kernels, and a Cuttlefish switch decided by timing
+layers may choose differently if the kill falls in the epoch that decides it).
 """
 from __future__ import annotations
 
@@ -110,12 +112,14 @@ class DistContext:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int]) -> list[dict]:
-    """No weight decay on 1-D tensors (norms, biases) nor on ``exclude`` (e.g. low-rank factors under FD)."""
+    """No weight decay on 1-D tensors (norms, biases), on what the model lists in ``no_weight_decay()``
+    (e.g. a ViT's position embedding and class token), nor on ``exclude`` (low-rank factors under FD)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or id(p) in exclude else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in skip or id(p) in exclude else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
@@ -222,8 +226,10 @@ class Trainer:
         if folder is None:
             return False
         state = self.checkpoints.read_state(folder)
-        if state['model_name'] != self.model_name:
-            raise ValueError(f'{folder} is a checkpoint of {state["model_name"]}, not {self.model_name}')
+        changed = _recipe_changes(state['recipe'], self.recipe)
+        if changed:
+            raise ValueError(f'{self.run_dir} was trained with a different recipe ({"; ".join(changed)}); '
+                             f'restore those values to resume it, or train into a new --run-dir')
         # The architecture may have changed during training (the Cuttlefish switch records its ranks).
         self.model_args = state['model_args']
         self.model = zoo.create_model(self.model_name, **self.model_args).to(self.device)
@@ -324,7 +330,7 @@ class Trainer:
         """Train to ``recipe['epochs']``, resuming if the run directory has a checkpoint. Returns the best row."""
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / 'recipe.yaml').write_text(yaml.safe_dump(self.recipe, sort_keys=False))
+            zoo.hub.atomic_write_bytes(self.run_dir / 'recipe.yaml', yaml.safe_dump(self.recipe, sort_keys=False).encode())
         self.ctx.barrier()
         resumed = self.resume()
         for callback in self.callbacks:
@@ -336,17 +342,18 @@ class Trainer:
             row['epoch_seconds'] = time.perf_counter() - start
             self.train_seconds += row['epoch_seconds']
             row.update(self.evaluate())
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, row)
             row['params'] = sum(p.numel() for p in self.model.parameters())
-            self.history.append(row)
-            self.epoch = epoch + 1
-            # Order matters for a kill at any point: best weights and logs are derived from state that
-            # the checkpoint written last makes permanent; a rerun epoch rewrites them identically.
+            # The best weights are the ones just evaluated: save them before a callback may change the
+            # model (the Cuttlefish switch factorizes it for the next epoch).
             if self.best is None or row[self.task.main_metric] > self.best[self.task.main_metric]:
                 self.best = row
                 if self.ctx.is_main:
                     self._save_best()
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, row)
+            self.history.append(row)
+            self.epoch = epoch + 1
+            # A kill at any point leaves the last checkpoint; the rerun epoch rewrites logs and best.
             if self.ctx.is_main:
                 self._log(row)
             self.save_checkpoint()
@@ -367,7 +374,8 @@ class Trainer:
         info = dict(model_name=self.model_name, model_args=self.model_args, metrics=self.best,
                     main_metric=self.task.main_metric, recipe=self.recipe, train_seconds=self.train_seconds,
                     world_size=self.ctx.world_size, device=_describe_device(self.device),
-                    allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none')
+                    allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',
+                    grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None)
         zoo.hub.atomic_write_bytes(folder / 'run.json', json.dumps(info, indent=1, default=str).encode())
         examples = self.task.write_examples(self.model, self.val_set, folder, self.device)
         if examples:
@@ -397,6 +405,24 @@ class Trainer:
         self._writer.flush()
 
 
+# Recipe entries that may differ when a run resumes: they do not change what is computed.
+_RESUMABLE_CHANGES = ('epochs', 'log', 'data', 'source', 'description', 'distributed.timeout_s')
+
+
+def _recipe_changes(before: dict, now: dict, prefix: str = '') -> list[str]:
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        path = f'{prefix}{key}'
+        if path in _RESUMABLE_CHANGES:
+            continue
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _recipe_changes(a, b, path + '.')
+        elif a != b:
+            changes.append(f'{path}: {a!r} -> {b!r}')
+    return changes
+
+
 def _seed_all(seed: int) -> None:
     import random
     import numpy as np
@@ -414,7 +440,7 @@ def _fmt(value: Any) -> str:
 def _describe_device(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    return f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    return f'{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} thread(s) per process'
 
 
 def main(recipe: str, overrides: Iterable[str] = (), run_dir: Optional[str] = None) -> dict:

@@ -17,6 +17,8 @@ __all__ = ['build_zoo_model', 'create_model', 'check_weights_fit']
 
 # build_model_with_cfg arguments that shape the wrapper or the cache, not the architecture.
 _WRAPPER_KWARGS = ('features_only', 'out_indices', 'feature_cls', 'cache_dir')
+# pretrained_cfg fields that tell timm where to load weights from; a published config.json may not set them.
+_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'custom_load')
 
 
 def _file_shapes(path: Path) -> dict[str, tuple]:
@@ -50,7 +52,7 @@ def build_zoo_model(model_cls: Union[Type[torch.nn.Module], Callable], variant: 
       weights are loaded or named by tag, so the architecture always matches its weights.
     * ``pretrained=True`` fetches the file, verifies its sha256, checks every tensor name and shape
       against the model (the classifier and input conv are exempt when ``num_classes``/``in_chans``
-      are changed, as timm adapts them) and only then lets timm load it.
+      are changed, as timm adapts them) and then lets timm load that file and no other source.
     * ``weights`` overrides the registry (e.g. weights you published yourself).
     """
     requested = kwargs.pop('pretrained_cfg', None)
@@ -75,14 +77,16 @@ def build_zoo_model(model_cls: Union[Type[torch.nn.Module], Callable], variant: 
         ignore = []
         if kwargs.get('num_classes', pretrained_cfg.num_classes) != pretrained_cfg.num_classes \
                 or kwargs.get('features_only'):
-            ignore += [c for c in _as_tuple(pretrained_cfg.classifier)]
+            ignore += [c for c in as_tuple(pretrained_cfg.classifier)]
         if kwargs.get('in_chans', pretrained_cfg.input_size[0]) != pretrained_cfg.input_size[0]:
-            ignore += [c for c in _as_tuple(pretrained_cfg.first_conv)]
+            ignore += [c for c in as_tuple(pretrained_cfg.first_conv)]
         with torch.device('meta'):
             reference = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=pretrained_cfg.to_dict(),
                                              **{k: v for k, v in model_args.items()})
         check_weights_fit(reference, path, key, tuple(ignore))
-        overlay = dict(file=str(path), custom_load=False)
+        # Only the verified file may be loaded: clear every other source timm would otherwise prefer.
+        overlay = dict(file=str(path), source=None, url=None, hf_hub_id=None, hf_hub_filename=None,
+                       state_dict=None, custom_load=False)
     pretrained_cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg.to_dict(),
                                             pretrained_cfg_overlay=overlay)
     kwargs.pop('cache_dir', None)
@@ -91,7 +95,7 @@ def build_zoo_model(model_cls: Union[Type[torch.nn.Module], Callable], variant: 
     return model
 
 
-def _as_tuple(value) -> tuple:
+def as_tuple(value) -> tuple:
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
@@ -110,8 +114,8 @@ def _create_from_folder(source: str, pretrained: bool, **kwargs) -> torch.nn.Mod
     if 'sha256' not in config:
         raise WeightsError(f'{source}: config.json has no "sha256" of {hub.WEIGHTS_NAME}; publish it with zoo.hub.publish')
     weights = Weights(source=weights_source, sha256=config['sha256'], model_args=config.get('model_args', {}))
-    cfg = dict(config.get('pretrained_cfg', {}), architecture=architecture)
-    cfg.pop('tag', None)
+    cfg = {k: v for k, v in config.get('pretrained_cfg', {}).items() if k not in _SOURCE_KEYS}
+    cfg['architecture'] = architecture
     return timm.create_model(architecture, pretrained=pretrained, pretrained_cfg=cfg, weights=weights, **kwargs)
 
 

@@ -33,7 +33,7 @@ from ._profile import count_macs
 
 __all__ = [
     'Weights', 'ModelCard', 'WeightsError', 'WeightsHashError', 'WeightsShapeError',
-    'hub_dir', 'local_folder', 'sha256_file', 'fetch', 'read_config', 'publish', 'render_card', 'atomic_write_bytes',
+    'hub_dir', 'local_folder', 'sha256_file', 'fetch', 'read_config', 'publish', 'render_card', 'atomic_write_bytes', 'fsync_dir',
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME',
 ]
 
@@ -118,7 +118,10 @@ def _fetch_url(url: str, sha256: str, progress: bool) -> Path:
     cached = cache / f'{sha256[:12]}-{Path(url.split("?")[0]).name}'
     if not cached.exists():
         # download_url_to_file writes to a temporary file and renames it, so a killed download leaves nothing.
-        torch.hub.download_url_to_file(url, str(cached), progress=progress)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=progress)
+        except OSError as e:  # URLError and HTTPError are OSErrors
+            raise WeightsError(f'could not download {url}: {e}') from e
     return cached
 
 
@@ -131,16 +134,18 @@ def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: boo
     """
     if source.startswith(_HF_PREFIX):
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError, EntryNotFoundError
+        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
         repo_id, revision = _split_revision(source[len(_HF_PREFIX):])
         try:
             path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
                                         library_name='cuttlefish-mrl-zoo'))
-        except (LocalEntryNotFoundError, EntryNotFoundError) as e:
-            from huggingface_hub.constants import HF_HUB_CACHE
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             raise WeightsError(
                 f'{name}: could not get {filename} from {source}: {e} With HF_HUB_OFFLINE=1 the file must '
                 f'already be in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).') from e
+        except (HfHubHTTPError, OSError) as e:  # missing repo or revision, no network
+            raise WeightsError(f'{name}: could not get {filename} from {source}: {e}') from e
     elif source.startswith(_URL_SCHEMES):
         if filename != WEIGHTS_NAME:
             raise WeightsError(f'{name}: a URL source points at one file; cannot fetch {filename} from {source}')
@@ -210,12 +215,32 @@ class ModelCard:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix, even after
+    a crash: temporary file in the same folder, fsync, rename, fsync of the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False)
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600 files
+        os.replace(tmp.name, path)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _model_config(model: torch.nn.Module, architecture: str, model_args: Mapping[str, Any]) -> dict:

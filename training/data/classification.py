@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from training.data.targets import center_window, hovernet_targets
 from training.data.transforms import geometric_transform, photometric_transform, warp_image_and_labels
 from training.metrics.nuclei import remap_label
+from zoo.segment import read_rgb_image
 
 __all__ = [
     "CONSEP_MERGED_TYPE_NAMES",
@@ -425,12 +426,9 @@ def load_stardist_sample() -> NucleiSample:
     for path in (image_path, mask_path):
         if not path.is_file():
             raise DatasetLayoutError(f"missing {path}; expected stardist/data/images/{{img2d,mask2d}}.tif")
-    fluorescence = tifffile.imread(image_path).astype(np.float32)
-    low, high = np.percentile(fluorescence, (1.0, 99.8))
-    scaled = np.clip((fluorescence - low) / max(high - low, 1e-6), 0.0, 1.0)
-    grey = np.round(scaled * 255).astype(np.uint8)
+    image = read_rgb_image(image_path)  # uint16 fluorescence, scaled by its 1st/99.8th percentiles
     inst_map = remap_label(_as_label_map(tifffile.imread(mask_path), mask_path, "mask"))
-    return NucleiSample("stardist_dsb2018", np.repeat(grey[..., None], 3, axis=2), inst_map)
+    return NucleiSample("stardist_dsb2018", image, inst_map)
 
 
 def tile_sample(sample: NucleiSample, tile_size: int) -> list[NucleiSample]:
@@ -622,10 +620,11 @@ class NucleiPatchDataset(Dataset):
             self._geometric.set_random_seed(geometric_seed)
             self._photometric.set_random_seed(photometric_seed)
             image, labels = warp_image_and_labels(self._geometric, image, labels)
-        crop = center_window(self.window_size, self.window_size, self.patch_size)
-        image, labels = np.ascontiguousarray(image[crop]), labels[crop]
+        image = np.ascontiguousarray(image[center_window(self.window_size, self.window_size, self.patch_size)])
         if self.augment:
             image = self._photometric(image=image)["image"]
+        # Targets come from the whole (warped) window, so a nucleus cut by the patch border keeps the
+        # centre of its full extent, as in HoVer-Net; the output crop is centred like the image crop.
         targets = hovernet_targets(
             labels[..., 0],
             labels[..., 1] if self.num_types is not None else None,

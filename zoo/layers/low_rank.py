@@ -8,14 +8,14 @@ splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, s
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ['LowRankConv2d', 'LowRankLinear', 'LowRankLayer', 'full_rank', 'weight_matrix',
-           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq', 'add_frobenius_decay_']
+           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq', 'add_frobenius_decay_',
+           'low_rank_like', 'resolve_ranks']
 
 
 def full_rank(module: nn.Module) -> int:
@@ -91,13 +91,18 @@ class LowRankConv2d(_Factorized):
         return self.conv_v.weight
 
     @classmethod
+    def like(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
+        """A freshly initialised factorization with ``conv``'s geometry, device and dtype."""
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
+                   conv.dilation, conv.bias is not None, mid_norm, conv.padding_mode).to(conv.weight.device,
+                                                                                      conv.weight.dtype)
+
+    @classmethod
     def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
         """Truncated-SVD factorization of a trained conv; at full rank (no mid norm) it is exact."""
         if conv.groups != 1:
             raise ValueError(f'cannot factorize a grouped conv (groups={conv.groups})')
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
-                    conv.dilation, bias=conv.bias is not None, mid_norm=mid_norm,
-                    padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+        layer = cls.like(conv, rank, mid_norm)
         u, v = svd_factors(weight_matrix(conv), rank)
         with torch.no_grad():
             layer.conv_u.weight.copy_(u.reshape(layer.conv_u.weight.shape))
@@ -147,9 +152,14 @@ class LowRankLinear(_Factorized):
         return self.fc_v.weight
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None).to(
+    def like(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
+        """A freshly initialised factorization with ``linear``'s shape, device and dtype."""
+        return cls(linear.in_features, linear.out_features, rank, linear.bias is not None).to(
             linear.weight.device, linear.weight.dtype)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
+        layer = cls.like(linear, rank)
         u, v = svd_factors(linear.weight, rank)
         with torch.no_grad():
             layer.fc_u.weight.copy_(u)
@@ -192,6 +202,28 @@ def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) ->
     return {n: layers[n] for n in names}
 
 
+def low_rank_like(dense: Union[nn.Conv2d, nn.Linear], rank: int, mid_norm: bool = False,
+                  svd: bool = False) -> Union[LowRankConv2d, LowRankLinear]:
+    """The low-rank version of a dense layer: its truncated SVD, or fresh factors of the same geometry."""
+    if isinstance(dense, nn.Conv2d):
+        return LowRankConv2d.from_dense(dense, rank, mid_norm) if svd else LowRankConv2d.like(dense, rank, mid_norm)
+    if mid_norm:
+        raise ValueError('a BatchNorm between the factors is only supported for convolutions')
+    return LowRankLinear.from_dense(dense, rank) if svd else LowRankLinear.like(dense, rank)
+
+
+def resolve_ranks(model: nn.Module, ranks: Optional[Mapping[str, int]], rank_ratio: Optional[float]) -> dict[str, int]:
+    """Explicit per-layer ``ranks``, plus round(ratio · full rank) for the model's other
+    ``low_rank_candidates()`` when ``rank_ratio`` is given."""
+    ranks = dict(ranks or {})
+    if rank_ratio is not None:
+        if not 0 < rank_ratio <= 1:
+            raise ValueError(f'rank_ratio must be in (0, 1], got {rank_ratio}')
+        for name, layer in factorizable_layers(model, model.low_rank_candidates()).items():
+            ranks.setdefault(name, max(1, round(rank_ratio * full_rank(layer))))
+    return ranks
+
+
 def factorize_(model: nn.Module, ranks: Mapping[str, int], init: str = 'svd', mid_norm: bool = False) -> nn.Module:
     """Replace each named dense layer of ``model`` by its low-rank version, in place.
 
@@ -206,19 +238,7 @@ def factorize_(model: nn.Module, ranks: Mapping[str, int], init: str = 'svd', mi
         limit = full_rank(dense)
         if not 1 <= rank <= limit:
             raise ValueError(f'{name}: rank {rank} outside [1, {limit}] for weight {tuple(dense.weight.shape)}')
-        if isinstance(dense, nn.Conv2d):
-            if init == 'svd':
-                layer = LowRankConv2d.from_dense(dense, rank, mid_norm)
-            else:
-                layer = LowRankConv2d(dense.in_channels, dense.out_channels, dense.kernel_size, rank, dense.stride,
-                                      dense.padding, dense.dilation, dense.bias is not None, mid_norm,
-                                      dense.padding_mode).to(dense.weight.device, dense.weight.dtype)
-        else:
-            if init == 'svd':
-                layer = LowRankLinear.from_dense(dense, rank)
-            else:
-                layer = LowRankLinear(dense.in_features, dense.out_features, rank,
-                                      dense.bias is not None).to(dense.weight.device, dense.weight.dtype)
+        layer = low_rank_like(dense, rank, mid_norm, svd=init == 'svd')
         parent_name, _, child = name.rpartition('.')
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     return model

@@ -14,7 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
-from ..layers import factorizable_layers, factorize_, full_rank
+from ..layers import factorize_, resolve_ranks
 
 __all__ = ['LowRankDeiT']
 
@@ -25,12 +25,7 @@ class LowRankDeiT(VisionTransformer):
     def __init__(self, ranks: Optional[Mapping[str, int]] = None, rank_ratio: Optional[float] = None, **kwargs):
         kwargs.setdefault('dynamic_img_size', True)
         super().__init__(**kwargs)
-        ranks = dict(ranks or {})
-        if rank_ratio is not None:
-            if not 0 < rank_ratio <= 1:
-                raise ValueError(f'rank_ratio must be in (0, 1], got {rank_ratio}')
-            for name, layer in factorizable_layers(self, self.low_rank_candidates()).items():
-                ranks.setdefault(name, max(1, round(rank_ratio * full_rank(layer))))
+        ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
             factorize_(self, ranks, init='random')
             self.init_weights()  # timm's ViT init (trunc-normal) for the new factors too

@@ -19,9 +19,9 @@ from timm.layers import create_classifier
 from timm.models import checkpoint_seq, register_model
 
 from .._builder import build_zoo_model
-from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .._datasets import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .._registry import zoo_cfgs
-from ..layers import factorizable_layers, factorize_, full_rank
+from ..layers import factorize_, resolve_ranks
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
 
@@ -148,12 +148,7 @@ class ResNet(nn.Module):
         self.num_features = self.head_hidden_size = in_chs
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
 
-        ranks = dict(ranks or {})
-        if rank_ratio is not None:
-            if not 0 < rank_ratio <= 1:
-                raise ValueError(f'rank_ratio must be in (0, 1], got {rank_ratio}')
-            for name, layer in factorizable_layers(self, self.low_rank_candidates()).items():
-                ranks.setdefault(name, max(1, round(rank_ratio * full_rank(layer))))
+        ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
             factorize_(self, ranks, init='random', mid_norm=low_rank_bn)
         self._init_weights(zero_init_last)
@@ -228,7 +223,7 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     return build_zoo_model(ResNet, variant, pretrained, **kwargs)
 
 
-_CIFAR = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+_CIFAR = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD)
 _PAPERS = dict(paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
                paper_ids=('arXiv:2305.02538', 'arXiv:1512.03385'))
 

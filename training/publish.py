@@ -1,6 +1,7 @@
 """Publishing a finished training run: re-evaluate its best weights on the held-out test data and write
 a hub folder (``config.json``, ``model.safetensors``, ``README.md`` card with the measured figures,
-the run's plots) plus the ``Weights`` entry to record in the model family's ``default_cfgs``.
+the run's plots); the returned ``registry_entry`` is the ``Weights(...)`` to add to the model family's
+``default_cfgs`` (with ``source`` changed to ``hf-hub:org/name@revision`` once the folder is uploaded).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Optional
 import torch
 
 import zoo
-from zoo.hub import ModelCard, publish
+from zoo._profile import count_macs
+from zoo.hub import ModelCard, Weights, publish
 
 from .tasks import build_task
 
@@ -67,7 +69,11 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
         paper_ids=model.pretrained_cfg.get('paper_ids') or (), model_id=model_id)
     model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
     result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
-    return dict(result, metrics={split: test}, dataset=task.dataset_description())
+    entry = Weights(source=f'local:{out_dir.name}', sha256=result['sha256'], model_args=info['model_args'],
+                    num_params=result['num_params'], macs=count_macs(model, model.pretrained_cfg['input_size']),
+                    dataset=task.dataset_description(), metrics={split: test}, recipe=str(recipe_path),
+                    file_size_mb=result['file_size_mb'])
+    return dict(result, metrics={split: test}, dataset=task.dataset_description(), registry_entry=repr(entry))
 
 
 def _switch_summary(run_dir: Path, info: dict) -> str:

@@ -5,8 +5,6 @@
 2. ``mrl_seg_nano.stardist`` — the MRL nuclei segmentation net — segments the held-out tiles of the
    annotated nuclei image shipped in the ``stardist`` wheel (fluorescence, DSB2018 — not H&E), reports
    DICE / AJI / PQ against its ground truth and writes an overlay PNG.
-
-Where no published weights exist yet the demo says so and uses a freshly built model instead.
 """
 from __future__ import annotations
 
@@ -19,24 +17,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, **kwargs) -> tuple[torch.nn.Module, bool]:
-    import zoo
-    try:
-        return torch.hub.load(str(REPO), name, source='local', pretrained=True, **kwargs), True
-    except zoo.WeightsError as e:
-        print(f'  ! {e}\n  ! using a freshly built, untrained {name} instead: its predictions are random')
-        return zoo.create_model(name, **kwargs), False
+def _load(name: str) -> torch.nn.Module:
+    """A published model through torch.hub, exactly as a user would load it from a clone."""
+    return torch.hub.load(str(REPO), name, source='local', pretrained=True).eval()
 
 
 def classify(count: int) -> None:
     from training.data.fashion_mnist import FashionMNIST
     name = 'cf_resnet18_fmnist'
     print(f'== {name}: Fashion-MNIST test images (held out from training)')
-    model, _ = _load(name)
-    model.eval()
+    model = _load(name)
     low_rank = model.zoo_model_args.get('ranks', {})
     params = sum(p.numel() for p in model.parameters())
-    print(f'  {params:,} parameters; {len(low_rank)} layers low-rank (ranks chosen by Cuttlefish during training)')
+    print(f'  {params:,} parameters; {len(low_rank)} layers low-rank (Cuttlefish decided during training, '
+          f'see hub/cf_resnet18_fmnist/README.md)')
     test = FashionMNIST('test')
     classes = model.pretrained_cfg['label_names']
     picks = np.random.default_rng(0).choice(len(test), count, replace=False)
@@ -59,16 +53,15 @@ def segment(out_dir: Path) -> None:
     from PIL import Image
     name = 'mrl_seg_nano.stardist'
     print(f'\n== {name}: held-out tiles of the stardist nuclei image (fluorescence, not H&E)')
-    model, _ = _load(name)
-    model.eval()
-    _, val = split_stardist_sample()
+    model = _load(name)
+    _, held_out = split_stardist_sample()
     pairs, panels = [], []
-    for sample in val:
+    for sample in held_out:
         inst, _ = predict_instances(model, sample.image, tile=128, overlap=32)
         pairs.append((sample.inst_map, inst))
         panels.append(overlay(sample.image, inst))
     stats = mean_instance_stats(pairs)
-    print('  ' + ', '.join(f'{k} {v:.3f}' for k, v in stats.items()) + f'  (mean over {len(val)} tiles)')
+    print('  ' + ', '.join(f'{k} {v:.3f}' for k, v in stats.items()) + f'  (mean over {len(held_out)} held-out tiles)')
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / 'stardist_overlay.png'
     Image.fromarray(np.concatenate(panels, axis=1)).save(path)

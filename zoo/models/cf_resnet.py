@@ -15,13 +15,14 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import create_classifier
-from timm.models import checkpoint_seq, register_model
+from timm.models import register_model
 
 from .._builder import build_zoo_model
 from .._datasets import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .._registry import zoo_cfgs
+from ..hub import Weights
 from ..layers import factorize_, resolve_ranks
+from ._pooled import PooledClassifier
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
 
@@ -83,7 +84,7 @@ class Bottleneck(nn.Module):
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
-class ResNet(nn.Module):
+class ResNet(PooledClassifier):
     """ResNet with a CIFAR or ImageNet stem whose convolutions may be low-rank factorized.
 
     Args:
@@ -119,8 +120,6 @@ class ResNet(nn.Module):
         if len(layers) != len(widths):
             raise ValueError(f'layers {tuple(layers)} and widths {tuple(widths)} must have the same length')
         block_cls = _BLOCKS[block]
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.stem_type = stem
 
@@ -145,8 +144,8 @@ class ResNet(nn.Module):
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'layer{i + 1}'))
         self.num_stages = len(layers)
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.num_features = in_chs
+        self._init_head(num_classes, global_pool, drop_rate)
 
         ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
@@ -188,35 +187,8 @@ class ResNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        for stage in self.stages():
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
@@ -243,9 +215,25 @@ def _fmnist_cfg(**kwargs) -> dict:
                 std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES) | kwargs
 
 
+_FMNIST_DATA = ('Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): the first 20,000 training '
+                'images; the last 5,000 training images validate')
+_FMNIST_TEST = 'Fashion-MNIST test split (10,000 images)'
+
 default_cfgs = zoo_cfgs({
     'cf_resnet18': _cifar_cfg(),
-    'cf_resnet18_fmnist': _fmnist_cfg(),
+    # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
+    'cf_resnet18_fmnist.cuttlefish': _fmnist_cfg(weights=Weights(
+        source='local:cf_resnet18_fmnist',
+        sha256='93b958a56aacc4e7aed02d88e4aba29d2956004192359c69b7da47fc39068aa9',
+        model_args={'ranks': {}}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
+        metrics={_FMNIST_TEST: {'top1': 89.51, 'top5': 99.86}},
+        recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml', file_size_mb=2.694)),
+    'cf_resnet18_fmnist.full_rank': _fmnist_cfg(weights=Weights(
+        source='local:cf_resnet18_fmnist_full_rank',
+        sha256='ad0c09801b323905175b043b125464327a3d2df27ed44de00684f9b3db6911cc',
+        model_args={}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
+        metrics={_FMNIST_TEST: {'top1': 89.87, 'top5': 99.84}},
+        recipe='training/recipes/fmnist_resnet18.yaml', file_size_mb=2.694)),
     'cf_resnet50': _cfg(),
     'cf_wide_resnet50_2': _cfg(),
 })

@@ -11,13 +11,13 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import create_classifier
-from timm.models import checkpoint_seq, register_model
+from timm.models import register_model
 
 from .._builder import build_zoo_model
 from .._datasets import CIFAR10_MEAN, CIFAR10_STD
 from .._registry import zoo_cfgs
 from ..layers import factorize_, resolve_ranks
+from ._pooled import PooledClassifier
 
 __all__ = ['VGG']
 
@@ -30,7 +30,7 @@ class ConvBnAct(nn.Sequential):
         self.act = nn.ReLU(inplace=True)
 
 
-class VGG(nn.Module):
+class VGG(PooledClassifier):
     """VGG for small images; ``stage{i}`` outputs are the features at strides 1, 2, 4, 8, 16."""
 
     def __init__(
@@ -46,8 +46,6 @@ class VGG(nn.Module):
             low_rank_bn: bool = False,
     ):
         super().__init__()
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
         self.grad_checkpointing = False
         self.feature_info = []
         in_chs = in_chans
@@ -60,8 +58,8 @@ class VGG(nn.Module):
             self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f'stage{i + 1}'))
         self.num_stages = len(widths)
         self.final_pool = nn.MaxPool2d(2)
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.num_features = in_chs
+        self._init_head(num_classes, global_pool, drop_rate)
 
         ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
@@ -84,31 +82,8 @@ class VGG(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^stage1\.0', blocks=r'^stage(\d+)' if coarse else r'^stage(\d+)\.(\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg'):
-        self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages():
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_pool(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        if self.drop_rate:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 default_cfgs = zoo_cfgs({

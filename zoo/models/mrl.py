@@ -73,6 +73,7 @@ from timm.models._features import feature_take_indices
 from .._builder import build_zoo_model
 from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .._registry import zoo_cfgs
+from ..hub import Weights
 
 __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'RegionalAttention', 'GroupedFFN']
 
@@ -374,9 +375,16 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = zoo_cfgs({
     'mrl_nano': _cfg(),
-    'mrl_nano_fmnist': _cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0,
-                            interpolation='bilinear', mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                            label_names=FASHION_MNIST_CLASSES),
+    'mrl_nano_fmnist.fmnist': _cfg(
+        num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0, interpolation='bilinear',
+        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES,
+        weights=Weights(
+            source='local:mrl_nano_fmnist', sha256='e9c2861a279c09f422bdfad309818462377a1167c0e5eb7ccc6bed2fecbb3fd2',
+            model_args={'drop_path_rate': 0.05}, num_params=3_169_610, macs=8_700_672,
+            dataset='Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): the first 20,000 '
+                    'training images; the last 5,000 training images validate',
+            metrics={'Fashion-MNIST test split (10,000 images)': {'top1': 86.78, 'top5': 99.64}},
+            recipe='training/recipes/fmnist_mrl_nano.yaml', file_size_mb=6.07)),
     'mrl_tiny': _cfg(),
     'mrl_small': _cfg(),
     'mrl_base': _cfg(),

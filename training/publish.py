@@ -41,7 +41,7 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     if fp16:  # measure what is published: the fp16-rounded weights
         model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
                                for k, v in model.state_dict().items()})
-    test = {k: v for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
+    test = {k: round(v, 4) for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
     task = build_task(recipe['task']['name'], recipe['task']['args'])
     split = task.test_description()
     source = Path(recipe['source']).resolve()

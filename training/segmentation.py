@@ -143,7 +143,8 @@ class NucleiSegmentationTask(Task):
     def dataset_description(self) -> str:
         if self.dataset == 'stardist':
             return ('the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
-                    'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, tiled 12 train / 4 held out')
+                    'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: '
+                    '10 train, 2 validate, 4 held out for testing')
         return {'folder': f'image folder {self.data_dir}', 'consep': 'CoNSeP (Graham et al. 2019)',
                 'kumar': 'Kumar / MoNuSeg 2018', 'cpm17': 'CPM-17'}[self.dataset]
 

@@ -56,6 +56,7 @@ from timm.models import register_model, resolve_pretrained_cfg
 
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
+from ..hub import Weights
 from .mrl import MRL
 
 __all__ = ['MRLSeg', 'DecoderBlock', 'OUTPUT_STRIDE']
@@ -186,6 +187,17 @@ def _cfg(**kwargs) -> dict:
 
 default_cfgs = zoo_cfgs({
     'mrl_seg_nano': _cfg(),
+    # Fluorescence (DSB2018), not H&E: see hub/mrl_seg_nano_stardist/README.md before using it on histology.
+    'mrl_seg_nano.stardist': _cfg(weights=Weights(
+        source='local:mrl_seg_nano_stardist', sha256='0249d387d51c26962dec188fc966c3241ba2db92aae3fbb5751b5944df219110',
+        model_args={'drop_path_rate': 0.05}, num_params=3_958_516, macs=1_391_398_016,
+        dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / BBBC038, '
+                'fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: 10 train, '
+                '2 validate, 4 held out for testing',
+        metrics={'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '
+                 'selection)': {'dice': 0.9374, 'aji': 0.7415, 'aji_plus': 0.7822, 'dq': 0.8536, 'sq': 0.8641,
+                                'pq': 0.7388}},
+        recipe='training/recipes/stardist_mrl_seg_nano.yaml', file_size_mb=7.589)),
     'mrl_seg_tiny': _cfg(),
     'mrl_seg_small': _cfg(),
 })

@@ -2,8 +2,9 @@
 
 For each model: parameters and MACs (multiply-adds) dense vs factorized, the MAC ratio (the ideal
 speed-up), and the measured ratios of train-step and inference throughput (median of repeats).
-Ranks: those a real Cuttlefish run chose where one exists (the published ``cf_resnet18_fmnist``
-weights record them); otherwise the uniform rank 1/4 on the paper's layer set, labelled as such.
+Ranks: those a real Cuttlefish run chose where one exists (the published
+``cf_resnet18_fmnist.cuttlefish_sr`` weights record them); otherwise the uniform rank 1/4 on the
+paper's layer set, labelled as such.
 
     python benchmarks/cuttlefish.py [--quick] [--device cuda]
 """
@@ -18,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import zoo  # noqa: E402
 from zoo._profile import count_macs, median_seconds  # noqa: E402
+from zoo._registry import list_weights  # noqa: E402
 
 # (model, batch, image size for timing); ImageNet models are timed below their 224 training size on a CPU.
 MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19', 64, 32), ('cf_resnet50', 8, 224),
@@ -25,10 +27,10 @@ MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19',
 
 
 def _ranks(name: str) -> tuple[dict, str]:
-    weights = zoo.get_weights(name)
-    if weights is not None and weights.model_args.get('ranks'):
-        chosen = {k: v for k, v in weights.model_args.items() if k in ('ranks', 'low_rank_bn')}
-        return chosen, 'chosen by a real Cuttlefish run'
+    for tag, weights in list_weights(name).items():
+        if weights.model_args.get('ranks'):
+            chosen = {k: v for k, v in weights.model_args.items() if k in ('ranks', 'low_rank_bn')}
+            return chosen, f'chosen by a real Cuttlefish run ({tag})'
     return dict(rank_ratio=0.25), 'uniform 1/4 on the paper layers (no real run here)'
 
 

@@ -228,6 +228,18 @@ default_cfgs = zoo_cfgs({
         model_args={'ranks': {}}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
         metrics={_FMNIST_TEST: {'top1': 89.51, 'top5': 99.86}},
         recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml', file_size_mb=2.694)),
+    'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(weights=Weights(
+        source='local:cf_resnet18_fmnist_cuttlefish_sr',
+        sha256='663cc9b171432fd0156d08a8c5cf04c10148b1d60e67acc826a54b627d09d17b',
+        model_args={'ranks': {  # chosen by the switch after epoch 5
+            'layer1.0.conv1': 7, 'layer1.0.conv2': 7, 'layer1.1.conv1': 7, 'layer1.1.conv2': 8,
+            'layer2.0.conv1': 14, 'layer2.0.conv2': 18, 'layer2.0.downsample.0': 5, 'layer2.1.conv1': 15,
+            'layer2.1.conv2': 13, 'layer3.0.conv1': 26, 'layer3.0.conv2': 31, 'layer3.0.downsample.0': 9,
+            'layer3.1.conv1': 24, 'layer3.1.conv2': 25, 'layer4.0.conv1': 57, 'layer4.0.conv2': 63,
+            'layer4.0.downsample.0': 17, 'layer4.1.conv1': 73, 'layer4.1.conv2': 71}},
+        num_params=395_466, macs=15_100_256, dataset=_FMNIST_DATA,
+        metrics={_FMNIST_TEST: {'top1': 89.42, 'top5': 99.89}},
+        recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml', file_size_mb=1.53)),
     'cf_resnet18_fmnist.full_rank': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist_full_rank',
         sha256='ad0c09801b323905175b043b125464327a3d2df27ed44de00684f9b3db6911cc',

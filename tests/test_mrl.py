@@ -14,6 +14,7 @@ from PIL import Image
 import zoo
 from training.data import NucleiPatchDataset, NucleiSample, hv_map, split_stardist_sample
 from training.losses import hovernet_loss
+from training.metrics import aji
 from training.segmentation import NucleiImageDataset, NucleiSegmentationTask
 from zoo.models.mrl import MRLBlock
 from zoo.segment import (
@@ -271,7 +272,9 @@ def test_task_evaluate_returns_sums_and_count(tmp_path):
 def test_task_datasets_and_loss():
     task = NucleiSegmentationTask('stardist', patch_size=64, step=64)
     train, val = task.datasets()
-    assert isinstance(val[0], NucleiSample) and len(val) == 4
+    assert isinstance(val[0], NucleiSample) and len(val) == 2  # 10 train / 2 val / 4 held-out tiles
+    assert len(task.test_dataset()) == 4
+    assert len(train) == 10 * (128 // 64) ** 2
     batch = torch.utils.data.default_collate([train[0], train[1]])
     assert batch['image'].shape == (2, 3, 64, 64)
     loss, parts = task.loss(timm.create_model('mrl_seg_nano'), batch, torch.device('cpu'))
@@ -296,3 +299,15 @@ def test_mrl_seg_nano_overfits_two_stardist_tiles():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0], losses
+
+
+def test_a_2000_pixel_image_runs_tile_by_tile():
+    """A 2000x2000 tile (a slide region) is segmented with the network only ever seeing tile batches."""
+    centres = [(row, col) for row in range(40, 2000, 160) for col in range(40, 2000, 160)]
+    image, inst_map = _disks(2000, 2000, centres)
+    model, seen = _oracle(), []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape)))
+    pred, _ = predict_instances(model, image, tile=256, overlap=64, batch_size=4)
+    assert pred.shape == (2000, 2000) and pred.max() == len(centres)
+    assert max(seen) <= (4, 3, 256, 256) and len(seen) == -(-len(tile_starts(2000, 256, 64)) ** 2 // 4)
+    assert aji(inst_map, pred) > 0.95

@@ -76,6 +76,13 @@ def test_local_dir_roundtrip(published):
     assert loaded.pretrained_cfg['file'] == str(folder / 'model.safetensors')
 
 
+def test_publishing_is_byte_reproducible(published, tmp_path):
+    # The registry pins each file's sha256, so republishing the same weights must give the same bytes.
+    folder, model, info = published
+    hashes = {publish(model, tmp_path / f'again{i}', _card())['sha256'] for i in range(4)}
+    assert hashes == {info['sha256']}
+
+
 def test_fp16_publish_halves_the_file(published, tmp_path):
     folder, model, info = published
     half = publish(model, tmp_path / 'half', _card(), dtype=torch.float16)

@@ -50,6 +50,11 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     figures = [p for p in (run_dir / 'cuttlefish' / 'stable_ranks.png',) if p.exists()]
     figures += sorted((run_dir / 'best').glob('*_overlay.png'))
     extra = {}
+    if info['model_name'].startswith('mrl_'):
+        # The MRL block is this zoo's design from the paper's abstract: every MRL card carries it.
+        import zoo.models.mrl as mrl_module
+        design = mrl_module.__doc__.split('\nNetwork:')[0].strip()
+        extra['Architecture (zoo/models/mrl.py)'] = f'```text\n{design}\n```'
     if (run_dir / 'cuttlefish' / 'decisions.csv').exists():
         extra['Cuttlefish switch'] = _switch_summary(run_dir, info)
     validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}

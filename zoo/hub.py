@@ -339,7 +339,9 @@ def publish(model: torch.nn.Module, folder: Union[str, Path], card: ModelCard, a
         state_dict[key] = tensor.clone()  # clone: safetensors refuses tensors that share storage
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / WEIGHTS_NAME
-        save_file(state_dict, str(tmp_file), metadata={'format': 'pt', 'architecture': architecture})
+        # One metadata key only: safetensors serialises metadata from a hash map, so a second key would make
+        # the bytes (and the published sha256) differ from run to run. The architecture is in config.json.
+        save_file(state_dict, str(tmp_file), metadata={'format': 'pt'})
         atomic_write_bytes(folder / WEIGHTS_NAME, tmp_file.read_bytes())
     sha256 = sha256_file(folder / WEIGHTS_NAME)
     file_size_mb = (folder / WEIGHTS_NAME).stat().st_size / 2 ** 20

@@ -224,13 +224,13 @@ default_cfgs = zoo_cfgs({
     # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
     'cf_resnet18_fmnist.cuttlefish': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist',
-        sha256='93b958a56aacc4e7aed02d88e4aba29d2956004192359c69b7da47fc39068aa9',
+        sha256='b34de32a888d0b1da4def967af0c99d0c63ba57cac761371c8ad30b4f0635b09',
         model_args={'ranks': {}}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
         metrics={_FMNIST_TEST: {'top1': 89.51, 'top5': 99.86}},
         recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml', file_size_mb=2.694)),
     'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist_cuttlefish_sr',
-        sha256='663cc9b171432fd0156d08a8c5cf04c10148b1d60e67acc826a54b627d09d17b',
+        sha256='af9139d6e258c7358b4c826b5670c9db7db8a572ea762387817bf9f47609dc18',
         model_args={'ranks': {  # chosen by the switch after epoch 5
             'layer1.0.conv1': 7, 'layer1.0.conv2': 7, 'layer1.1.conv1': 7, 'layer1.1.conv2': 8,
             'layer2.0.conv1': 14, 'layer2.0.conv2': 18, 'layer2.0.downsample.0': 5, 'layer2.1.conv1': 15,
@@ -242,7 +242,7 @@ default_cfgs = zoo_cfgs({
         recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml', file_size_mb=1.53)),
     'cf_resnet18_fmnist.full_rank': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist_full_rank',
-        sha256='ad0c09801b323905175b043b125464327a3d2df27ed44de00684f9b3db6911cc',
+        sha256='60265f79af881a004457752c13ed0a3c35dd51e16e44f1cddec39acb8b045dca',
         model_args={}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
         metrics={_FMNIST_TEST: {'top1': 89.87, 'top5': 99.84}},
         recipe='training/recipes/fmnist_resnet18.yaml', file_size_mb=2.694)),

@@ -379,7 +379,7 @@ default_cfgs = zoo_cfgs({
         num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0, interpolation='bilinear',
         mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES,
         weights=Weights(
-            source='local:mrl_nano_fmnist', sha256='e9c2861a279c09f422bdfad309818462377a1167c0e5eb7ccc6bed2fecbb3fd2',
+            source='local:mrl_nano_fmnist', sha256='097b92b92210815e0462b44231359feb2360effea58f113f6e8c674a02e23965',
             model_args={'drop_path_rate': 0.05}, num_params=3_169_610, macs=8_700_672,
             dataset='Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): the first 20,000 '
                     'training images; the last 5,000 training images validate',

@@ -189,7 +189,7 @@ default_cfgs = zoo_cfgs({
     'mrl_seg_nano': _cfg(),
     # Fluorescence (DSB2018), not H&E: see hub/mrl_seg_nano_stardist/README.md before using it on histology.
     'mrl_seg_nano.stardist': _cfg(weights=Weights(
-        source='local:mrl_seg_nano_stardist', sha256='0249d387d51c26962dec188fc966c3241ba2db92aae3fbb5751b5944df219110',
+        source='local:mrl_seg_nano_stardist', sha256='d724badb33e00ab7ac60a620e726acfedc510c0f8066b905950ec36c6212310a',
         model_args={'drop_path_rate': 0.05}, num_params=3_958_516, macs=1_391_398_016,
         dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / BBBC038, '
                 'fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: 10 train, '

@@ -85,6 +85,7 @@ def test_switch_in_a_training_run_and_resume(tmp_path):
     trainer.fit()
     switch = trainer.callbacks[0]
     assert switch.switch_epoch == 2
+    assert trainer.warmup_from == 2  # cosine schedule, nothing decayed yet: the warmup restarts
     ranks = trainer.model_args['ranks']
     assert ranks and all(isinstance(trainer.model.get_submodule(n), LowRankConv2d) for n in ranks)
     assert trainer.history[-1]['params'] < trainer.history[0]['params']
@@ -108,9 +109,11 @@ def test_switch_in_a_training_run_and_resume(tmp_path):
 
 
 def test_profiler_keeps_layers_dense_unless_faster(tmp_path):
+    """A switch that keeps every layer dense leaves training exactly as without Cuttlefish: same
+    optimizer state, no warmup restart, same random stream, so bit-identical weights."""
     from training.trainer import Trainer
     recipe = _recipe(tmp_path, window=2, last_n=2, epsilon=1e9, profile=True, min_speedup=1e6, scale=False)
-    recipe['epochs'] = 2
+    recipe['epochs'] = 3
     trainer = Trainer(recipe, tmp_path / 'run')
     trainer.fit()
     switch = trainer.callbacks[0]
@@ -118,7 +121,24 @@ def test_profiler_keeps_layers_dense_unless_faster(tmp_path):
     profiled = [r for r in switch.decisions if 'speedup' in r]
     assert profiled and all(r['dense_ms'] > 0 and r['low_rank_ms'] > 0 for r in profiled)
     assert not any(r['factorize'] for r in switch.decisions)  # nothing is a million times faster
-    assert trainer.model_args['ranks'] == {}
+    assert trainer.model_args['ranks'] == {} and trainer.warmup_from == 0
+
+    plain = Trainer(dict(recipe, cuttlefish=None), tmp_path / 'plain')
+    assert not plain.callbacks
+    plain.fit()
+    for key, value in plain.model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_no_warmup_restart_after_the_first_decay_milestone(tmp_path):
+    from training.trainer import Trainer
+    recipe = _recipe(tmp_path, window=2, last_n=2, epsilon=1e9, profile=False, scale=False)
+    recipe['epochs'] = 3
+    recipe['schedule'].update(decay='step', milestones=[1])
+    trainer = Trainer(recipe, tmp_path / 'run')
+    trainer.fit()
+    assert trainer.callbacks[0].switch_epoch == 2 and trainer.model_args['ranks']
+    assert trainer.warmup_from == 0
 
 
 def test_run_killed_after_the_switch_resumes_to_the_same_weights(tmp_path):

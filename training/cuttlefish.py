@@ -11,7 +11,7 @@ The rules, as the authors' code implements them:
   layers are still moving; once converged a layer stays converged;
 * when every tracked layer has converged at the end of epoch ``e``, the network is factorized by
   truncated SVD at the scaled ranks and trains low-rank from epoch ``e + 1``: a fresh optimizer
-  (momentum reset), an optional warmup restart, and Frobenius decay (λ = 1e-4 on the product
+  (momentum reset), a warmup restart if the learning rate has not been decayed yet, and Frobenius decay (λ = 1e-4 on the product
   ``U Vᵀ``) instead of weight decay on the factors.
 
 Where the original hard-codes which layers to factorize ("K"), ``CuttlefishSwitch`` measures it:
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 import zoo
-from zoo._profile import median_seconds
+from zoo._profile import paired_median_seconds
 from zoo._builder import as_tuple
 from zoo.layers import LowRankLayer, add_frobenius_decay_, factorizable_layers, factorize_, full_rank, low_rank_like, \
     weight_matrix
@@ -110,15 +110,17 @@ def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_sh
     rows = []
     for name, layer in layers.items():
         device = layer.weight.device
-        x = torch.randn(input_shapes[name], device=device)
+        # Inside a network every layer also computes the gradient of its input; without requires_grad
+        # the dense layer would skip it while the factorized pair still pays it between its factors.
+        x = torch.randn(input_shapes[name], device=device, requires_grad=True)
         dense, low = layer, low_rank_like(layer, ranks[name], mid_norm)
 
         def step(module):
             module.zero_grad(set_to_none=True)
+            x.grad = None
             module(x).sum().backward()
 
-        dense_s = median_seconds(lambda: step(dense), repeats)
-        low_s = median_seconds(lambda: step(low), repeats)
+        dense_s, low_s = paired_median_seconds(lambda: step(dense), lambda: step(low), repeats)
         dense.zero_grad(set_to_none=True)
         m, n = weight_matrix(layer).shape
         rows.append(dict(layer=name, shape=f'{m}x{n}', full_rank=min(m, n), rank=ranks[name],
@@ -140,7 +142,8 @@ class CuttlefishSwitch(Callback):
         frobenius_decay: λ of Frobenius decay on the factors after the switch (0 disables it and
             keeps ordinary weight decay on them).
         low_rank_bn: BatchNorm between the factors (the paper's alternative to Frobenius decay).
-        rewarm: restart the recipe's warmup at the switch.
+        rewarm: restart the recipe's warmup at the switch, if the schedule has not passed its first
+            step-decay milestone (the authors' CIFAR rule); a switch that factorizes nothing changes nothing.
         scale: ``True`` uses the scaled stable rank ξ·sr (the paper's default), ``False`` plain sr.
     """
 
@@ -241,8 +244,11 @@ class CuttlefishSwitch(Callback):
         smaller = {n: r for n, r in ranks.items()
                    if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)}
         if self.settings['profile'] and smaller:
-            rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes, self.profile_repeats,
-                                  self.settings['low_rank_bn'])
+            # The timing inputs must not move the training's random stream (data order, augmentation).
+            devices = [layer.weight.device for layer in layers.values() if layer.weight.is_cuda][:1]
+            with torch.random.fork_rng(devices=devices):
+                rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes,
+                                      self.profile_repeats, self.settings['low_rank_bn'])
         else:
             rows = [dict(layer=n, rank=r, full_rank=self.full[n]) for n, r in smaller.items()]
         chosen = {}
@@ -263,23 +269,32 @@ class CuttlefishSwitch(Callback):
         decision = trainer.ctx.broadcast_tensor(decision)
         chosen = {n: int(r) for n, r in zip(names, decision.tolist()) if r > 0}
         self._remove_hooks()
+        self.switch_epoch = epoch + 1
+        trainer.model_args = dict(trainer.model_args, ranks=chosen)  # recorded even when empty: the decision
+        if not chosen:
+            # Nothing to factorize: the network and its training go on exactly as before.
+            if trainer.ctx.is_main:
+                _log.info('Cuttlefish: all %d tracked layers converged after epoch %d; no factorization is '
+                          'smaller and faster, so the network stays dense', len(layers), epoch)
+            return
         before = sum(p.numel() for p in trainer.model.parameters())
         factorize_(trainer.model, chosen, init='svd', mid_norm=self.settings['low_rank_bn'])
         after = sum(p.numel() for p in trainer.model.parameters())
-        trainer.model_args = dict(trainer.model_args, ranks=chosen)
         if self.settings['low_rank_bn']:
             trainer.model_args['low_rank_bn'] = True
         if self.settings['frobenius_decay']:
             trainer.no_weight_decay |= {id(p) for m in trainer.model.modules() if isinstance(m, LowRankLayer)
                                         for p in (m.u_weight, m.v_weight)}
         trainer.rebuild_optimizer()
-        if self.settings['rewarm']:
+        # As the authors' CIFAR code: re-warm only while the learning rate has not been decayed yet.
+        milestones = trainer.lr_schedule.milestones
+        rewarmed = self.settings['rewarm'] and (not milestones or epoch + 1 < min(milestones))
+        if rewarmed:
             trainer.warmup_from = epoch + 1
-        self.switch_epoch = epoch + 1
         if trainer.ctx.is_main:
             _log.info('Cuttlefish: all %d tracked layers converged after epoch %d; factorized %d of them, '
-                      'params %s -> %s (%.2fx smaller)', len(layers), epoch, len(chosen), f'{before:,}',
-                      f'{after:,}', before / after)
+                      'params %s -> %s (%.2fx smaller); learning-rate warmup %s', len(layers), epoch, len(chosen),
+                      f'{before:,}', f'{after:,}', before / after, 'restarted' if rewarmed else 'not restarted')
 
     def after_backward(self, trainer: 'Trainer') -> None:
         strength = self.settings['frobenius_decay']

@@ -19,6 +19,10 @@ from .tasks import build_task
 
 __all__ = ['evaluate_weights', 'publish_run']
 
+_SELECTION = {False: 'the figures above are on held-out test data that chose nothing.',
+              True: 'that is the data of the figures above (as in the papers), so they are not independent of '
+                    'the choice of epoch.'}
+
 
 def evaluate_weights(model: torch.nn.Module, recipe: dict, batch_size: int = 256) -> dict[str, float]:
     """The recipe task's metrics of ``model`` on its held-out test data (never used for model selection)."""
@@ -59,11 +63,13 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
         extra['Cuttlefish switch'] = _switch_summary(run_dir, info)
     validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}
     grid = f' ({info["grid"][0]}x{info["grid"][1]} grid)' if info.get('grid') else ''
+    code = f' Code: commit `{info["code_version"]}`.' if info.get('code_version') else ''
     training = (f'Recipe `{recipe_path}` ({recipe["description"]}). '
                 f'{info["world_size"]} process(es) ({info["device"]}), gradient all-reduce: {info["allreduce"]}{grid}; '
                 f'{info["train_seconds"] / 60:.1f} min of training up to the best epoch '
                 f'({int(info["metrics"]["epoch"]) + 1} of {recipe["epochs"]}). Best epoch chosen on the validation '
-                f'data ({task.main_metric} {validation[task.main_metric]:.4g}); the figures above are on held-out test data.')
+                f'data ({task.main_metric} {validation[task.main_metric]:.4g}); '
+                f'{_SELECTION[task.selects_on_test_data()]}{code}')
     card = ModelCard(
         title=title, summary=summary, dataset=task.dataset_description(), dataset_id=task.dataset_id(),
         task=zoo._registry.model_task(info['model_name']), metrics={split: test},

@@ -134,6 +134,9 @@ class NucleiSegmentationTask(Task):
     def test_dataset(self) -> Dataset:
         return NucleiImageDataset(self._splits()[2])
 
+    def selects_on_test_data(self) -> bool:
+        return self.dataset == 'folder'
+
     def test_description(self) -> str:
         if self.dataset == 'stardist':
             return 'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for selection)'

@@ -44,8 +44,13 @@ class Task:
         return []
 
     def test_dataset(self) -> Dataset:
-        """Held-out data for the reported figures; never used to select epochs (default: validation)."""
+        """The data of the reported figures (default: the validation data, see ``selects_on_test_data``)."""
         return self.datasets()[1]
+
+    def selects_on_test_data(self) -> bool:
+        """Whether the best epoch is chosen on the same data the figures are reported on (as the CIFAR and
+        ImageNet papers do); model cards then say so instead of calling the figures held out."""
+        return True
 
     def test_description(self) -> str:
         return 'validation split'
@@ -125,6 +130,9 @@ class ClassificationTask(Task):
             from .data.fashion_mnist import FashionMNIST
             return FashionMNIST('test', self.data_dir)
         return self.datasets()[1]
+
+    def selects_on_test_data(self) -> bool:
+        return not (self.dataset == 'fashion_mnist' and self.holdout)
 
     def test_description(self) -> str:
         return {'fashion_mnist': 'Fashion-MNIST test split (10,000 images)', 'cifar10': 'CIFAR-10 test split',

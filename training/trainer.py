@@ -375,7 +375,8 @@ class Trainer:
                     main_metric=self.task.main_metric, recipe=self.recipe, train_seconds=self.train_seconds,
                     world_size=self.ctx.world_size, device=_describe_device(self.device),
                     allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',
-                    grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None)
+                    grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None,
+                    code_version=_code_version())
         zoo.hub.atomic_write_bytes(folder / 'run.json', json.dumps(info, indent=1, default=str).encode())
         examples = self.task.write_examples(self.model, self.val_set, folder, self.device)
         if examples:
@@ -435,6 +436,17 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f'{value:.6g}'
     return '' if value is None else str(value)
+
+
+def _code_version() -> Optional[str]:
+    """``git describe --always --dirty`` of the checkout the trainer runs from (None outside git)."""
+    import subprocess
+    try:
+        result = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
 
 
 def _describe_device(device: torch.device) -> str:

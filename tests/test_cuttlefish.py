@@ -8,6 +8,7 @@ import torch
 
 from training.cuttlefish import PRESETS, CuttlefishSwitch, _relaxed_epsilon, ema, has_converged, scaled_rank, \
     stable_rank
+import zoo
 from zoo.layers import LowRankConv2d
 
 
@@ -167,3 +168,29 @@ def test_cuttlefish_refuses_architectures_without_ranks(tmp_path):
                                              'log.tensorboard=false', 'cuttlefish.preset=short'])
     with pytest.raises(ValueError, match='Cuttlefish needs an architecture that takes per-layer ranks'):
         Trainer(recipe, tmp_path / 'run').fit()
+
+
+@pytest.mark.parametrize('recipe_name, candidates, tracked', [
+    ('cifar10_resnet18_cuttlefish', 19, 10),  # every conv but the stem; the paper's layer2.1-layer4.1
+    ('cifar10_vgg19_cuttlefish', 15, 12),     # every conv but the stem; convs 5-16
+    ('imagenet_resnet50_cuttlefish', 52, 10),  # layer4 incl. its downsample
+    ('imagenet_deit_small_cuttlefish', 36, 48),  # qkv/fc1/fc2 factorized; qkv/proj/fc1/fc2 tracked
+])
+def test_paper_recipes_track_the_papers_layers(recipe_name, candidates, tracked):
+    from training.recipe import load_recipe
+    recipe = load_recipe(recipe_name)
+    switch = CuttlefishSwitch(**recipe['cuttlefish'])
+    with torch.device('meta'):
+        model = zoo.create_model(recipe['model']['name'], **recipe['model'].get('args', {}))
+    assert (len(switch._candidates(model)), len(switch._deciders(model))) == (candidates, tracked)
+    if recipe_name.startswith('cifar10_resnet18'):
+        assert sorted(switch._deciders(model)) == sorted(
+            f'layer{s}.{b}.conv{c}' for s, b in [(2, 1), (3, 0), (3, 1), (4, 0), (4, 1)] for c in (1, 2))
+
+
+def test_layer_patterns_that_match_nothing_are_named():
+    from zoo.layers import factorizable_layers
+    model = zoo.create_model('cf_resnet18', widths=(8, 16, 32, 64))
+    assert list(factorizable_layers(model, ['layer4.*.conv2'])) == ['layer4.0.conv2', 'layer4.1.conv2']
+    with pytest.raises(ValueError, match=r"\['layer9\.\*'\]"):
+        factorizable_layers(model, ['layer4.0.conv1', 'layer9.*'])

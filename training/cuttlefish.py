@@ -134,8 +134,12 @@ class CuttlefishSwitch(Callback):
 
     Args:
         preset: ``'cifar'``, ``'imagenet'``, ``'vit'`` or ``'short'``; the other arguments override it.
-        layers: ``'all'`` (every dense conv/linear except the stem and the classifier), ``'paper'``
-            (the model's ``low_rank_candidates()``, the original hand-picked set) or a list of names.
+        layers: the layers that may be factorized: ``'all'`` (every dense conv/linear except the stem
+            and the classifier), ``'paper'`` (the model's ``low_rank_candidates()``, the original
+            hand-picked set) or a list of names or shell-style patterns (``'blocks.*.mlp.fc*'``).
+        track: the layers whose convergence decides the switch, in the same forms (default: ``layers``).
+            The authors track a different set than they factorize: for CIFAR ResNet-18 the 10 convs of
+            layer2.1-layer4.1, for DeiT qkv, proj, fc1 and fc2 of every block (proj stays dense).
         profile: time each candidate and keep it dense unless factorizing is at least
             ``min_speedup`` times faster (a 5 % margin by default, above timing noise);
             ``False`` factorizes every candidate that gets smaller.
@@ -149,7 +153,8 @@ class CuttlefishSwitch(Callback):
 
     def __init__(self, preset: str = 'cifar', window: Optional[int] = None, last_n: Optional[int] = None,
                  epsilon: Optional[float] = None, relaxed: Optional[list] = None, floor: Optional[float] = None,
-                 layers: Union[str, Sequence[str]] = 'all', profile: bool = True, min_speedup: float = 1.05,
+                 layers: Union[str, Sequence[str]] = 'all', track: Union[str, Sequence[str], None] = None,
+                 profile: bool = True, min_speedup: float = 1.05,
                  profile_repeats: int = 7, frobenius_decay: float = 1e-4, low_rank_bn: bool = False,
                  rewarm: bool = True, scale: bool = True):
         if preset not in PRESETS:
@@ -161,7 +166,8 @@ class CuttlefishSwitch(Callback):
         for key, value in dict(window=window, last_n=last_n, epsilon=epsilon, relaxed=relaxed, floor=floor).items():
             if value is not None:
                 settings[key] = value
-        self.settings = dict(settings, preset=preset, layers=layers, profile=profile, min_speedup=min_speedup,
+        self.settings = dict(settings, preset=preset, layers=layers, track=track, profile=profile,
+                             min_speedup=min_speedup,
                              frobenius_decay=frobenius_decay, low_rank_bn=low_rank_bn, rewarm=rewarm, scale=scale)
         self.profile_repeats = profile_repeats
         self.xi: dict[str, float] = {}
@@ -175,8 +181,8 @@ class CuttlefishSwitch(Callback):
 
     # ------------------------------------------------------------------------------------ tracking
 
-    def _tracked(self, model: nn.Module) -> dict[str, nn.Module]:
-        spec = self.settings['layers']
+    @staticmethod
+    def _select(model: nn.Module, spec: Union[str, Sequence[str]]) -> dict[str, nn.Module]:
         if spec == 'paper':
             return factorizable_layers(model, model.low_rank_candidates())
         if spec == 'all':
@@ -185,12 +191,22 @@ class CuttlefishSwitch(Callback):
             return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
         return factorizable_layers(model, spec)
 
+    def _candidates(self, model: nn.Module) -> dict[str, nn.Module]:
+        return self._select(model, self.settings['layers'])
+
+    def _deciders(self, model: nn.Module) -> dict[str, nn.Module]:
+        return self._select(model, self.settings.get('track') or self.settings['layers'])
+
+    def _tracked(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every layer whose stable rank is recorded: the candidates (for their ranks) and the deciders."""
+        return self._candidates(model) | self._deciders(model)
+
     def _record_input_shapes(self, model: nn.Module) -> None:
         def hook(name):
             def record(_module, args):
                 self._input_shapes.setdefault(name, tuple(args[0].shape))
             return record
-        self._hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self._tracked(model).items()]
+        self._hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self._candidates(model).items()]
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
@@ -225,14 +241,15 @@ class CuttlefishSwitch(Callback):
                               for layer in layers.values()], dtype=torch.int64)
         for name, sr in zip(layers, trainer.ctx.broadcast_tensor(ranks).tolist()):
             self.history[name].append(int(sr))
-        still_moving = [n for n in layers if n not in self.converged_at]
+        deciders = list(self._deciders(trainer.model))
+        still_moving = [n for n in deciders if n not in self.converged_at]
         epsilon = _relaxed_epsilon(self.settings['epsilon'], self.settings['relaxed'], len(still_moving))
         for name in still_moving:
             if has_converged(self.history[name], self.settings['window'], self.settings['last_n'], epsilon):
                 self.converged_at[name] = epoch
-        metrics['cf_converged'] = len(self.converged_at) / max(len(layers), 1)
-        if len(self.converged_at) == len(layers):
-            self._switch(trainer, epoch, layers)
+        metrics['cf_converged'] = len(self.converged_at) / max(len(deciders), 1)
+        if len(self.converged_at) == len(deciders):
+            self._switch(trainer, epoch, self._candidates(trainer.model))
             metrics['cf_switched'] = 1
         if trainer.ctx.is_main:
             self.write_report(trainer.run_dir / 'cuttlefish')
@@ -274,8 +291,8 @@ class CuttlefishSwitch(Callback):
         if not chosen:
             # Nothing to factorize: the network and its training go on exactly as before.
             if trainer.ctx.is_main:
-                _log.info('Cuttlefish: all %d tracked layers converged after epoch %d; no factorization is '
-                          'smaller and faster, so the network stays dense', len(layers), epoch)
+                _log.info('Cuttlefish: the tracked layers converged after epoch %d; no factorization of the %d '
+                          'candidates is smaller and faster, so the network stays dense', epoch, len(layers))
             return
         before = sum(p.numel() for p in trainer.model.parameters())
         factorize_(trainer.model, chosen, init='svd', mid_norm=self.settings['low_rank_bn'])
@@ -292,8 +309,8 @@ class CuttlefishSwitch(Callback):
         if rewarmed:
             trainer.warmup_from = epoch + 1
         if trainer.ctx.is_main:
-            _log.info('Cuttlefish: all %d tracked layers converged after epoch %d; factorized %d of them, '
-                      'params %s -> %s (%.2fx smaller); learning-rate warmup %s', len(layers), epoch, len(chosen),
+            _log.info('Cuttlefish: the tracked layers converged after epoch %d; factorized %d of %d candidates, '
+                      'params %s -> %s (%.2fx smaller); learning-rate warmup %s', epoch, len(chosen), len(layers),
                       f'{before:,}', f'{after:,}', before / after, 'restarted' if rewarmed else 'not restarted')
 
     def after_backward(self, trainer: 'Trainer') -> None:

@@ -8,6 +8,8 @@ splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, s
 """
 from __future__ import annotations
 
+import fnmatch
+
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
@@ -190,16 +192,21 @@ def _norm_affine(norm: nn.Module, rank: int, like: torch.Tensor) -> tuple[torch.
 
 
 def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
-    """Dense ``Conv2d`` (groups=1) and ``Linear`` layers of ``model`` by qualified name (optionally a subset)."""
+    """Dense ``Conv2d`` (groups=1) and ``Linear`` layers of ``model`` by qualified name, optionally only
+    those matching ``names`` (exact names or shell-style patterns such as ``'blocks.*.mlp.fc*'``)."""
     layers = {n: m for n, m in model.named_modules()
               if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)}
     if names is None:
         return layers
-    missing = [n for n in names if n not in layers]
+    names = list(names)
+    missing = [p for p in names if not any(fnmatch.fnmatchcase(n, p) for n in layers)]
     if missing:
         raise ValueError(f'not factorizable layers of {type(model).__name__}: {missing}; '
-                       f'candidates include {sorted(layers)[:12]}')
-    return {n: layers[n] for n in names}
+                         f'candidates include {sorted(layers)[:12]}')
+    picked = {}
+    for pattern in names:
+        picked.update((n, m) for n, m in layers.items() if fnmatch.fnmatchcase(n, pattern))
+    return picked
 
 
 def low_rank_like(dense: Union[nn.Conv2d, nn.Linear], rank: int, mid_norm: bool = False,

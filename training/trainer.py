@@ -145,6 +145,7 @@ class Trainer:
                                       self.batch_schedule)
         self.epoch = 0
         self.warmup_from = 0  # moved by callbacks that restart warmup (the Cuttlefish switch)
+        self.code_version = _code_version()  # at start: the checkout may change while a run trains
         self.no_weight_decay: set[int] = set()  # parameter ids excluded from weight decay
         self.history: list[dict] = []
         self.best: Optional[dict] = None
@@ -376,7 +377,7 @@ class Trainer:
                     world_size=self.ctx.world_size, device=_describe_device(self.device),
                     allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',
                     grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None,
-                    code_version=_code_version())
+                    code_version=self.code_version)
         zoo.hub.atomic_write_bytes(folder / 'run.json', json.dumps(info, indent=1, default=str).encode())
         examples = self.task.write_examples(self.model, self.val_set, folder, self.device)
         if examples:

@@ -64,7 +64,8 @@ def test_card_metadata_is_generated_from_results(published):
     front = yaml.safe_load(text.split('---')[1])
     assert front['library_name'] == 'timm' and front['datasets'] == ['unit-test']
     result = front['model-index'][0]['results'][0]
-    assert result['metrics'] == [dict(type='top1', value=12.5, name='top1')]
+    assert result['metrics'] == [dict(type='accuracy', value=12.5, name='top1')]
+    assert front['pipeline_tag'] == 'image-classification' and result['dataset']['type'] == 'unit-test'
     assert info['sha256'] in text and f"{info['num_params']:,}" in text
     assert 'zoo train --recipe recipes/none.yaml' in text
 

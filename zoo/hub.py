@@ -261,18 +261,25 @@ def _model_config(model: torch.nn.Module, architecture: str, model_args: Mapping
     return config
 
 
+# The Hugging Face Hub's names where ours differ: its pipeline tags and metric ids.
+_HF_PIPELINE = {'nuclei-segmentation': 'image-segmentation'}
+_HF_METRIC = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
+
+
 def _card_metadata(card: ModelCard, architecture: str) -> dict:
-    meta: dict[str, Any] = dict(library_name='timm', license=card.license, pipeline_tag=card.task,
-                                tags=[card.task, 'timm', 'cuttlefish-mrl-zoo', *card.tags])
+    pipeline = _HF_PIPELINE.get(card.task, card.task)
+    meta: dict[str, Any] = dict(library_name='timm', license=card.license, pipeline_tag=pipeline,
+                                tags=list(dict.fromkeys([pipeline, card.task, 'timm', 'cuttlefish-mrl-zoo', *card.tags])))
     if card.dataset_id:
         meta['datasets'] = [card.dataset_id]
     if card.metrics:
         results = []
         for split, values in card.metrics.items():
             results.append(dict(
-                task=dict(type=card.task),
-                dataset=dict(name=card.dataset, type=card.dataset_id or card.dataset, split=split),
-                metrics=[dict(type=k, value=float(v), name=k) for k, v in values.items()]))
+                task=dict(type=pipeline),
+                # ``type`` is a dataset id on the Hub; data without one (e.g. the stardist sample) is 'custom'.
+                dataset=dict(name=card.dataset, type=card.dataset_id or 'custom', split=split),
+                metrics=[dict(type=_HF_METRIC.get(k, k), value=float(v), name=k) for k, v in values.items()]))
         meta['model-index'] = [dict(name=architecture, results=results)]
     return meta
 

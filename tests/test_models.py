@@ -13,11 +13,13 @@ from zoo._registry import model_task
 from zoo.layers import LowRankLayer
 
 CLASSIFIERS = [n for n in zoo.list_models() if model_task(n) == 'image-classification']
+SEGMENTERS = [n for n in zoo.list_models() if model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
 # Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
 # of each family only in its dense form: factorization is the same code, and CI has two cores).
 LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]
 CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
 CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
+GOLDEN_CASES, GOLDEN_IDS = CASES + [(n, {}) for n in SEGMENTERS], CASE_IDS + SEGMENTERS
 # Families whose forward is plain enough for torch.fx symbolic tracing.
 FX_PREFIXES = ('cf_resnet', 'cf_wide_resnet', 'cf_vgg', 'mrl_')
 MAX_FWD_SIZE = 96
@@ -170,17 +172,21 @@ def _golden_case(name, kwargs):
     c, h, _ = _input_size(model, 64)
     x = _golden_input(c, h)
     with torch.no_grad():
-        return dict(input=x, output=model(x), features=model.forward_features(x))
+        out = model(x)
+        if isinstance(out, dict):  # segmentation nets: one map per branch
+            return dict(input=x, **{f'output_{branch}': value for branch, value in out.items()})
+        return dict(input=x, output=out, features=model.forward_features(x))
 
 
-@pytest.mark.parametrize('name,kwargs', CASES, ids=CASE_IDS)
+@pytest.mark.parametrize('name,kwargs', GOLDEN_CASES, ids=GOLDEN_IDS)
 def test_model_golden(name, kwargs):
     path = GOLDEN_DIR / f'{name}{"-lowrank" if kwargs else ""}.safetensors'
     assert path.exists(), f'{path} missing: run `python tests/test_models.py --update-golden` and review the diff'
     golden = load_file(str(path))
     current = _golden_case(name, kwargs)
     torch.testing.assert_close(current['input'], golden['input'])
-    for key in ('output', 'features'):
+    assert set(current) == set(golden)
+    for key in sorted(set(golden) - {'input'}):
         scale = golden[key].abs().max().item()
         torch.testing.assert_close(current[key], golden[key], rtol=1e-4, atol=1e-4 * scale,
                                    msg=lambda m: f'{name} {key} changed numerically: {m}')
@@ -192,7 +198,7 @@ if __name__ == '__main__':
     if '--update-golden' not in sys.argv:
         sys.exit('usage: python tests/test_models.py --update-golden')
     GOLDEN_DIR.mkdir(exist_ok=True)
-    for (name, kwargs), case_id in zip(CASES, CASE_IDS):
+    for (name, kwargs), case_id in zip(GOLDEN_CASES, GOLDEN_IDS):
         save_file({k: v.contiguous() for k, v in _golden_case(name, kwargs).items()},
                   str(GOLDEN_DIR / f'{case_id}.safetensors'))
         print('wrote', case_id)

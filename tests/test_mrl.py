@@ -21,7 +21,7 @@ from zoo.segment import (
     blend_window, overlay, predict_instances, predict_maps, predict_to_overlay, read_rgb_image, tile_starts,
 )
 
-SEG_MODELS = ['mrl_seg_nano', 'mrl_seg_tiny']
+SEG_MODELS = [n for n in zoo.list_models('mrl_seg_*')]
 
 
 # ---------------------------------------------------------------------------------------------------------

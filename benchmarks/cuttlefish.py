@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import zoo  # noqa: E402
-from zoo._profile import count_macs, median_seconds  # noqa: E402
+from zoo._profile import count_macs, paired_median_seconds  # noqa: E402
 from zoo._registry import list_weights  # noqa: E402
 
 # (model, batch, image size for timing); ImageNet models are timed below their 224 training size on a CPU.
@@ -34,20 +34,32 @@ def _ranks(name: str) -> tuple[dict, str]:
     return dict(rank_ratio=0.25), 'uniform 1/4 on the paper layers (no real run here)'
 
 
-def _throughput(model, batch: int, size: int, train: bool, device, repeats: int) -> float:
+def _step(model, batch: int, size: int, train: bool, device):
+    """One training step (forward, backward, SGD update) or one inference forward, as a closure."""
     x = torch.randn(batch, model.pretrained_cfg['input_size'][0], size, size, device=device)
-    if train:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if not train:
+        model.eval()
+        return lambda: _infer(model, x)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            model(x).float().logsumexp(-1).mean().backward()
-            optimizer.step()
-        return batch / median_seconds(step, repeats)
-    model.eval()
-    with torch.inference_mode():
-        return batch / median_seconds(lambda: model(x), repeats)
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(x).float().logsumexp(-1).mean().backward()
+        optimizer.step()
+    return step
+
+
+@torch.inference_mode()
+def _infer(model, x):
+    return model(x)
+
+
+def _throughputs(dense, low, batch: int, size: int, train: bool, device, repeats: int) -> tuple[float, float]:
+    """Images/s of both models, timed alternately (see ``paired_median_seconds``)."""
+    a, b = paired_median_seconds(_step(dense, batch, size, train, device), _step(low, batch, size, train, device),
+                                 repeats)
+    return batch / a, batch / b
 
 
 def main() -> None:
@@ -73,8 +85,8 @@ def main() -> None:
         input_size = dense.pretrained_cfg['input_size']
         params = [sum(p.numel() for p in m.parameters()) for m in (dense, low)]
         macs = [count_macs(m.eval(), input_size) for m in (dense, low)]
-        train = [_throughput(m, batch, size, True, device, repeats) for m in (dense, low)]
-        infer = [_throughput(m, batch, size, False, device, repeats) for m in (dense, low)]
+        train = _throughputs(dense, low, batch, size, True, device, repeats)
+        infer = _throughputs(dense, low, batch, size, False, device, repeats)
         lines.append(f'| {name} | {origin} | {params[0] / 1e6:.2f}M | {params[1] / 1e6:.2f}M | '
                      f'{params[0] / params[1]:.2f}x | {macs[0] / 1e9:.3f}G | {macs[1] / 1e9:.3f}G | '
                      f'{macs[0] / macs[1]:.2f}x | {train[0]:.1f} | {train[1]:.1f} | {train[1] / train[0]:.2f}x | '
@@ -83,7 +95,8 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     note = (f'\nMeasured on {where}, torch {torch.__version__}; batch/size per model as in `MODELS` '
             f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats '
-            f'after warm-up. MACs at the model\'s default input size.\n')
+            f'after warm-up, dense and factorized timed alternately. MACs at the model\'s default input size; '
+            f'their ratio is the ideal speed-up.\n')
     print(note)
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

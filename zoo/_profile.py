@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['count_macs', 'median_seconds']
+__all__ = ['count_macs', 'median_seconds', 'paired_median_seconds']
 
 
 def count_macs(model: torch.nn.Module, input_size) -> int:
@@ -34,3 +34,17 @@ def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2)
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 10,
+                          warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` timed alternately, so that a change in the machine's load
+    during the measurement affects both alike and their ratio stays meaningful."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(median_seconds(fn_a, repeats=1, warmup=0))
+        b.append(median_seconds(fn_b, repeats=1, warmup=0))
+    return statistics.median(a), statistics.median(b)

@@ -68,5 +68,8 @@ def test_bare_name_loads_the_default_tag():
     """``cf_resnet18_fmnist`` with pretrained=True is the Cuttlefish model, ranks and all (the issue's example)."""
     model = torch.hub.load(str(REPO), 'cf_resnet18_fmnist', source='local', pretrained=True)
     assert model.zoo_model_args['ranks'] == _WEIGHTS['cf_resnet18_fmnist.cuttlefish'].model_args['ranks']
+    tagged, twin = (zoo.create_model(f'cf_resnet18_fmnist.{tag}', pretrained=True) for tag in ('cuttlefish', 'full_rank'))
+    assert all(torch.equal(v, tagged.state_dict()[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items() if k in twin.state_dict())
     plain = zoo.create_model('cf_resnet18_fmnist')  # without weights: the plain full-rank architecture
     assert 'ranks' not in plain.zoo_model_args

@@ -27,10 +27,12 @@ MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19',
 
 
 def _ranks(name: str) -> tuple[dict, str]:
-    for tag, weights in list_weights(name).items():
-        if weights.model_args.get('ranks'):
-            chosen = {k: v for k, v in weights.model_args.items() if k in ('ranks', 'low_rank_bn')}
-            return chosen, f'chosen by a real Cuttlefish run ({tag})'
+    """The ranks of the published weights with the most factorized layers, else uniform 1/4."""
+    published = [(tag, w) for tag, w in list_weights(name).items() if w.model_args.get('ranks')]
+    if published:
+        tag, weights = max(published, key=lambda item: len(item[1].model_args['ranks']))
+        chosen = {k: v for k, v in weights.model_args.items() if k in ('ranks', 'low_rank_bn')}
+        return chosen, f'chosen by a real Cuttlefish run ({tag})'
     return dict(rank_ratio=0.25), 'uniform 1/4 on the paper layers (no real run here)'
 
 

@@ -1,7 +1,7 @@
 """The main job (``make demo``): load published models through torch.hub and use them on real held-out data.
 
-1. ``cf_resnet18_fmnist`` — the Cuttlefish-factorized ResNet — classifies Fashion-MNIST test images
-   (never seen in training) and is scored on the whole 10,000-image test split.
+1. ``cf_resnet18_fmnist`` — the ResNet-18 trained with the Cuttlefish switch — classifies Fashion-MNIST
+   test images (never seen in training) and is scored on the whole 10,000-image test split.
 2. ``mrl_seg_nano.stardist`` — the MRL nuclei segmentation net — segments the held-out tiles of the
    annotated nuclei image shipped in the ``stardist`` wheel (fluorescence, DSB2018 — not H&E), reports
    DICE / AJI / PQ against its ground truth and writes an overlay PNG.

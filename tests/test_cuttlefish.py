@@ -194,3 +194,15 @@ def test_layer_patterns_that_match_nothing_are_named():
     assert list(factorizable_layers(model, ['layer4.*.conv2'])) == ['layer4.0.conv2', 'layer4.1.conv2']
     with pytest.raises(ValueError, match=r"\['layer9\.\*'\]"):
         factorizable_layers(model, ['layer4.0.conv1', 'layer9.*'])
+
+
+def test_profiler_times_what_training_runs():
+    """The timed step computes the input gradient (as inside a network) under the training's autocast."""
+    from training.cuttlefish import profile_layers
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+    seen = []
+    conv.register_forward_hook(lambda _m, args, out: seen.append((out.dtype, args[0].requires_grad)))
+    rows = profile_layers({'conv': conv}, {'conv': 4}, {'conv': (2, 16, 8, 8)}, repeats=2, amp_dtype=torch.bfloat16)
+    assert seen and set(seen) == {(torch.bfloat16, True)}
+    assert rows[0]['rank'] == 4 and rows[0]['dense_ms'] > 0 and rows[0]['low_rank_ms'] > 0
+    assert conv.weight.grad is None  # the profiled layer is left as it was

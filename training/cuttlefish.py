@@ -11,8 +11,8 @@ The rules, as the authors' code implements them:
   layers are still moving; once converged a layer stays converged;
 * when every tracked layer has converged at the end of epoch ``e``, the network is factorized by
   truncated SVD at the scaled ranks and trains low-rank from epoch ``e + 1``: a fresh optimizer
-  (momentum reset), a warmup restart if the learning rate has not been decayed yet, and Frobenius decay (λ = 1e-4 on the product
-  ``U Vᵀ``) instead of weight decay on the factors.
+  (momentum reset), a warmup restart if the learning rate has not been decayed yet, and Frobenius
+  decay (λ = 1e-4 on the product ``U Vᵀ``) instead of weight decay on the factors.
 
 Where the original hard-codes which layers to factorize ("K"), ``CuttlefishSwitch`` measures it:
 each candidate layer is timed dense and factorized (forward + backward, at the rank it would get, on
@@ -105,8 +105,9 @@ def _relaxed_epsilon(epsilon: float, relaxed: Iterable[Sequence[float]], still_m
 
 
 def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_shapes: dict[str, tuple],
-                   repeats: int = 7, mid_norm: bool = False) -> list[dict]:
-    """Time forward + backward of each layer dense and factorized at its rank on its recorded input."""
+                   repeats: int = 7, mid_norm: bool = False, amp_dtype: Optional[torch.dtype] = None) -> list[dict]:
+    """Time forward + backward of each layer dense and factorized at its rank on its recorded input,
+    under the training's autocast dtype (``amp_dtype``) if it uses one."""
     rows = []
     for name, layer in layers.items():
         device = layer.weight.device
@@ -118,7 +119,9 @@ def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_sh
         def step(module):
             module.zero_grad(set_to_none=True)
             x.grad = None
-            module(x).sum().backward()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = module(x)
+            out.float().sum().backward()
 
         dense_s, low_s = paired_median_seconds(lambda: step(dense), lambda: step(low), repeats)
         dense.zero_grad(set_to_none=True)
@@ -256,7 +259,7 @@ class CuttlefishSwitch(Callback):
 
     # ------------------------------------------------------------------------------------ switching
 
-    def _decide(self, layers: dict[str, nn.Module]) -> dict[str, int]:
+    def _decide(self, layers: dict[str, nn.Module], amp_dtype: Optional[torch.dtype] = None) -> dict[str, int]:
         ranks = {n: self._rank(n, self.history[n][-1]) for n in layers}
         smaller = {n: r for n, r in ranks.items()
                    if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)}
@@ -265,7 +268,7 @@ class CuttlefishSwitch(Callback):
             devices = [layer.weight.device for layer in layers.values() if layer.weight.is_cuda][:1]
             with torch.random.fork_rng(devices=devices):
                 rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes,
-                                      self.profile_repeats, self.settings['low_rank_bn'])
+                                      self.profile_repeats, self.settings['low_rank_bn'], amp_dtype)
         else:
             rows = [dict(layer=n, rank=r, full_rank=self.full[n]) for n, r in smaller.items()]
         chosen = {}
@@ -279,7 +282,7 @@ class CuttlefishSwitch(Callback):
         return chosen
 
     def _switch(self, trainer: 'Trainer', epoch: int, layers: dict[str, nn.Module]) -> None:
-        chosen = self._decide(layers) if trainer.ctx.is_main else {}
+        chosen = self._decide(layers, trainer.amp_dtype) if trainer.ctx.is_main else {}
         # Timings differ between ranks: rank 0 decides and every rank applies its decision.
         names = list(layers)
         decision = torch.tensor([chosen.get(n, 0) for n in names], dtype=torch.int64)

@@ -29,8 +29,9 @@ def classify(count: int) -> None:
     model = _load(name)
     low_rank = model.zoo_model_args.get('ranks', {})
     params = sum(p.numel() for p in model.parameters())
-    print(f'  {params:,} parameters; {len(low_rank)} layers low-rank (Cuttlefish decided during training, '
-          f'see hub/cf_resnet18_fmnist/README.md)')
+    chosen = ', '.join(f'{layer} (rank {rank})' for layer, rank in low_rank.items()) or 'none'
+    print(f'  {params:,} parameters; low-rank layers chosen by Cuttlefish during training: {chosen} '
+          f'(see hub/cf_resnet18_fmnist/README.md)')
     test = FashionMNIST('test')
     classes = model.pretrained_cfg['label_names']
     picks = np.random.default_rng(0).choice(len(test), count, replace=False)

@@ -12,7 +12,6 @@ from typing import Optional
 import torch
 
 import zoo
-from zoo._profile import count_macs
 from zoo.hub import ModelCard, Weights, publish
 
 from .tasks import build_task
@@ -81,7 +80,7 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
     result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
     entry = Weights(source=f'local:{out_dir.name}', sha256=result['sha256'], model_args=info['model_args'],
-                    num_params=result['num_params'], macs=count_macs(model, model.pretrained_cfg['input_size']),
+                    num_params=result['num_params'], macs=result['macs'],
                     dataset=task.dataset_description(), metrics={split: test}, recipe=str(recipe_path),
                     file_size_mb=result['file_size_mb'])
     return dict(result, metrics={split: test}, dataset=task.dataset_description(), registry_entry=repr(entry))

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from zoo._datasets import FASHION_MNIST_TEST_SPLIT
+
 __all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS']
 
 
@@ -135,7 +137,7 @@ class ClassificationTask(Task):
         return not (self.dataset == 'fashion_mnist' and self.holdout)
 
     def test_description(self) -> str:
-        return {'fashion_mnist': 'Fashion-MNIST test split (10,000 images)', 'cifar10': 'CIFAR-10 test split',
+        return {'fashion_mnist': FASHION_MNIST_TEST_SPLIT, 'cifar10': 'CIFAR-10 test split',
                 'image_folder': 'val/ folder'}[self.dataset]
 
     def dataset_description(self) -> str:

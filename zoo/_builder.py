@@ -17,8 +17,8 @@ __all__ = ['build_zoo_model', 'create_model', 'check_weights_fit']
 
 # build_model_with_cfg arguments that shape the wrapper or the cache, not the architecture.
 _WRAPPER_KWARGS = ('features_only', 'out_indices', 'feature_cls', 'cache_dir')
-# pretrained_cfg fields that tell timm where to load weights from; a published config.json may not set them.
-_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag', 'custom_load')
+# pretrained_cfg fields that tell timm where or how to load weights; a published config.json may not set them.
+_SOURCE_KEYS = (*hub.WEIGHT_SOURCE_KEYS, 'custom_load')
 
 
 def _file_shapes(path: Path) -> dict[str, tuple]:

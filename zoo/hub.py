@@ -243,10 +243,15 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# pretrained_cfg fields that say where weights come from: a published config.json leaves them out, since
+# the folder's own model.safetensors (verified by its sha256) is the only source.
+WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag')
+
+
 def _model_config(model: torch.nn.Module, architecture: str, model_args: Mapping[str, Any]) -> dict:
     """timm's config.json schema (``architecture``, ``num_classes``, ``model_args``, ``pretrained_cfg``)."""
     pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    for key in ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag'):
+    for key in WEIGHT_SOURCE_KEYS:
         pretrained_cfg.pop(key, None)
     pretrained_cfg['architecture'] = architecture
     pretrained_cfg['num_classes'] = getattr(model, 'num_classes', pretrained_cfg.get('num_classes'))
@@ -330,8 +335,9 @@ def publish(model: torch.nn.Module, folder: Union[str, Path], card: ModelCard, a
 
     Each file is written atomically. ``dtype=torch.float16`` halves the file (floating-point tensors
     only). ``model_args`` default to the constructor arguments the zoo builder recorded on the model
-    (``model.zoo_model_args``); ``macs`` default to a count at the model's default input size. Returns the fields of a ``Weights`` entry for the registry
-    (``sha256``, ``num_params``, ``file_size_mb``, ``model_args``).
+    (``model.zoo_model_args``); ``macs`` default to a count at the model's default input size. Returns
+    the fields of a ``Weights`` entry for the registry (``sha256``, ``num_params``, ``macs``,
+    ``file_size_mb``, ``model_args``).
     """
     folder = Path(folder)
     architecture = architecture or model.pretrained_cfg['architecture']
@@ -360,5 +366,6 @@ def publish(model: torch.nn.Module, folder: Union[str, Path], card: ModelCard, a
         atomic_write_bytes(folder / Path(figure).name, Path(figure).read_bytes())
     text = render_card(card, architecture, config, num_params, macs, file_size_mb, sha256)
     atomic_write_bytes(folder / CARD_NAME, text.encode())
-    return dict(sha256=sha256, num_params=num_params, file_size_mb=round(file_size_mb, 3), model_args=model_args)
+    return dict(sha256=sha256, num_params=num_params, macs=macs, file_size_mb=round(file_size_mb, 3),
+                model_args=model_args)
 

@@ -18,7 +18,8 @@ import torch.nn as nn
 from timm.models import register_model
 
 from .._builder import build_zoo_model
-from .._datasets import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .._datasets import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, \
+    FASHION_MNIST_TEST_SPLIT, FASHION_MNIST_TRAINING_DATA
 from .._registry import zoo_cfgs
 from ..hub import Weights
 from ..layers import factorize_, resolve_ranks
@@ -215,10 +216,6 @@ def _fmnist_cfg(**kwargs) -> dict:
                 std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES) | kwargs
 
 
-_FMNIST_DATA = ('Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): the first 20,000 training '
-                'images; the last 5,000 training images validate')
-_FMNIST_TEST = 'Fashion-MNIST test split (10,000 images)'
-
 default_cfgs = zoo_cfgs({
     'cf_resnet18': _cifar_cfg(),
     # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
@@ -226,8 +223,8 @@ default_cfgs = zoo_cfgs({
         source='local:cf_resnet18_fmnist',
         sha256='316b3632ef8c4dda470ad8757f0a99e27e7583152ff4de9f7b7975238982490a',
         model_args={'ranks': {'layer3.1.conv1': 43}},  # the one layer the switch found faster factorized
-        num_params=691_834, macs=28_115_328, dataset=_FMNIST_DATA,
-        metrics={_FMNIST_TEST: {'top1': 89.93, 'top5': 99.83}},
+        num_params=691_834, macs=28_115_328, dataset=FASHION_MNIST_TRAINING_DATA,
+        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.93, 'top5': 99.83}},
         recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml', file_size_mb=2.659)),
     'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist_cuttlefish_sr',
@@ -238,14 +235,14 @@ default_cfgs = zoo_cfgs({
             'layer2.1.conv2': 13, 'layer3.0.conv1': 26, 'layer3.0.conv2': 31, 'layer3.0.downsample.0': 9,
             'layer3.1.conv1': 24, 'layer3.1.conv2': 25, 'layer4.0.conv1': 57, 'layer4.0.conv2': 63,
             'layer4.0.downsample.0': 17, 'layer4.1.conv1': 73, 'layer4.1.conv2': 71}},
-        num_params=395_466, macs=15_100_256, dataset=_FMNIST_DATA,
-        metrics={_FMNIST_TEST: {'top1': 89.42, 'top5': 99.89}},
+        num_params=395_466, macs=15_100_256, dataset=FASHION_MNIST_TRAINING_DATA,
+        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.42, 'top5': 99.89}},
         recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml', file_size_mb=1.53)),
     'cf_resnet18_fmnist.full_rank': _fmnist_cfg(weights=Weights(
         source='local:cf_resnet18_fmnist_full_rank',
         sha256='60265f79af881a004457752c13ed0a3c35dd51e16e44f1cddec39acb8b045dca',
-        model_args={}, num_params=701_178, macs=28_573_184, dataset=_FMNIST_DATA,
-        metrics={_FMNIST_TEST: {'top1': 89.87, 'top5': 99.84}},
+        model_args={}, num_params=701_178, macs=28_573_184, dataset=FASHION_MNIST_TRAINING_DATA,
+        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.87, 'top5': 99.84}},
         recipe='training/recipes/fmnist_resnet18.yaml', file_size_mb=2.694)),
     'cf_resnet50': _cfg(),
     'cf_wide_resnet50_2': _cfg(),

@@ -71,7 +71,8 @@ from timm.models import checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
 from .._builder import build_zoo_model
-from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_TEST_SPLIT, \
+    FASHION_MNIST_TRAINING_DATA
 from .._registry import zoo_cfgs
 from ..hub import Weights
 
@@ -381,9 +382,7 @@ default_cfgs = zoo_cfgs({
         weights=Weights(
             source='local:mrl_nano_fmnist', sha256='097b92b92210815e0462b44231359feb2360effea58f113f6e8c674a02e23965',
             model_args={'drop_path_rate': 0.05}, num_params=3_169_610, macs=8_700_672,
-            dataset='Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): the first 20,000 '
-                    'training images; the last 5,000 training images validate',
-            metrics={'Fashion-MNIST test split (10,000 images)': {'top1': 86.78, 'top5': 99.64}},
+            dataset=FASHION_MNIST_TRAINING_DATA, metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 86.78, 'top5': 99.64}},
             recipe='training/recipes/fmnist_mrl_nano.yaml', file_size_mb=6.07)),
     'mrl_tiny': _cfg(),
     'mrl_small': _cfg(),

@@ -194,6 +194,10 @@ def test_layer_patterns_that_match_nothing_are_named():
     assert list(factorizable_layers(model, ['layer4.*.conv2'])) == ['layer4.0.conv2', 'layer4.1.conv2']
     with pytest.raises(ValueError, match=r"\['layer9\.\*'\]"):
         factorizable_layers(model, ['layer4.0.conv1', 'layer9.*'])
+    # in a recipe, a single pattern works and a wrong one is named
+    assert list(CuttlefishSwitch(layers='layer4.*.conv2')._candidates(model)) == ['layer4.0.conv2', 'layer4.1.conv2']
+    with pytest.raises(ValueError, match=r"\['layer9'\]"):
+        CuttlefishSwitch(track='layer9')._deciders(model)
 
 
 def test_profiler_times_what_training_runs():

@@ -192,7 +192,8 @@ class CuttlefishSwitch(Callback):
             cfg = getattr(model, 'pretrained_cfg', {})
             skip = {*as_tuple(cfg.get('first_conv')), *as_tuple(cfg.get('classifier'))}
             return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
-        return factorizable_layers(model, spec)
+        # A single name or pattern is one entry, not a sequence of characters.
+        return factorizable_layers(model, [spec] if isinstance(spec, str) else spec)
 
     def _candidates(self, model: nn.Module) -> dict[str, nn.Module]:
         return self._select(model, self.settings['layers'])

@@ -6,13 +6,18 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow bench data clean
+.PHONY: demo test lint test-slow bench data clean
 
 demo: $(STAMP) data
-	$(PY) -m zoo.demo
+	$(PY) -m training.demo
 
-test: $(STAMP) data
+test: lint data
 	$(PY) -m pytest -q
+
+# Formatting and lint rules live in pyproject.toml ([tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 # Full training runs and other slow checks, kept out of the default test run.
 test-slow: $(STAMP) data

@@ -6,6 +6,7 @@
 ``dependencies`` is importable, so torch.hub reports a missing package by name instead of failing
 inside an import.
 """
+
 import importlib.util
 import os
 import sys
@@ -19,6 +20,7 @@ def _zoo():
     if here not in sys.path:
         sys.path.insert(0, here)
     import zoo
+
     return zoo
 
 
@@ -29,6 +31,7 @@ def _entrypoint(name):
         return zoo.create_model(name, pretrained=pretrained, **kwargs)
 
     import timm
+
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__doc__ = timm.models.model_entrypoint(name.split('.')[0]).__doc__
     return entrypoint

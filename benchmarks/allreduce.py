@@ -61,20 +61,19 @@ STEP_OVERHEAD = 5e-6
 RESNET50_PARAMS = 25.6e6
 
 ASSUMPTIONS = [
-    "gloo emulates reduce-scatter with a full all-reduce of the whole buffer (then keeps "
+    'gloo emulates reduce-scatter with a full all-reduce of the whole buffer (then keeps '
     "this rank's chunk), so on gloo the torus sends more bytes than the ring: the measured "
-    "ratio is expected to be > 1. It shows correctness and overhead, not the torus speed-up.",
-    "All ranks share one machine with few cores; timings are loopback TCP plus CPU "
-    "reduction, not a network.",
-    f"Cost model: {GPUS_PER_NODE} GPUs/node; NVLink2 {INTRA_BANDWIDTH / 1e9:.0f} GB/s per "
-    f"GPU pair (assumed 2 links x 25 GB/s), {INTRA_LATENCY * 1e6:.0f} µs; InfiniBand 2x EDR = "
-    f"{INTER_BANDWIDTH / 1e9:.0f} GB/s per node (line rate, shared by the rings leaving the "
-    f"node), {INTER_LATENCY * 1e6:.0f} µs; {STEP_OVERHEAD * 1e6:.0f} µs software overhead per "
-    "step (assumed).",
+    'ratio is expected to be > 1. It shows correctness and overhead, not the torus speed-up.',
+    'All ranks share one machine with few cores; timings are loopback TCP plus CPU reduction, not a network.',
+    f'Cost model: {GPUS_PER_NODE} GPUs/node; NVLink2 {INTRA_BANDWIDTH / 1e9:.0f} GB/s per '
+    f'GPU pair (assumed 2 links x 25 GB/s), {INTRA_LATENCY * 1e6:.0f} µs; InfiniBand 2x EDR = '
+    f'{INTER_BANDWIDTH / 1e9:.0f} GB/s per node (line rate, shared by the rings leaving the '
+    f'node), {INTER_LATENCY * 1e6:.0f} µs; {STEP_OVERHEAD * 1e6:.0f} µs software overhead per '
+    'step (assumed).',
     "The model ignores NCCL's multi-channel pipelining and tree algorithms, fabric "
-    "congestion and reduction arithmetic; times are lower bounds for comparison only.",
-    "Grid shapes: X=4 puts a row on one node (Horovod/ABCI style); 32x32 and 32x68 are "
-    "squarer grids (rows span 8 nodes). The shape Sony used is not known to us.",
+    'congestion and reduction arithmetic; times are lower bounds for comparison only.',
+    'Grid shapes: X=4 puts a row on one node (Horovod/ABCI style); 32x32 and 32x68 are '
+    'squarer grids (rows span 8 nodes). The shape Sony used is not known to us.',
 ]
 
 
@@ -105,14 +104,14 @@ def _worker(
     plan: list[tuple[int, int]],
     result_path: str,
 ) -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ['OMP_NUM_THREADS'] = '1'
     torch.set_num_threads(1)
-    store = dist.TCPStore("127.0.0.1", store_port, is_master=False, timeout=TIMEOUT)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
+    store = dist.TCPStore('127.0.0.1', store_port, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group('gloo', store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
     grid = TorusGrid.create(x=x, timeout=TIMEOUT)
     operations = {
-        "ring": lambda t: dist.all_reduce(t),
-        "torus": lambda t: torus_all_reduce(t, grid),
+        'ring': lambda t: dist.all_reduce(t),
+        'torus': lambda t: torus_all_reduce(t, grid),
     }
     results: dict[int, dict[str, float]] = {}
     for message_bytes, repeats in plan:
@@ -136,33 +135,32 @@ def _worker(
 
 def measure(world_size: int, x: int, plan: list[tuple[int, int]]) -> list[MeasuredRow]:
     """Spawn ``world_size`` gloo ranks on an ``x``-wide grid and time both all-reduces."""
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
+    store = dist.TCPStore('127.0.0.1', 0, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
     with tempfile.TemporaryDirectory() as tmp:
-        result_path = os.path.join(tmp, "results.json")
+        result_path = os.path.join(tmp, 'results.json')
         mp.spawn(_worker, args=(world_size, store.port, x, plan, result_path), nprocs=world_size)
         results = json.loads(Path(result_path).read_text())
-    grid = f"{x}x{world_size // x}"
+    grid = f'{x}x{world_size // x}'
     return [
-        MeasuredRow(world_size, grid, int(size), timing["ring"], timing["torus"])
-        for size, timing in results.items()
+        MeasuredRow(world_size, grid, int(size), timing['ring'], timing['torus']) for size, timing in results.items()
     ]
 
 
 def _format_bytes(num_bytes: float) -> str:
     if num_bytes >= MIB:
-        return f"{num_bytes / MIB:g} MiB"
-    return f"{num_bytes / KIB:g} KiB"
+        return f'{num_bytes / MIB:g} MiB'
+    return f'{num_bytes / KIB:g} KiB'
 
 
 def measured_table(rows: list[MeasuredRow]) -> list[str]:
     lines = [
-        "| ranks | grid XxY | message | ring (ms) | torus (ms) | torus / ring |",
-        "|---:|:---:|---:|---:|---:|---:|",
+        '| ranks | grid XxY | message | ring (ms) | torus (ms) | torus / ring |',
+        '|---:|:---:|---:|---:|---:|---:|',
     ]
     for row in rows:
         lines.append(
-            f"| {row.world_size} | {row.grid} | {_format_bytes(row.message_bytes)} "
-            f"| {row.ring_s * 1e3:.3f} | {row.torus_s * 1e3:.3f} | {row.torus_s / row.ring_s:.2f} |"
+            f'| {row.world_size} | {row.grid} | {_format_bytes(row.message_bytes)} '
+            f'| {row.ring_s * 1e3:.3f} | {row.torus_s * 1e3:.3f} | {row.torus_s / row.ring_s:.2f} |'
         )
     return lines
 
@@ -172,9 +170,8 @@ def measured_table(rows: list[MeasuredRow]) -> list[str]:
 
 def cost_model_table() -> list[str]:
     lines = [
-        "| GPUs | gradient | algorithm | steps | sent/GPU (MB) | inter-node/GPU (MB) "
-        "| est. time (ms) | time / ring |",
-        "|---:|:---|:---|---:|---:|---:|---:|---:|",
+        '| GPUs | gradient | algorithm | steps | sent/GPU (MB) | inter-node/GPU (MB) | est. time (ms) | time / ring |',
+        '|---:|:---|:---|---:|---:|---:|---:|---:|',
     ]
     links = dict(
         gpus_per_node=GPUS_PER_NODE,
@@ -185,20 +182,19 @@ def cost_model_table() -> list[str]:
         step_overhead_s=STEP_OVERHEAD,
     )
     for num_gpus, torus_widths in ((1024, (4, 32)), (2176, (4, 32))):
-        for dtype, bytes_per_param in (("fp16", 2), ("fp32", 4)):
+        for dtype, bytes_per_param in (('fp16', 2), ('fp32', 4)):
             message_bytes = RESNET50_PARAMS * bytes_per_param
             base = allreduce_cost_model(message_bytes, num_gpus, **links)
-            costs = [base["ring"], base["hierarchical"]] + [
-                allreduce_cost_model(message_bytes, num_gpus, torus_x=x, **links)["torus"]
-                for x in torus_widths
+            costs = [base['ring'], base['hierarchical']] + [
+                allreduce_cost_model(message_bytes, num_gpus, torus_x=x, **links)['torus'] for x in torus_widths
             ]
-            gradient = f"ResNet-50 {dtype} ({message_bytes / 1e6:.1f} MB)"
+            gradient = f'ResNet-50 {dtype} ({message_bytes / 1e6:.1f} MB)'
             for cost in costs:
                 lines.append(
-                    f"| {num_gpus} | {gradient} | {cost.algorithm} | {cost.steps} "
-                    f"| {cost.bytes_sent_per_gpu / 1e6:.1f} "
-                    f"| {cost.inter_node_bytes_per_gpu / 1e6:.2f} "
-                    f"| {cost.time_s * 1e3:.2f} | {cost.time_s / base['ring'].time_s:.2f} |"
+                    f'| {num_gpus} | {gradient} | {cost.algorithm} | {cost.steps} '
+                    f'| {cost.bytes_sent_per_gpu / 1e6:.1f} '
+                    f'| {cost.inter_node_bytes_per_gpu / 1e6:.2f} '
+                    f'| {cost.time_s * 1e3:.2f} | {cost.time_s / base["ring"].time_s:.2f} |'
                 )
     return lines
 
@@ -208,12 +204,8 @@ def cost_model_table() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes, 4 ranks, no results file"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "allreduce.md"
-    )
+    parser.add_argument('--quick', action='store_true', help='small sizes, 4 ranks, no results file')
+    parser.add_argument('--output', type=Path, default=REPO_ROOT / 'benchmarks' / 'results' / 'allreduce.md')
     args = parser.parse_args()
 
     if args.quick:
@@ -227,41 +219,41 @@ def main() -> None:
     started = time.perf_counter()
     measured: list[MeasuredRow] = []
     for world_size, x in configs:
-        print(f"timing {world_size} gloo ranks as {x}x{world_size // x} ...", flush=True)
+        print(f'timing {world_size} gloo ranks as {x}x{world_size // x} ...', flush=True)
         measured += measure(world_size, x, plan)
 
     header = (
-        f"torch {torch.__version__}, gloo on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"float32, median of {min(r for _, r in plan)}-{max(r for _, r in plan)} repeats "
-        "(slowest rank), after one warm-up round"
+        f'torch {torch.__version__}, gloo on {platform.machine()} with {os.cpu_count()} CPU cores, '
+        f'float32, median of {min(r for _, r in plan)}-{max(r for _, r in plan)} repeats '
+        '(slowest rank), after one warm-up round'
     )
     report = [
-        "# 2D-torus all-reduce benchmark",
-        "",
-        "## Measured: torus_all_reduce vs dist.all_reduce (gloo)",
-        "",
+        '# 2D-torus all-reduce benchmark',
+        '',
+        '## Measured: torus_all_reduce vs dist.all_reduce (gloo)',
+        '',
         header,
-        "",
+        '',
         *measured_table(measured),
-        "",
-        "## Cost model: ring vs hierarchical vs 2D torus (α-β)",
-        "",
+        '',
+        '## Cost model: ring vs hierarchical vs 2D torus (α-β)',
+        '',
         *cost_model_table(),
-        "",
-        "## Notes and assumptions",
-        "",
-        *[f"- {note}" for note in ASSUMPTIONS],
-        "",
+        '',
+        '## Notes and assumptions',
+        '',
+        *[f'- {note}' for note in ASSUMPTIONS],
+        '',
     ]
-    text = "\n".join(report)
+    text = '\n'.join(report)
     print()
     print(text)
-    print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+    print(f'(benchmark took {time.perf_counter() - started:.0f} s)')
     if not args.quick:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
-        print(f"wrote {args.output.relative_to(REPO_ROOT)}")
+        print(f'wrote {args.output.relative_to(REPO_ROOT)}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     main()

@@ -8,6 +8,7 @@ paper's layer set, labelled as such.
 
     python benchmarks/cuttlefish.py [--quick] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import zoo  # noqa: E402
-from zoo._profile import count_macs, paired_median_seconds  # noqa: E402
 from zoo._registry import list_weights  # noqa: E402
+from zoo.profile import count_macs, paired_median_seconds  # noqa: E402
 
 # (model, batch, image size for timing); ImageNet models are timed below their 224 training size on a CPU.
-MODELS = [('cf_resnet18_fmnist', 128, 28), ('cf_resnet18', 64, 32), ('cf_vgg19', 64, 32), ('cf_resnet50', 8, 224),
-          ('cf_wide_resnet50_2', 8, 224), ('cf_deit_small', 8, 224), ('cf_deit_base', 8, 224)]
+MODELS = [
+    ('cf_resnet18_fmnist', 128, 28),
+    ('cf_resnet18', 64, 32),
+    ('cf_vgg19', 64, 32),
+    ('cf_resnet50', 8, 224),
+    ('cf_wide_resnet50_2', 8, 224),
+    ('cf_deit_small', 8, 224),
+    ('cf_deit_base', 8, 224),
+]
 
 
 def _ranks(name: str) -> tuple[dict, str]:
@@ -49,6 +57,7 @@ def _step(model, batch: int, size: int, train: bool, device):
         optimizer.zero_grad(set_to_none=True)
         model(x).float().logsumexp(-1).mean().backward()
         optimizer.step()
+
     return step
 
 
@@ -59,8 +68,9 @@ def _infer(model, x):
 
 def _throughputs(dense, low, batch: int, size: int, train: bool, device, repeats: int) -> tuple[float, float]:
     """Images/s of both models, timed alternately (see ``paired_median_seconds``)."""
-    a, b = paired_median_seconds(_step(dense, batch, size, train, device), _step(low, batch, size, train, device),
-                                 repeats)
+    a, b = paired_median_seconds(
+        _step(dense, batch, size, train, device), _step(low, batch, size, train, device), repeats
+    )
     return batch / a, batch / b
 
 
@@ -68,15 +78,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='small batches, few repeats, skip the largest models')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results' / 'cuttlefish.md',
-                        help='where the table is written (not in --quick mode)')
+    parser.add_argument(
+        '--out',
+        type=Path,
+        default=Path(__file__).parent / 'results' / 'cuttlefish.md',
+        help='where the table is written (not in --quick mode)',
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     repeats = 3 if args.quick else 7
     models = MODELS[:3] if args.quick else MODELS
-    header = ('| model | ranks | params full | params low-rank | size ratio | MACs full | MACs low-rank | '
-              'MAC ratio (ideal) | train img/s full | train img/s low-rank | train speed-up | '
-              'infer img/s full | infer img/s low-rank | inference speed-up |')
+    header = (
+        '| model | ranks | params full | params low-rank | size ratio | MACs full | MACs low-rank | '
+        'MAC ratio (ideal) | train img/s full | train img/s low-rank | train speed-up | '
+        'infer img/s full | infer img/s low-rank | inference speed-up |'
+    )
     lines = [header, '|' + '---|' * (header.count('|') - 1)]
     for name, batch, size in models:
         if args.quick:
@@ -89,16 +105,20 @@ def main() -> None:
         macs = [count_macs(m.eval(), input_size) for m in (dense, low)]
         train = _throughputs(dense, low, batch, size, True, device, repeats)
         infer = _throughputs(dense, low, batch, size, False, device, repeats)
-        lines.append(f'| {name} | {origin} | {params[0] / 1e6:.2f}M | {params[1] / 1e6:.2f}M | '
-                     f'{params[0] / params[1]:.2f}x | {macs[0] / 1e9:.3f}G | {macs[1] / 1e9:.3f}G | '
-                     f'{macs[0] / macs[1]:.2f}x | {train[0]:.1f} | {train[1]:.1f} | {train[1] / train[0]:.2f}x | '
-                     f'{infer[0]:.1f} | {infer[1]:.1f} | {infer[1] / infer[0]:.2f}x |')
+        lines.append(
+            f'| {name} | {origin} | {params[0] / 1e6:.2f}M | {params[1] / 1e6:.2f}M | '
+            f'{params[0] / params[1]:.2f}x | {macs[0] / 1e9:.3f}G | {macs[1] / 1e9:.3f}G | '
+            f'{macs[0] / macs[1]:.2f}x | {train[0]:.1f} | {train[1]:.1f} | {train[1] / train[0]:.2f}x | '
+            f'{infer[0]:.1f} | {infer[1]:.1f} | {infer[1] / infer[0]:.2f}x |'
+        )
         print(lines[-1], flush=True)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    note = (f'\nMeasured on {where}, torch {torch.__version__}; batch/size per model as in `MODELS` '
-            f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats '
-            f'after warm-up, dense and factorized timed alternately. MACs at the model\'s default input size; '
-            f'their ratio is the ideal speed-up.\n')
+    note = (
+        f'\nMeasured on {where}, torch {torch.__version__}; batch/size per model as in `MODELS` '
+        f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats '
+        f"after warm-up, dense and factorized timed alternately. MACs at the model's default input size; "
+        f'their ratio is the ideal speed-up.\n'
+    )
     print(note)
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Benchmark the MRL classifiers against ConvNeXt-T, Swin-T and ResNet-50 on this machine's CPU.
 
 For every model, in one run: parameters, multiply-accumulates of one 224x224 image
-(``zoo._profile.count_macs``) and inference throughput (images/s: batch of 8 at 224x224,
+(``zoo.profile.count_macs``) and inference throughput (images/s: batch of 8 at 224x224,
 ``torch.inference_mode``, 2 intra-op threads, median of repeated timed runs after warm-up), with the
 throughput relative to ResNet-50. All models are randomly initialised (``pretrained=False``): nothing
 is downloaded, and weights do not change the speed.
@@ -11,6 +11,7 @@ Usage::
     python benchmarks/mrl.py          # full run; writes benchmarks/results/mrl.md
     python benchmarks/mrl.py --quick  # batch 2, fewer repeats, writes nothing
 """
+
 import argparse
 import os
 import platform
@@ -25,10 +26,9 @@ sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout, installed
 import timm  # noqa: E402
 
 import zoo  # noqa: E402,F401  (registers the mrl_* architectures)
-from zoo._profile import count_macs, median_seconds  # noqa: E402
+from zoo.profile import count_macs, median_seconds  # noqa: E402
 
-MODELS = ('mrl_nano', 'mrl_tiny', 'mrl_small', 'mrl_base',
-          'convnext_tiny', 'swin_tiny_patch4_window7_224', 'resnet50')
+MODELS = ('mrl_nano', 'mrl_tiny', 'mrl_small', 'mrl_base', 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'resnet50')
 REFERENCE = 'resnet50'
 INPUT_SIZE = (3, 224, 224)
 THREADS = 2
@@ -39,16 +39,22 @@ def measure(name: str, batch_size: int, repeats: int, warmup: int) -> dict:
     images = torch.randn(batch_size, *INPUT_SIZE)
     with torch.inference_mode():
         seconds = median_seconds(lambda: model(images), repeats=repeats, warmup=warmup)
-    return dict(name=name, params=sum(p.numel() for p in model.parameters()),
-                macs=count_macs(model, INPUT_SIZE), images_per_s=batch_size / seconds)
+    return dict(
+        name=name,
+        params=sum(p.numel() for p in model.parameters()),
+        macs=count_macs(model, INPUT_SIZE),
+        images_per_s=batch_size / seconds,
+    )
 
 
 def table(rows: list[dict]) -> list[str]:
     reference = next(row['images_per_s'] for row in rows if row['name'] == REFERENCE)
     lines = ['| model | params (M) | MACs (G) | images/s | vs resnet50 |', '|:---|---:|---:|---:|---:|']
     for row in rows:
-        lines.append(f"| {row['name']} | {row['params'] / 1e6:.2f} | {row['macs'] / 1e9:.2f} "
-                     f"| {row['images_per_s']:.2f} | {row['images_per_s'] / reference:.2f} |")
+        lines.append(
+            f'| {row["name"]} | {row["params"] / 1e6:.2f} | {row["macs"] / 1e9:.2f} '
+            f'| {row["images_per_s"]:.2f} | {row["images_per_s"] / reference:.2f} |'
+        )
     return lines
 
 
@@ -63,16 +69,27 @@ def main() -> None:
     rows = []
     for name in MODELS:
         rows.append(measure(name, batch_size, repeats, warmup))
-        print(f"{name}: {rows[-1]['images_per_s']:.2f} images/s", file=sys.stderr)
+        print(f'{name}: {rows[-1]["images_per_s"]:.2f} images/s', file=sys.stderr)
 
-    setup = (f'torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()} '
-             f'with {os.cpu_count()} CPU cores, {THREADS} threads, float32, batch {batch_size} at '
-             f'{INPUT_SIZE[1]}x{INPUT_SIZE[2]}, median of {repeats} runs after {warmup} warm-up')
-    text = '\n'.join(['# MRL classifiers vs ConvNeXt-T, Swin-T and ResNet-50 (CPU inference)', '', setup, '',
-                      *table(rows), '',
-                      'MACs of one image (`zoo._profile.count_macs`, a MAC = 2 FLOPs). Models are timed one after '
-                      'another; where other jobs share the cores, absolute numbers drift between runs, so compare '
-                      'the ratios of one run.', ''])
+    setup = (
+        f'torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()} '
+        f'with {os.cpu_count()} CPU cores, {THREADS} threads, float32, batch {batch_size} at '
+        f'{INPUT_SIZE[1]}x{INPUT_SIZE[2]}, median of {repeats} runs after {warmup} warm-up'
+    )
+    text = '\n'.join(
+        [
+            '# MRL classifiers vs ConvNeXt-T, Swin-T and ResNet-50 (CPU inference)',
+            '',
+            setup,
+            '',
+            *table(rows),
+            '',
+            'MACs of one image (`zoo.profile.count_macs`, a MAC = 2 FLOPs). Models are timed one after '
+            'another; where other jobs share the cores, absolute numbers drift between runs, so compare '
+            'the ratios of one run.',
+            '',
+        ]
+    )
     print(text)
     if not args.quick:
         args.output.parent.mkdir(parents=True, exist_ok=True)

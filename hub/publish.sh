@@ -6,7 +6,7 @@
 # model_cards/ (tests/test_published_weights.py checks both).
 set -euo pipefail
 ZOO=${ZOO:-.venv/bin/zoo}
-train() { .venv/bin/python -m torch.distributed.run --standalone --nproc-per-node 4 -m zoo.cli train --recipe "$1" log.progress=false; }
+train() { .venv/bin/python -m torch.distributed.run --standalone --nproc-per-node 4 -m training.cli train --recipe "$1" log.progress=false; }
 
 FMNIST_USE="Demonstrating and testing the zoo (loading, fine-tuning, Cuttlefish's decisions) on real 28x28 grey clothing images; a small baseline for Fashion-MNIST-like data."
 FMNIST_LIMITS="Trained on 20,000 of the 60,000 Fashion-MNIST training images for 10 epochs on a CPU; not a state-of-the-art Fashion-MNIST model (about 92-94 % top-1 is reachable). Expects 28x28 single-channel images normalised with the Fashion-MNIST mean/std; photos of real clothes are out of distribution."

@@ -1,5 +1,6 @@
 """Shared by several test modules."""
-from training.trainer import Callback
+
+from training.callbacks import Callback
 
 
 class Killed(Exception):

@@ -1,5 +1,6 @@
 """Every published weight loads from the checkout with no network, through timm, torch.hub and the zoo,
 and still measures what its card says on held-out data (never used for training or model selection)."""
+
 from pathlib import Path
 
 import pytest
@@ -15,20 +16,23 @@ from zoo.hub import hub_dir, read_config
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted(_WEIGHTS)
 # Evaluation on CPU is deterministic up to float summation order; allow a little for other machines.
-TOLERANCE = {'top1': 0.3, 'top5': 0.3, 'dice': 0.01, 'aji': 0.01, 'aji_plus': 0.01, 'dq': 0.01, 'sq': 0.01,
-             'pq': 0.01}
+TOLERANCE = {'top1': 0.3, 'top5': 0.3, 'dice': 0.01, 'aji': 0.01, 'aji_plus': 0.01, 'dq': 0.01, 'sq': 0.01, 'pq': 0.01}
 
 
 def test_something_is_published():
-    assert {'cf_resnet18_fmnist.cuttlefish', 'cf_resnet18_fmnist.full_rank', 'mrl_nano_fmnist.fmnist',
-            'mrl_seg_nano.stardist'} <= set(PUBLISHED)
+    assert {
+        'cf_resnet18_fmnist.cuttlefish',
+        'cf_resnet18_fmnist.full_rank',
+        'mrl_nano_fmnist.fmnist',
+        'mrl_seg_nano.stardist',
+    } <= set(PUBLISHED)
 
 
 @pytest.mark.parametrize('key', PUBLISHED)
 def test_hub_folder_matches_the_registry(key):
     weights = _WEIGHTS[key]
     assert weights.source.startswith('local:'), 'published weights live in the checkout'
-    folder = hub_dir() / weights.source[len('local:'):]
+    folder = hub_dir() / weights.source[len('local:') :]
     config = read_config(folder)
     assert config['sha256'] == weights.sha256
     assert config['architecture'] == key.split('.')[0]
@@ -41,7 +45,7 @@ def test_hub_folder_matches_the_registry(key):
             assert f'| {split} | {name} | {value:.4g} |' in card
     rendered = REPO / 'model_cards' / f'{folder.name}.md'
     assert rendered.read_text() == card, f'{rendered} is out of date: copy {folder}/README.md'
-    assert (folder / 'model.safetensors').stat().st_size / 2 ** 20 == pytest.approx(weights.file_size_mb, abs=0.01)
+    assert (folder / 'model.safetensors').stat().st_size / 2**20 == pytest.approx(weights.file_size_mb, abs=0.01)
 
 
 @pytest.mark.parametrize('key', PUBLISHED)
@@ -68,8 +72,12 @@ def test_bare_name_loads_the_default_tag():
     """``cf_resnet18_fmnist`` with pretrained=True is the Cuttlefish model, ranks and all (the issue's example)."""
     model = torch.hub.load(str(REPO), 'cf_resnet18_fmnist', source='local', pretrained=True)
     assert model.zoo_model_args['ranks'] == _WEIGHTS['cf_resnet18_fmnist.cuttlefish'].model_args['ranks']
-    tagged, twin = (zoo.create_model(f'cf_resnet18_fmnist.{tag}', pretrained=True) for tag in ('cuttlefish', 'full_rank'))
+    tagged, twin = (
+        zoo.create_model(f'cf_resnet18_fmnist.{tag}', pretrained=True) for tag in ('cuttlefish', 'full_rank')
+    )
     assert all(torch.equal(v, tagged.state_dict()[k]) for k, v in model.state_dict().items())
-    assert not all(torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items() if k in twin.state_dict())
+    assert not all(
+        torch.equal(v, twin.state_dict()[k]) for k, v in model.state_dict().items() if k in twin.state_dict()
+    )
     plain = zoo.create_model('cf_resnet18_fmnist')  # without weights: the plain full-rank architecture
     assert 'ranks' not in plain.zoo_model_args

@@ -17,11 +17,12 @@ resuming a run needs no scheduler state, only the position.
 With DDP each rank takes ``B / world`` samples per step; when that exceeds ``max_per_rank`` the step
 is split into ``accumulation`` micro-batches so memory stays bounded.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 __all__ = ['BatchSchedule', 'LRSchedule', 'per_rank_batch']
 
@@ -29,6 +30,7 @@ __all__ = ['BatchSchedule', 'LRSchedule', 'per_rank_batch']
 @dataclass(frozen=True)
 class BatchSchedule:
     """Global batch size per epoch: ``stages`` is ``[(start_epoch, global_batch), ...]``."""
+
     stages: Sequence[tuple[int, int]]
     base_batch: int  # the batch at which the optimizer's lr is specified
     rule: str = 'linear'
@@ -50,7 +52,7 @@ class BatchSchedule:
         return batch / self.base_batch
 
 
-def per_rank_batch(global_batch: int, world_size: int, max_per_rank: Optional[int] = None) -> tuple[int, int]:
+def per_rank_batch(global_batch: int, world_size: int, max_per_rank: int | None = None) -> tuple[int, int]:
     """``(micro_batch, accumulation)`` per rank so that micro_batch · accumulation · world == global_batch."""
     if global_batch % world_size:
         raise ValueError(f'global batch {global_batch} is not divisible by the world size {world_size}')
@@ -60,9 +62,11 @@ def per_rank_batch(global_batch: int, world_size: int, max_per_rank: Optional[in
         accumulation += 1
     micro = per_rank // accumulation
     if max_per_rank and micro < max_per_rank // 2:
-        raise ValueError(f'a per-rank batch of {per_rank} splits into micro-batches of at most {max_per_rank} '
-                         f'only as {accumulation} x {micro}; choose a global batch whose per-rank share has a '
-                         f'divisor near {max_per_rank}')
+        raise ValueError(
+            f'a per-rank batch of {per_rank} splits into micro-batches of at most {max_per_rank} '
+            f'only as {accumulation} x {micro}; choose a global batch whose per-rank share has a '
+            f'divisor near {max_per_rank}'
+        )
     return micro, accumulation
 
 
@@ -75,6 +79,7 @@ class LRSchedule:
     over ``warmup_epochs`` from ``warmup_from`` (0, or the epoch of a restart such as the
     Cuttlefish switch).
     """
+
     base_lr: float
     epochs: int
     decay: str = 'step'
@@ -83,7 +88,7 @@ class LRSchedule:
     min_factor: float = 0.0
     warmup_epochs: float = 0.0
     warmup_start: float = 0.1
-    batch: Optional[BatchSchedule] = None
+    batch: BatchSchedule | None = None
 
     def __post_init__(self):
         if self.decay not in ('step', 'cosine', 'constant'):

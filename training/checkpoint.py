@@ -8,6 +8,7 @@ moment leaves either the previous checkpoint or the new one, never half of one. 
 before each rename, and if the machine itself crashes with ``latest`` pointing at an incomplete folder,
 the newest complete one is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,15 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from zoo.hub import atomic_write_bytes, fsync_dir
+from zoo.io import atomic_write_bytes, fsync_dir, save_safetensors
 
 __all__ = ['flatten', 'unflatten', 'rng_state', 'set_rng_state', 'CheckpointDir']
 
@@ -88,7 +90,7 @@ def set_rng_state(state: Mapping) -> None:
 def _save(folder: Path, name: str, obj: Any) -> None:
     tensors: dict[str, torch.Tensor] = {}
     structure = flatten(obj, tensors)
-    save_file(tensors, str(folder / f'{name}.safetensors'))
+    save_safetensors(tensors, folder / f'{name}.safetensors')
     (folder / f'{name}.json').write_text(json.dumps(structure))
 
 
@@ -110,7 +112,7 @@ class CheckpointDir:
         self.root = Path(run_dir) / 'checkpoints'
         self.keep = keep
 
-    def latest(self) -> Optional[Path]:
+    def latest(self) -> Path | None:
         """The newest complete checkpoint (``latest``'s target, or the newest complete folder if that is
         missing, as after a crash of the machine rather than of the process)."""
         pointer = self.root / 'latest'
@@ -121,8 +123,10 @@ class CheckpointDir:
             return folder
         complete = sorted(p for p in self.root.glob('epoch-*') if _complete(p))
         if not complete:
-            raise FileNotFoundError(f'{pointer} points at {folder}, which is incomplete, and no other complete '
-                                    f'checkpoint exists in {self.root}')
+            raise FileNotFoundError(
+                f'{pointer} points at {folder}, which is incomplete, and no other complete '
+                f'checkpoint exists in {self.root}'
+            )
         _log.warning('%s is incomplete; resuming from %s instead', folder, complete[-1])
         return complete[-1]
 
@@ -142,8 +146,7 @@ class CheckpointDir:
 
     @staticmethod
     def write_main(folder: Path, model_state: Mapping[str, torch.Tensor], state: Any) -> None:
-        save_file({k: v.detach().to('cpu').contiguous() for k, v in model_state.items()},
-                  str(folder / 'model.safetensors'), metadata={'format': 'pt'})
+        save_safetensors(model_state, folder / 'model.safetensors', metadata={'format': 'pt'})
         _save(folder, 'state', state)
 
     def commit(self, epoch: int) -> Path:
@@ -160,7 +163,7 @@ class CheckpointDir:
         fsync_dir(self.root)
         atomic_write_bytes(self.root / 'latest', final.name.encode())
         epochs = sorted(p for p in self.root.glob('epoch-*') if p.is_dir())
-        for old in epochs[:-self.keep]:
+        for old in epochs[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -173,7 +176,7 @@ class CheckpointDir:
         return load_file(str(folder / 'model.safetensors'))
 
     @staticmethod
-    def read_rank(folder: Path, rank: int) -> Optional[dict]:
+    def read_rank(folder: Path, rank: int) -> dict | None:
         if not (folder / f'rng-rank{rank}.safetensors').exists():
             return None
         return _load(folder, f'rng-rank{rank}')

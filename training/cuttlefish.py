@@ -20,25 +20,33 @@ the training device and per-rank batch, median of repeats) and stays dense unles
 faster. The decision table is logged, saved in the checkpoint and written next to a CSV and a PNG
 plot of every layer's scaled stable rank per epoch.
 """
+
 from __future__ import annotations
 
 import csv
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 import zoo
-from zoo._profile import paired_median_seconds
-from zoo._builder import as_tuple
-from zoo.layers import LowRankLayer, add_frobenius_decay_, factorizable_layers, factorize_, full_rank, low_rank_like, \
-    weight_matrix
+from zoo.layers import (
+    LowRankLayer,
+    add_frobenius_decay_,
+    factorizable_layers,
+    factorize_,
+    full_rank,
+    low_rank_like,
+    weight_matrix,
+)
+from zoo.profile import paired_median_seconds
 
-from .trainer import Callback
+from .callbacks import Callback
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -104,8 +112,14 @@ def _relaxed_epsilon(epsilon: float, relaxed: Iterable[Sequence[float]], still_m
     return epsilon
 
 
-def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_shapes: dict[str, tuple],
-                   repeats: int = 7, mid_norm: bool = False, amp_dtype: Optional[torch.dtype] = None) -> list[dict]:
+def profile_layers(
+    layers: dict[str, nn.Module],
+    ranks: dict[str, int],
+    input_shapes: dict[str, tuple],
+    repeats: int = 7,
+    mid_norm: bool = False,
+    amp_dtype: torch.dtype | None = None,
+) -> list[dict]:
     """Time forward + backward of each layer dense and factorized at its rank on its recorded input,
     under the training's autocast dtype (``amp_dtype``) if it uses one."""
     rows = []
@@ -126,9 +140,18 @@ def profile_layers(layers: dict[str, nn.Module], ranks: dict[str, int], input_sh
         dense_s, low_s = paired_median_seconds(lambda: step(dense), lambda: step(low), repeats)
         dense.zero_grad(set_to_none=True)
         m, n = weight_matrix(layer).shape
-        rows.append(dict(layer=name, shape=f'{m}x{n}', full_rank=min(m, n), rank=ranks[name],
-                         dense_ms=dense_s * 1e3, low_rank_ms=low_s * 1e3, speedup=dense_s / low_s,
-                         params_ratio=ranks[name] * (m + n) / (m * n)))
+        rows.append(
+            dict(
+                layer=name,
+                shape=f'{m}x{n}',
+                full_rank=min(m, n),
+                rank=ranks[name],
+                dense_ms=dense_s * 1e3,
+                low_rank_ms=low_s * 1e3,
+                speedup=dense_s / low_s,
+                params_ratio=ranks[name] * (m + n) / (m * n),
+            )
+        )
     return rows
 
 
@@ -154,30 +177,53 @@ class CuttlefishSwitch(Callback):
         scale: ``True`` uses the scaled stable rank ξ·sr (the paper's default), ``False`` plain sr.
     """
 
-    def __init__(self, preset: str = 'cifar', window: Optional[int] = None, last_n: Optional[int] = None,
-                 epsilon: Optional[float] = None, relaxed: Optional[list] = None, floor: Optional[float] = None,
-                 layers: Union[str, Sequence[str]] = 'all', track: Union[str, Sequence[str], None] = None,
-                 profile: bool = True, min_speedup: float = 1.05,
-                 profile_repeats: int = 7, frobenius_decay: float = 1e-4, low_rank_bn: bool = False,
-                 rewarm: bool = True, scale: bool = True):
+    def __init__(
+        self,
+        preset: str = 'cifar',
+        window: int | None = None,
+        last_n: int | None = None,
+        epsilon: float | None = None,
+        relaxed: list | None = None,
+        floor: float | None = None,
+        layers: str | Sequence[str] = 'all',
+        track: str | Sequence[str] | None = None,
+        profile: bool = True,
+        min_speedup: float = 1.05,
+        profile_repeats: int = 7,
+        frobenius_decay: float = 1e-4,
+        low_rank_bn: bool = False,
+        rewarm: bool = True,
+        scale: bool = True,
+    ):
         if preset not in PRESETS:
             raise ValueError(f'unknown Cuttlefish preset {preset!r}; available: {sorted(PRESETS)}')
         if frobenius_decay and low_rank_bn:
-            raise ValueError('Frobenius decay and a BatchNorm between the factors are mutually exclusive '
-                             '(as in the original code): set frobenius_decay: 0 or low_rank_bn: false')
+            raise ValueError(
+                'Frobenius decay and a BatchNorm between the factors are mutually exclusive '
+                '(as in the original code): set frobenius_decay: 0 or low_rank_bn: false'
+            )
         settings = dict(PRESETS[preset])
         for key, value in dict(window=window, last_n=last_n, epsilon=epsilon, relaxed=relaxed, floor=floor).items():
             if value is not None:
                 settings[key] = value
-        self.settings = dict(settings, preset=preset, layers=layers, track=track, profile=profile,
-                             min_speedup=min_speedup,
-                             frobenius_decay=frobenius_decay, low_rank_bn=low_rank_bn, rewarm=rewarm, scale=scale)
+        self.settings = dict(
+            settings,
+            preset=preset,
+            layers=layers,
+            track=track,
+            profile=profile,
+            min_speedup=min_speedup,
+            frobenius_decay=frobenius_decay,
+            low_rank_bn=low_rank_bn,
+            rewarm=rewarm,
+            scale=scale,
+        )
         self.profile_repeats = profile_repeats
         self.xi: dict[str, float] = {}
         self.full: dict[str, int] = {}
         self.history: dict[str, list[int]] = {}
         self.converged_at: dict[str, int] = {}
-        self.switch_epoch: Optional[int] = None
+        self.switch_epoch: int | None = None
         self.decisions: list[dict] = []
         self._input_shapes: dict[str, tuple] = {}
         self._hooks: list = []
@@ -185,12 +231,13 @@ class CuttlefishSwitch(Callback):
     # ------------------------------------------------------------------------------------ tracking
 
     @staticmethod
-    def _select(model: nn.Module, spec: Union[str, Sequence[str]]) -> dict[str, nn.Module]:
+    def _select(model: nn.Module, spec: str | Sequence[str]) -> dict[str, nn.Module]:
         if spec == 'paper':
             return factorizable_layers(model, model.low_rank_candidates())
         if spec == 'all':
             cfg = getattr(model, 'pretrained_cfg', {})
-            skip = {*as_tuple(cfg.get('first_conv')), *as_tuple(cfg.get('classifier'))}
+            stem_and_head = [cfg.get('first_conv') or (), cfg.get('classifier') or ()]
+            skip = {name for names in stem_and_head for name in ((names,) if isinstance(names, str) else names)}
             return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
         # A single name or pattern is one entry, not a sequence of characters.
         return factorizable_layers(model, [spec] if isinstance(spec, str) else spec)
@@ -209,7 +256,9 @@ class CuttlefishSwitch(Callback):
         def hook(name):
             def record(_module, args):
                 self._input_shapes.setdefault(name, tuple(args[0].shape))
+
             return record
+
         self._hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self._candidates(model).items()]
 
     def _remove_hooks(self) -> None:
@@ -217,14 +266,16 @@ class CuttlefishSwitch(Callback):
             h.remove()
         self._hooks = []
 
-    def on_fit_start(self, trainer: 'Trainer') -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         # Fail now, not after the switch, if the architecture cannot be rebuilt with per-layer ranks.
         try:
             with torch.device('meta'):
                 zoo.create_model(trainer.model_name, **dict(trainer.model_args, ranks={}))
         except TypeError as e:
-            raise ValueError(f'Cuttlefish needs an architecture that takes per-layer ranks (the cf_* models); '
-                             f'{trainer.model_name} does not: {e}') from e
+            raise ValueError(
+                f'Cuttlefish needs an architecture that takes per-layer ranks (the cf_* models); '
+                f'{trainer.model_name} does not: {e}'
+            ) from e
         # "Epoch -1": ξ from the initial weights, so that a random matrix maps to full rank.
         for name, layer in self._tracked(trainer.model).items():
             self.full[name] = full_rank(layer)
@@ -236,13 +287,15 @@ class CuttlefishSwitch(Callback):
         xi = self.xi[name] if self.settings['scale'] else 1.0
         return scaled_rank(sr, xi, self.full[name], self.settings['floor'])
 
-    def on_epoch_end(self, trainer: 'Trainer', epoch: int, metrics: dict) -> None:
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
         if self.switch_epoch is not None:
             return
         layers = self._tracked(trainer.model)
         # Rank 0 measures and every rank takes its numbers, so all ranks decide the switch identically.
-        ranks = torch.tensor([stable_rank(weight_matrix(layer)) if trainer.ctx.is_main else 0
-                              for layer in layers.values()], dtype=torch.int64)
+        ranks = torch.tensor(
+            [stable_rank(weight_matrix(layer)) if trainer.ctx.is_main else 0 for layer in layers.values()],
+            dtype=torch.int64,
+        )
         for name, sr in zip(layers, trainer.ctx.broadcast_tensor(ranks).tolist()):
             self.history[name].append(int(sr))
         deciders = list(self._deciders(trainer.model))
@@ -260,16 +313,25 @@ class CuttlefishSwitch(Callback):
 
     # ------------------------------------------------------------------------------------ switching
 
-    def _decide(self, layers: dict[str, nn.Module], amp_dtype: Optional[torch.dtype] = None) -> dict[str, int]:
+    def _decide(self, layers: dict[str, nn.Module], amp_dtype: torch.dtype | None = None) -> dict[str, int]:
         ranks = {n: self._rank(n, self.history[n][-1]) for n in layers}
-        smaller = {n: r for n, r in ranks.items()
-                   if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)}
+        smaller = {
+            n: r
+            for n, r in ranks.items()
+            if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)
+        }
         if self.settings['profile'] and smaller:
             # The timing inputs must not move the training's random stream (data order, augmentation).
             devices = [layer.weight.device for layer in layers.values() if layer.weight.is_cuda][:1]
             with torch.random.fork_rng(devices=devices):
-                rows = profile_layers({n: layers[n] for n in smaller}, smaller, self._input_shapes,
-                                      self.profile_repeats, self.settings['low_rank_bn'], amp_dtype)
+                rows = profile_layers(
+                    {n: layers[n] for n in smaller},
+                    smaller,
+                    self._input_shapes,
+                    self.profile_repeats,
+                    self.settings['low_rank_bn'],
+                    amp_dtype,
+                )
         else:
             rows = [dict(layer=n, rank=r, full_rank=self.full[n]) for n, r in smaller.items()]
         chosen = {}
@@ -277,12 +339,15 @@ class CuttlefishSwitch(Callback):
             row['factorize'] = not self.settings['profile'] or row['speedup'] >= self.settings['min_speedup']
             if row['factorize']:
                 chosen[row['layer']] = row['rank']
-        skipped = [dict(layer=n, rank=r, full_rank=self.full[n], factorize=False, note='not smaller')
-                   for n, r in ranks.items() if n not in smaller]
+        skipped = [
+            dict(layer=n, rank=r, full_rank=self.full[n], factorize=False, note='not smaller')
+            for n, r in ranks.items()
+            if n not in smaller
+        ]
         self.decisions = rows + skipped
         return chosen
 
-    def _switch(self, trainer: 'Trainer', epoch: int, layers: dict[str, nn.Module]) -> None:
+    def _switch(self, trainer: Trainer, epoch: int, layers: dict[str, nn.Module]) -> None:
         chosen = self._decide(layers, trainer.amp_dtype) if trainer.ctx.is_main else {}
         # Timings differ between ranks: rank 0 decides and every rank applies its decision.
         names = list(layers)
@@ -291,33 +356,42 @@ class CuttlefishSwitch(Callback):
         chosen = {n: int(r) for n, r in zip(names, decision.tolist()) if r > 0}
         self._remove_hooks()
         self.switch_epoch = epoch + 1
-        trainer.model_args = dict(trainer.model_args, ranks=chosen)  # recorded even when empty: the decision
         if not chosen:
             # Nothing to factorize: the network and its training go on exactly as before.
             if trainer.ctx.is_main:
-                _log.info('Cuttlefish: the tracked layers converged after epoch %d; no factorization of the %d '
-                          'candidates is smaller and faster, so the network stays dense', epoch, len(layers))
+                _log.info(
+                    'Cuttlefish: the tracked layers converged after epoch %d; no factorization of the %d '
+                    'candidates is smaller and faster, so the network stays dense',
+                    epoch,
+                    len(layers),
+                )
             return
         before = sum(p.numel() for p in trainer.model.parameters())
         factorize_(trainer.model, chosen, init='svd', mid_norm=self.settings['low_rank_bn'])
         after = sum(p.numel() for p in trainer.model.parameters())
-        if self.settings['low_rank_bn']:
-            trainer.model_args['low_rank_bn'] = True
-        if self.settings['frobenius_decay']:
-            trainer.no_weight_decay |= {id(p) for m in trainer.model.modules() if isinstance(m, LowRankLayer)
-                                        for p in (m.u_weight, m.v_weight)}
-        trainer.rebuild_optimizer()
+        factors = [p for m in trainer.model.modules() if isinstance(m, LowRankLayer) for p in (m.u_weight, m.v_weight)]
         # As the authors' CIFAR code: re-warm only while the learning rate has not been decayed yet.
         milestones = trainer.lr_schedule.milestones
         rewarmed = self.settings['rewarm'] and (not milestones or epoch + 1 < min(milestones))
-        if rewarmed:
-            trainer.warmup_from = epoch + 1
+        trainer.architecture_changed(
+            dict(trainer.model_args, ranks=chosen, **({'low_rank_bn': True} if self.settings['low_rank_bn'] else {})),
+            no_weight_decay=factors if self.settings['frobenius_decay'] else (),
+            restart_warmup=rewarmed,
+        )
         if trainer.ctx.is_main:
-            _log.info('Cuttlefish: the tracked layers converged after epoch %d; factorized %d of %d candidates, '
-                      'params %s -> %s (%.2fx smaller); learning-rate warmup %s', epoch, len(chosen), len(layers),
-                      f'{before:,}', f'{after:,}', before / after, 'restarted' if rewarmed else 'not restarted')
+            _log.info(
+                'Cuttlefish: the tracked layers converged after epoch %d; factorized %d of %d candidates, '
+                'params %s -> %s (%.2fx smaller); learning-rate warmup %s',
+                epoch,
+                len(chosen),
+                len(layers),
+                f'{before:,}',
+                f'{after:,}',
+                before / after,
+                'restarted' if rewarmed else 'not restarted',
+            )
 
-    def after_backward(self, trainer: 'Trainer') -> None:
+    def after_backward(self, trainer: Trainer) -> None:
         strength = self.settings['frobenius_decay']
         if self.switch_epoch is None or not strength:
             return
@@ -328,9 +402,16 @@ class CuttlefishSwitch(Callback):
     # ------------------------------------------------------------------------------------ state, report
 
     def state_dict(self) -> dict:
-        return dict(settings=self.settings, xi=self.xi, full=self.full, history=self.history,
-                    converged_at=self.converged_at, switch_epoch=self.switch_epoch, decisions=self.decisions,
-                    input_shapes={k: list(v) for k, v in self._input_shapes.items()})
+        return dict(
+            settings=self.settings,
+            xi=self.xi,
+            full=self.full,
+            history=self.history,
+            converged_at=self.converged_at,
+            switch_epoch=self.switch_epoch,
+            decisions=self.decisions,
+            input_shapes={k: list(v) for k, v in self._input_shapes.items()},
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.settings = state['settings']
@@ -339,7 +420,7 @@ class CuttlefishSwitch(Callback):
         self.decisions = state['decisions']
         self._input_shapes = {k: tuple(v) for k, v in state['input_shapes'].items()}
 
-    def on_resume(self, trainer: 'Trainer') -> None:
+    def on_resume(self, trainer: Trainer) -> None:
         if self.switch_epoch is None:
             self._record_input_shapes(trainer.model)
 
@@ -363,13 +444,16 @@ class CuttlefishSwitch(Callback):
 
     def plot(self, path: Path) -> None:
         import matplotlib
+
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
         for name, history in self.history.items():
             if history:
-                ax.plot(range(len(history)), [self._rank(name, sr) / self.full[name] for sr in history],
-                        lw=1, label=name)
+                ax.plot(
+                    range(len(history)), [self._rank(name, sr) / self.full[name] for sr in history], lw=1, label=name
+                )
         if self.switch_epoch is not None:
             ax.axvline(self.switch_epoch - 0.5, color='k', ls='--', lw=1.2, label=f'switch (epoch {self.switch_epoch})')
         ax.set_xlabel('epoch')

@@ -3,24 +3,28 @@ a hub folder (``config.json``, ``model.safetensors``, ``README.md`` card with th
 the run's plots); the returned ``registry_entry`` is the ``Weights(...)`` to add to the model family's
 ``default_cfgs`` (with ``source`` changed to ``hf-hub:org/name@revision`` once the folder is uploaded).
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 import zoo
-from zoo.hub import ModelCard, Weights, publish
+from zoo.cards import ModelCard
+from zoo.hub import Weights
+from zoo.publish import publish
 
 from .tasks import build_task
 
 __all__ = ['evaluate_weights', 'publish_run']
 
-_SELECTION = {False: 'the figures above are on held-out test data that chose nothing.',
-              True: 'that is the data of the figures above (as in the papers), so they are not independent of '
-                    'the choice of epoch.'}
+_SELECTION = {
+    False: 'the figures above are on held-out test data that chose nothing.',
+    True: 'that is the data of the figures above (as in the papers), so they are not independent of '
+    'the choice of epoch.',
+}
 
 
 def evaluate_weights(model: torch.nn.Module, recipe: dict, batch_size: int = 256) -> dict[str, float]:
@@ -31,19 +35,30 @@ def evaluate_weights(model: torch.nn.Module, recipe: dict, batch_size: int = 256
     return {k: v / count for k, v in sums.items()}
 
 
-def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary: str, intended_use: str,
-                limitations: str, fp16: bool = False, command: Optional[str] = None) -> dict:
+def publish_run(
+    run_dir: Path,
+    out_dir: Path,
+    model_id: str,
+    title: str,
+    summary: str,
+    intended_use: str,
+    limitations: str,
+    fp16: bool = False,
+    command: str | None = None,
+) -> dict:
     """Publish ``run_dir/best`` to ``out_dir``; returns the measured metrics and the ``Weights`` fields."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = json.loads((run_dir / 'best' / 'run.json').read_text())
     recipe = info['recipe']
     model = zoo.create_model(info['model_name'], **info['model_args'])
-    zoo._builder.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
+    zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
     from safetensors.torch import load_file
+
     model.load_state_dict(load_file(str(run_dir / 'best' / 'model.safetensors')))
     if fp16:  # measure what is published: the fp16-rounded weights
-        model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
-                               for k, v in model.state_dict().items()})
+        model.load_state_dict(
+            {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        )
     test = {k: round(v, 4) for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
     task = build_task(recipe['task']['name'], recipe['task']['args'])
     split = task.test_description()
@@ -56,6 +71,7 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     if info['model_name'].startswith('mrl_'):
         # The MRL block is this zoo's design from the paper's abstract: every MRL card carries it.
         import zoo.models.mrl as mrl_module
+
         design = mrl_module.__doc__.split('\nNetwork:')[0].strip()
         extra['Architecture (zoo/models/mrl.py)'] = f'```text\n{design}\n```'
     if (run_dir / 'cuttlefish' / 'decisions.csv').exists():
@@ -63,43 +79,75 @@ def publish_run(run_dir: Path, out_dir: Path, model_id: str, title: str, summary
     validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}
     grid = f' ({info["grid"][0]}x{info["grid"][1]} grid)' if info.get('grid') else ''
     code = f' Code: commit `{info["code_version"]}`.' if info.get('code_version') else ''
-    training = (f'Recipe `{recipe_path}` ({recipe["description"]}). '
-                f'{info["world_size"]} process(es) ({info["device"]}), gradient all-reduce: {info["allreduce"]}{grid}; '
-                f'{info["train_seconds"] / 60:.1f} min of training up to the best epoch '
-                f'({int(info["metrics"]["epoch"]) + 1} of {recipe["epochs"]}). Best epoch chosen on the validation '
-                f'data ({task.main_metric} {validation[task.main_metric]:.4g}); '
-                f'{_SELECTION[task.selects_on_test_data()]}{code}')
+    training = (
+        f'Recipe `{recipe_path}` ({recipe["description"]}). '
+        f'{info["world_size"]} process(es) ({info["device"]}), gradient all-reduce: {info["allreduce"]}{grid}; '
+        f'{info["train_seconds"] / 60:.1f} min of training up to the best epoch '
+        f'({int(info["metrics"]["epoch"]) + 1} of {recipe["epochs"]}). Best epoch chosen on the validation '
+        f'data ({task.main_metric} {validation[task.main_metric]:.4g}); '
+        f'{_SELECTION[task.selects_on_test_data()]}{code}'
+    )
     card = ModelCard(
-        title=title, summary=summary, dataset=task.dataset_description(), dataset_id=task.dataset_id(),
-        task=zoo._registry.model_task(info['model_name']), metrics={split: test},
-        recipe=str(recipe_path), command=command or
-        f'torchrun --standalone --nproc-per-node {info["world_size"]} -m zoo.cli train --recipe {recipe["name"]}',
-        training=training, intended_use=intended_use, limitations=limitations, figures=figures,
-        extra_sections=extra, tags=('cuttlefish',) if info['model_name'].startswith('cf_') else ('mrl',),
-        paper_ids=model.pretrained_cfg.get('paper_ids') or (), model_id=model_id)
+        title=title,
+        summary=summary,
+        dataset=task.dataset_description(),
+        dataset_id=task.dataset_id(),
+        task=zoo.model_task(info['model_name']),
+        metrics={split: test},
+        recipe=str(recipe_path),
+        command=command
+        or f'torchrun --standalone --nproc-per-node {info["world_size"]} -m training.cli train '
+        f'--recipe {recipe["name"]}',
+        training=training,
+        intended_use=intended_use,
+        limitations=limitations,
+        figures=figures,
+        extra_sections=extra,
+        tags=('cuttlefish',) if info['model_name'].startswith('cf_') else ('mrl',),
+        paper_ids=model.pretrained_cfg.get('paper_ids') or (),
+        model_id=model_id,
+    )
     model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
     result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
-    entry = Weights(source=f'local:{out_dir.name}', sha256=result['sha256'], model_args=info['model_args'],
-                    num_params=result['num_params'], macs=result['macs'],
-                    dataset=task.dataset_description(), metrics={split: test}, recipe=str(recipe_path),
-                    file_size_mb=result['file_size_mb'])
+    entry = Weights(
+        source=f'local:{out_dir.name}',
+        sha256=result['sha256'],
+        model_args=info['model_args'],
+        num_params=result['num_params'],
+        macs=result['macs'],
+        dataset=task.dataset_description(),
+        metrics={split: test},
+        recipe=str(recipe_path),
+        file_size_mb=result['file_size_mb'],
+    )
     return dict(result, metrics={split: test}, dataset=task.dataset_description(), registry_entry=repr(entry))
 
 
 def _switch_summary(run_dir: Path, info: dict) -> str:
     import csv
+
     rows = list(csv.DictReader(open(run_dir / 'cuttlefish' / 'decisions.csv')))
     factorized = [r for r in rows if r['factorize'] == 'True']
     state_rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
     switched = next((r['epoch'] for r in state_rows if r.get('cf_switched') == '1'), None)
-    outcome = (f'from epoch {int(switched) + 1} on, {len(factorized)} of the {len(rows)} tracked layers trained '
-               f'low-rank' if factorized else 'no layer was factorized')
-    lines = [f'All tracked layers\' stable ranks had converged after epoch {switched}; {outcome}. A layer stays '
-             f'dense when its factorization at the chosen rank is not smaller or (when profiling) not faster on '
-             f'the training device.', '',
-             '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |', '|---|---|---|---|---|---|']
+    outcome = (
+        f'from epoch {int(switched) + 1} on, {len(factorized)} of the {len(rows)} tracked layers trained low-rank'
+        if factorized
+        else 'no layer was factorized'
+    )
+    lines = [
+        f"All tracked layers' stable ranks had converged after epoch {switched}; {outcome}. A layer stays "
+        f'dense when its factorization at the chosen rank is not smaller or (when profiling) not faster on '
+        f'the training device.',
+        '',
+        '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |',
+        '|---|---|---|---|---|---|',
+    ]
     for r in rows:
-        lines.append(f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | '
-                     f'{float(r["dense_ms"]):.2f} | {float(r["low_rank_ms"]):.2f} |' if r.get('dense_ms')
-                     else f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | - | - |')
+        lines.append(
+            f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | '
+            f'{float(r["dense_ms"]):.2f} | {float(r["low_rank_ms"]):.2f} |'
+            if r.get('dense_ms')
+            else f'| {r["layer"]} | {r["full_rank"]} | {r["rank"]} | {r["factorize"]} | - | - |'
+        )
     return '\n'.join(lines)

@@ -6,12 +6,14 @@ or ring all-reduce, grid, timeouts) and the optional Cuttlefish switch. ``zoo tr
 key.path=value ...`` overrides single values; values are parsed as YAML (``optim.lr=0.05``,
 ``batch.stages=[[0,128],[10,256]]``).
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -33,27 +35,36 @@ DEFAULTS: dict[str, Any] = {
     'model': {'name': None, 'args': {}},
     'task': {'name': 'classification', 'args': {}},
     'batch': {
-        'stages': [[0, 128]],    # [start_epoch, global batch]; growing it is Sony's batch-size control
-        'base': 128,             # the global batch at which optim.lr is given
-        'rule': 'linear',        # 'linear' (lr ∝ batch) or 'smith' (grow batch instead of decaying lr)
-        'max_per_rank': None,    # cap per-rank micro-batch; the rest becomes gradient accumulation
+        'stages': [[0, 128]],  # [start_epoch, global batch]; growing it is Sony's batch-size control
+        'base': 128,  # the global batch at which optim.lr is given
+        'rule': 'linear',  # 'linear' (lr ∝ batch) or 'smith' (grow batch instead of decaying lr)
+        'max_per_rank': None,  # cap per-rank micro-batch; the rest becomes gradient accumulation
     },
     'optim': {
-        'name': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False, 'weight_decay': 5e-4,
-        'betas': [0.9, 0.999], 'clip_grad_norm': None,
+        'name': 'sgd',
+        'lr': 0.1,
+        'momentum': 0.9,
+        'nesterov': False,
+        'weight_decay': 5e-4,
+        'betas': [0.9, 0.999],
+        'clip_grad_norm': None,
     },
     'schedule': {
-        'decay': 'step', 'milestones': [], 'gamma': 0.1, 'min_factor': 0.0,
-        'warmup_epochs': 0, 'warmup_start': 0.1,
+        'decay': 'step',
+        'milestones': [],
+        'gamma': 0.1,
+        'min_factor': 0.0,
+        'warmup_epochs': 0,
+        'warmup_start': 0.1,
     },
-    'amp': 'auto',               # 'auto' (fp16/bf16 on CUDA, off on CPU), 'off', 'fp16', 'bf16'
+    'amp': 'auto',  # 'auto' (fp16/bf16 on CUDA, off on CPU), 'off', 'fp16', 'bf16'
     'distributed': {
-        'allreduce': 'torus',    # 'torus' (2D-torus DDP hook) or 'ring' (DDP's default all-reduce)
-        'grid': None,            # [X, Y]; null chooses from the world size and ranks per node
+        'allreduce': 'torus',  # 'torus' (2D-torus DDP hook) or 'ring' (DDP's default all-reduce)
+        'grid': None,  # [X, Y]; null chooses from the world size and ranks per node
         'bucket_cap_mb': 25,
         'timeout_s': 300,
     },
-    'cuttlefish': None,          # a mapping enables the stable-rank switch (see training.cuttlefish)
+    'cuttlefish': None,  # a mapping enables the stable-rank switch (see training.cuttlefish)
     'data': {'workers': 0, 'eval_batch': 256},
     'log': {'tensorboard': True, 'progress': True},
     'checkpoint': {'keep': 2},
@@ -114,11 +125,11 @@ def apply_overrides(recipe: dict, overrides: Sequence[str]) -> dict:
         parts = key.split('.')
         node = recipe
         for i, part in enumerate(parts[:-1]):
-            free = '.'.join(parts[:i + 1]) in _FREE_FORM
+            free = '.'.join(parts[: i + 1]) in _FREE_FORM
             if node.get(part) is None and free:
                 node[part] = {}
             if not isinstance(node.get(part), dict):
-                raise RecipeError(f'override {key!r}: {".".join(parts[:i + 1])} is not a section')
+                raise RecipeError(f'override {key!r}: {".".join(parts[: i + 1])} is not a section')
             node = node[part]
         inside_free = any(key.startswith(f + '.') for f in _FREE_FORM)
         if parts[-1] not in node and not inside_free:

@@ -11,24 +11,30 @@ official train/test splits), ``'folder'`` (``training.data.load_folder``; a dete
 ``val_fraction`` split unless ``train/`` and ``val/`` exist) and ``'stardist'`` (the fluorescence image
 in the stardist wheel, for smoke tests; no ``data_dir``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from zoo.hovernet import STAT_NAMES, hovernet_loss, instance_stats
 from zoo.segment import overlay, predict_instances
 
 from .data import (
-    CONSEP_MERGED_TYPE_NAMES, CONSEP_TYPE_NAMES, NucleiPatchDataset, NucleiSample, load_consep, load_cpm17,
-    load_folder, load_kumar, split_stardist_sample,
+    CONSEP_MERGED_TYPE_NAMES,
+    CONSEP_TYPE_NAMES,
+    NucleiPatchDataset,
+    NucleiSample,
+    load_consep,
+    load_cpm17,
+    load_folder,
+    load_kumar,
+    split_stardist_sample,
 )
-from .losses import hovernet_loss
-from .metrics import STAT_NAMES, instance_stats
 from .tasks import Task
 
 __all__ = ['NucleiSegmentationTask', 'NucleiImageDataset', 'DATASETS']
@@ -72,21 +78,34 @@ class NucleiSegmentationTask(Task):
         tile, overlap: tiled inference on validation images (``zoo.segment.predict_maps``).
         num_examples: validation images drawn by :meth:`write_examples`.
     """
+
     main_metric = 'dice'
 
-    def __init__(self, dataset: str = 'stardist', data_dir: Optional[str] = None, patch_size: int = 256,
-                 step: Optional[int] = None, num_types: Optional[int] = None, augment: bool = True,
-                 window_size: Optional[int] = None, val_fraction: float = 0.2, tile: int = 256, overlap: int = 64,
-                 num_examples: int = 4):
+    def __init__(
+        self,
+        dataset: str = 'stardist',
+        data_dir: str | None = None,
+        patch_size: int = 256,
+        step: int | None = None,
+        num_types: int | None = None,
+        augment: bool = True,
+        window_size: int | None = None,
+        val_fraction: float = 0.2,
+        tile: int = 256,
+        overlap: int = 64,
+        num_examples: int = 4,
+    ):
         if dataset not in DATASETS:
             raise ValueError(f'unknown nuclei dataset {dataset!r}; available: {DATASETS}')
         if dataset != 'stardist' and data_dir is None:
-            raise ValueError(f"dataset {dataset!r} needs data_dir")
+            raise ValueError(f'dataset {dataset!r} needs data_dir')
         num_types = num_types or None
         if num_types is not None:
             if dataset == 'consep' and num_types not in (len(CONSEP_MERGED_TYPE_NAMES), len(CONSEP_TYPE_NAMES)):
-                raise ValueError(f'CoNSeP has {len(CONSEP_MERGED_TYPE_NAMES)} merged or {len(CONSEP_TYPE_NAMES)} '
-                                 f'original types (background included), got num_types={num_types}')
+                raise ValueError(
+                    f'CoNSeP has {len(CONSEP_MERGED_TYPE_NAMES)} merged or {len(CONSEP_TYPE_NAMES)} '
+                    f'original types (background included), got num_types={num_types}'
+                )
             if dataset in ('stardist', 'kumar', 'cpm17'):
                 raise ValueError(f'{dataset} has no nuclear type annotations; use num_types=None')
         self.dataset, self.data_dir = dataset, data_dir
@@ -119,16 +138,18 @@ class NucleiSegmentationTask(Task):
         if self.dataset == 'folder':
             return train, test, test
         if len(train) < 2:
-            raise ValueError(f'{self.dataset}: {len(train)} training image(s); at least 2 are needed to hold '
-                             f'one out for validation')
+            raise ValueError(
+                f'{self.dataset}: {len(train)} training image(s); at least 2 are needed to hold one out for validation'
+            )
         count = min(len(train) - 1, max(1, round(len(train) * self.val_fraction)))
         val_index = set(np.linspace(0, len(train) - 1, count).round().astype(int).tolist())
         return ([s for i, s in enumerate(train) if i not in val_index], [train[i] for i in sorted(val_index)], test)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         train, val, _ = self._splits()
-        patches = NucleiPatchDataset(train, self.patch_size, self.step, self.augment, self.num_types,
-                                     window_size=self.window_size)
+        patches = NucleiPatchDataset(
+            train, self.patch_size, self.step, self.augment, self.num_types, window_size=self.window_size
+        )
         return patches, NucleiImageDataset(val)
 
     def test_dataset(self) -> Dataset:
@@ -139,44 +160,63 @@ class NucleiSegmentationTask(Task):
 
     def test_description(self) -> str:
         if self.dataset == 'stardist':
-            return 'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for selection)'
-        return {'folder': 'val images (also used to pick the best epoch)', 'consep': 'CoNSeP Test (14 images)', 'kumar': 'Kumar test (14 images)',
-                'cpm17': 'CPM-17 test'}[self.dataset]
+            return (
+                'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '
+                'selection)'
+            )
+        return {
+            'folder': 'val images (also used to pick the best epoch)',
+            'consep': 'CoNSeP Test (14 images)',
+            'kumar': 'Kumar test (14 images)',
+            'cpm17': 'CPM-17 test',
+        }[self.dataset]
 
     def dataset_description(self) -> str:
         if self.dataset == 'stardist':
-            return ('the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
-                    'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: '
-                    '10 train, 2 validate, 4 held out for testing')
-        return {'folder': f'image folder {self.data_dir}', 'consep': 'CoNSeP (Graham et al. 2019)',
-                'kumar': 'Kumar / MoNuSeg 2018', 'cpm17': 'CPM-17'}[self.dataset]
+            return (
+                'the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
+                'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: '
+                '10 train, 2 validate, 4 held out for testing'
+            )
+        return {
+            'folder': f'image folder {self.data_dir}',
+            'consep': 'CoNSeP (Graham et al. 2019)',
+            'kumar': 'Kumar / MoNuSeg 2018',
+            'cpm17': 'CPM-17',
+        }[self.dataset]
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-             ) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+    ) -> tuple[torch.Tensor, dict]:
         outputs = model(batch['image'].to(device, non_blocking=True))
         if 'tp' in batch and 'tp' not in outputs:
-            raise ValueError(f'task.args.num_types={self.num_types} but the model has no type branch: build it '
-                             f'with model.args.num_types={self.num_types}')
+            raise ValueError(
+                f'task.args.num_types={self.num_types} but the model has no type branch: build it '
+                f'with model.args.num_types={self.num_types}'
+            )
         targets = {key: batch[key].to(device, non_blocking=True) for key in _TARGET_KEYS if key in batch}
         total, parts = hovernet_loss(outputs, targets)
         return total, {name: value.detach() for name, value in parts.items()}
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device,
-                 batch_size: int) -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int
+    ) -> dict[str, float]:
         """Sums over this shard's images of HoVer-Net's per-image ``dice, aji, aji_plus, dq, sq, pq``, and ``count``."""
-        sums = dict.fromkeys(STAT_NAMES, 0.) | {'count': 0.}
+        sums = dict.fromkeys(STAT_NAMES, 0.0) | {'count': 0.0}
         for index in range(len(dataset)):
             sample = dataset[index]
-            pred, _ = predict_instances(model, sample.image, tile=self.tile, overlap=self.overlap,
-                                        batch_size=batch_size, device=device)
+            pred, _ = predict_instances(
+                model, sample.image, tile=self.tile, overlap=self.overlap, batch_size=batch_size, device=device
+            )
             for name, value in instance_stats(sample.inst_map, pred).items():
                 sums[name] += value
             sums['count'] += 1
         return sums
 
-    def write_examples(self, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
-                       device: torch.device) -> list[Path]:
+    def write_examples(
+        self, model: torch.nn.Module, dataset: Dataset, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         """``<name>_overlay.png`` for the first ``num_examples`` images: ground truth left, prediction right."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

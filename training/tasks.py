@@ -6,17 +6,19 @@ atomic checkpoints. A ``Task`` supplies the rest. Evaluation is sharded: each ra
 slice of the validation set and returns per-sample *sums*; the trainer all-reduces them and divides
 by ``count``, so a metric defined per image then averaged (HoVer-Net's convention) stays exact.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from zoo._datasets import FASHION_MNIST_TEST_SPLIT
+from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
 __all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS']
 
@@ -35,13 +37,15 @@ class Task:
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, dataset: Dataset, device: torch.device,
-                 batch_size: int) -> dict[str, float]:
+    def evaluate(
+        self, model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int
+    ) -> dict[str, float]:
         """Per-sample sums of each metric over ``dataset`` (this rank's shard), plus ``count``."""
         raise NotImplementedError
 
-    def write_examples(self, model: torch.nn.Module, dataset: Dataset, out_dir: Path,
-                       device: torch.device) -> list[Path]:
+    def write_examples(
+        self, model: torch.nn.Module, dataset: Dataset, out_dir: Path, device: torch.device
+    ) -> list[Path]:
         """Optional pictures of predictions (e.g. overlays) written with the best weights, on rank 0."""
         return []
 
@@ -60,7 +64,7 @@ class Task:
     def dataset_description(self) -> str:
         return ''
 
-    def dataset_id(self) -> Optional[str]:
+    def dataset_id(self) -> str | None:
         """The dataset's Hugging Face Hub id, for model-card metadata, where there is one."""
         return None
 
@@ -70,19 +74,33 @@ class ClassificationTask(Task):
 
     Datasets: ``'fashion_mnist'`` (Debian's package; ``train_subset``/``val_subset`` keep the first N
     images for quick recipes; ``holdout=N`` validates on the last N *training* images, which are then
-    not trained on, so the test split stays untouched until the final evaluation), ``'cifar10'`` (binary version under ``data_dir``) and ``'image_folder'``
-    (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with timm's training transforms: random resized
+    not trained on, so the test split stays untouched until the final evaluation), ``'cifar10'`` (binary version
+    under ``data_dir``) and ``'image_folder'`` (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with timm's training transforms: random resized
     crop, flip, ``auto_augment`` such as ``'rand-m9-mstd0.5-inc1'``, random erasing ``re_prob``).
     """
+
     main_metric = 'top1'
 
-    def __init__(self, dataset: str = 'fashion_mnist', data_dir: Optional[str] = None, label_smoothing: float = 0.,
-                 train_subset: Optional[int] = None, val_subset: Optional[int] = None, augment: bool = True,
-                 input_size: int = 224, auto_augment: Optional[str] = None, re_prob: float = 0.,
-                 mixup: float = 0., cutmix: float = 0., num_classes: Optional[int] = None, holdout: int = 0):
+    def __init__(
+        self,
+        dataset: str = 'fashion_mnist',
+        data_dir: str | None = None,
+        label_smoothing: float = 0.0,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        augment: bool = True,
+        input_size: int = 224,
+        auto_augment: str | None = None,
+        re_prob: float = 0.0,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        num_classes: int | None = None,
+        holdout: int = 0,
+    ):
         if dataset not in ('fashion_mnist', 'cifar10', 'image_folder'):
-            raise ValueError(f"unknown classification dataset {dataset!r}; "
-                             f"available: 'fashion_mnist', 'cifar10', 'image_folder'")
+            raise ValueError(
+                f"unknown classification dataset {dataset!r}; available: 'fashion_mnist', 'cifar10', 'image_folder'"
+            )
         if dataset != 'fashion_mnist' and not data_dir:
             raise ValueError(f'dataset {dataset!r} needs task.args.data_dir')
         self.dataset, self.data_dir = dataset, data_dir
@@ -94,42 +112,61 @@ class ClassificationTask(Task):
         self.mixup_fn = None
         if mixup or cutmix:
             from timm.data import Mixup
+
             if num_classes is None:
                 raise ValueError('mixup/cutmix need task.args.num_classes')
-            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                                  num_classes=num_classes)
+            self.mixup_fn = Mixup(
+                mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes
+            )
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         import numpy as np
         from torchvision.transforms import v2
+
         if self.dataset == 'fashion_mnist':
             from .data.fashion_mnist import FashionMNIST
+
             transform = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]) if self.augment else None
             size = 60_000 - self.holdout
             train_idx = np.arange(min(self.train_subset or size, size))
             if self.holdout:
-                return (FashionMNIST('train', self.data_dir, transform, train_idx),
-                        FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000)))
+                return (
+                    FashionMNIST('train', self.data_dir, transform, train_idx),
+                    FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000)),
+                )
             val_idx = np.arange(self.val_subset) if self.val_subset else None
-            return (FashionMNIST('train', self.data_dir, transform, train_idx),
-                    FashionMNIST('test', self.data_dir, None, val_idx))
+            return (
+                FashionMNIST('train', self.data_dir, transform, train_idx),
+                FashionMNIST('test', self.data_dir, None, val_idx),
+            )
         from timm.data import create_transform
+
         if self.dataset == 'cifar10':
+            from zoo.datasets import CIFAR10_MEAN, CIFAR10_STD
+
             from .data.classification import CIFAR10
-            from zoo._datasets import CIFAR10_MEAN, CIFAR10_STD
-            normalize = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
-            train_tf = v2.Compose(([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else [])
-                                  + normalize)
+
+            normalize = [
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+            ]
+            train_tf = v2.Compose(
+                ([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if self.augment else []) + normalize
+            )
             return CIFAR10(self.data_dir, 'train', train_tf), CIFAR10(self.data_dir, 'test', v2.Compose(normalize))
         from .data.classification import image_folder
-        train_tf = create_transform(self.input_size, is_training=self.augment, auto_augment=self.auto_augment,
-                                    re_prob=self.re_prob)
+
+        train_tf = create_transform(
+            self.input_size, is_training=self.augment, auto_augment=self.auto_augment, re_prob=self.re_prob
+        )
         val_tf = create_transform(self.input_size, is_training=False)
         return image_folder(self.data_dir, 'train', train_tf), image_folder(self.data_dir, 'val', val_tf)
 
     def test_dataset(self) -> Dataset:
         if self.dataset == 'fashion_mnist':
             from .data.fashion_mnist import FashionMNIST
+
             return FashionMNIST('test', self.data_dir)
         return self.datasets()[1]
 
@@ -137,8 +174,11 @@ class ClassificationTask(Task):
         return not (self.dataset == 'fashion_mnist' and self.holdout)
 
     def test_description(self) -> str:
-        return {'fashion_mnist': FASHION_MNIST_TEST_SPLIT, 'cifar10': 'CIFAR-10 test split',
-                'image_folder': 'val/ folder'}[self.dataset]
+        return {
+            'fashion_mnist': FASHION_MNIST_TEST_SPLIT,
+            'cifar10': 'CIFAR-10 test split',
+            'image_folder': 'val/ folder',
+        }[self.dataset]
 
     def dataset_description(self) -> str:
         if self.dataset == 'fashion_mnist':
@@ -147,7 +187,7 @@ class ClassificationTask(Task):
             return f'Fashion-MNIST (Zalando, MIT; Debian package dataset-fashion-mnist): {used}{held}'
         return {'cifar10': 'CIFAR-10', 'image_folder': f'image folder {self.data_dir}'}[self.dataset]
 
-    def dataset_id(self) -> Optional[str]:
+    def dataset_id(self) -> str | None:
         return {'fashion_mnist': 'zalando-datasets/fashion_mnist', 'cifar10': 'uoft-cs/cifar10'}.get(self.dataset)
 
     def loss(self, model, batch, device):
@@ -162,7 +202,7 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size):
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-        sums = dict(top1=0., top5=0., val_loss=0., count=0.)
+        sums = dict(top1=0.0, top5=0.0, val_loss=0.0, count=0.0)
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits = model(images).float()
@@ -190,4 +230,5 @@ def build_task(name: str, args: Mapping[str, Any]) -> Task:
         return task_cls(**args)
     except (TypeError, ValueError) as e:
         from .recipe import RecipeError
+
         raise RecipeError(f'task.args of {name!r}: {e}') from e

@@ -37,21 +37,21 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "AllReduceCost",
-    "TorusGrid",
-    "TorusHookState",
-    "allreduce_cost_model",
-    "choose_grid_shape",
-    "register_torus_hook",
-    "torus_all_reduce",
-    "torus_allreduce_hook",
-    "torus_layout",
+    'AllReduceCost',
+    'TorusGrid',
+    'TorusHookState',
+    'allreduce_cost_model',
+    'choose_grid_shape',
+    'register_torus_hook',
+    'torus_all_reduce',
+    'torus_allreduce_hook',
+    'torus_layout',
 ]
 
 # Recent torch (2.14 here) deprecates reduce_scatter_tensor / all_gather_into_tensor in
 # favour of the *_single names; older releases only have the old ones.
-_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, 'reduce_scatter_single', None) or dist.reduce_scatter_tensor
+_all_gather_single = getattr(dist, 'all_gather_single', None) or dist.all_gather_into_tensor
 
 
 # --------------------------------------------------------------------------- grid
@@ -72,18 +72,18 @@ def choose_grid_shape(
     above the square root, which is never farther from it than its cofactor).
     """
     if world_size < 1:
-        raise ValueError(f"world_size must be positive, got {world_size}")
-    for name, value in (("x", x), ("y", y)):
+        raise ValueError(f'world_size must be positive, got {world_size}')
+    for name, value in (('x', x), ('y', y)):
         if value is not None and value < 1:
-            raise ValueError(f"torus {name} must be a positive integer, got {value}")
+            raise ValueError(f'torus {name} must be a positive integer, got {value}')
 
     if x is not None or y is not None:
         grid_x = x if x is not None else world_size // y
         grid_y = y if y is not None else world_size // x
         if grid_x * grid_y != world_size:
             raise ValueError(
-                f"cannot arrange {world_size} ranks as a torus with x={x}, y={y}: "
-                f"x * y must equal the world size {world_size}"
+                f'cannot arrange {world_size} ranks as a torus with x={x}, y={y}: '
+                f'x * y must equal the world size {world_size}'
             )
         return grid_x, grid_y
 
@@ -139,7 +139,7 @@ class TorusGrid:
         y: int | None = None,
         backend: str | None = None,
         timeout: timedelta | None = None,
-    ) -> "TorusGrid":
+    ) -> 'TorusGrid':
         """Create the row and column process groups of the default (world) group.
 
         Collective: every rank must call it, with the same arguments. Group creation is
@@ -155,12 +155,10 @@ class TorusGrid:
                 default (10 min for NCCL, 30 min for gloo).
         """
         if not dist.is_initialized():
-            raise RuntimeError("TorusGrid.create() needs torch.distributed to be initialised")
+            raise RuntimeError('TorusGrid.create() needs torch.distributed to be initialised')
         world_size = dist.get_world_size()
-        local_world_size = os.environ.get("LOCAL_WORLD_SIZE")
-        x, y = choose_grid_shape(
-            world_size, x, y, int(local_world_size) if local_world_size else None
-        )
+        local_world_size = os.environ.get('LOCAL_WORLD_SIZE')
+        x, y = choose_grid_shape(world_size, x, y, int(local_world_size) if local_world_size else None)
         rows, cols = torus_layout(x, y)
         row_group, _ = dist.new_subgroups_by_enumeration(rows, timeout=timeout, backend=backend)
         col_group, _ = dist.new_subgroups_by_enumeration(cols, timeout=timeout, backend=backend)
@@ -196,9 +194,7 @@ def _torus_sum_(flat: torch.Tensor, grid: TorusGrid) -> None:
         flat.copy_(padded[:numel])
 
 
-def torus_all_reduce(
-    tensor: torch.Tensor, grid: TorusGrid, op: Literal["sum", "avg"] = "sum"
-) -> torch.Tensor:
+def torus_all_reduce(tensor: torch.Tensor, grid: TorusGrid, op: Literal['sum', 'avg'] = 'sum') -> torch.Tensor:
     """All-reduce ``tensor`` in place over the torus and return it.
 
     Any shape, size (including sizes below X) or dtype the backend supports; it runs on
@@ -206,16 +202,16 @@ def torus_all_reduce(
     sums and then divides, because older gloo builds lack ``ReduceOp.AVG``, and is
     only defined for floating-point and complex tensors.
     """
-    if op not in ("sum", "avg"):
+    if op not in ('sum', 'avg'):
         raise ValueError(f"op must be 'sum' or 'avg', got {op!r}")
-    if op == "avg" and not (tensor.is_floating_point() or tensor.is_complex()):
+    if op == 'avg' and not (tensor.is_floating_point() or tensor.is_complex()):
         raise TypeError(f"op='avg' needs a floating-point or complex tensor, got {tensor.dtype}")
     if tensor.numel() == 0:
         return tensor
     contiguous = tensor.contiguous()  # a no-op unless the tensor is strided
     flat = contiguous.view(-1)
     _torus_sum_(flat, grid)
-    if op == "avg":
+    if op == 'avg':
         flat.div_(grid.world_size)
     if contiguous is not tensor:
         tensor.copy_(contiguous)
@@ -238,9 +234,7 @@ class TorusHookState:
         return self._cuda_stream
 
 
-def torus_allreduce_hook(
-    state: TorusHookState, bucket: dist.GradBucket
-) -> torch.futures.Future[torch.Tensor]:
+def torus_allreduce_hook(state: TorusHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook that averages each gradient bucket with the 2D torus.
 
     DDP does not pre-divide gradients, so the bucket is divided by the world size first
@@ -277,9 +271,7 @@ def torus_allreduce_hook(
     return future
 
 
-def register_torus_hook(
-    ddp_model: torch.nn.parallel.DistributedDataParallel, grid: TorusGrid
-) -> TorusHookState:
+def register_torus_hook(ddp_model: torch.nn.parallel.DistributedDataParallel, grid: TorusGrid) -> TorusHookState:
     """Register :func:`torus_allreduce_hook` on ``ddp_model`` (once, before backward)."""
     state = TorusHookState(grid)
     ddp_model.register_comm_hook(state, torus_allreduce_hook)
@@ -365,11 +357,11 @@ def allreduce_cost_model(
     n, g, m = num_gpus, gpus_per_node, float(message_bytes)
     x = g if torus_x is None else torus_x
     if n < 1 or g < 1 or n % min(g, n):
-        raise ValueError(f"num_gpus ({n}) must be a positive multiple of gpus_per_node ({g})")
+        raise ValueError(f'num_gpus ({n}) must be a positive multiple of gpus_per_node ({g})')
     if n % x:
-        raise ValueError(f"torus_x ({x}) must divide num_gpus ({n})")
+        raise ValueError(f'torus_x ({x}) must divide num_gpus ({n})')
     if g % x and x % g:
-        raise ValueError(f"torus_x ({x}) must divide or be a multiple of gpus_per_node ({g})")
+        raise ValueError(f'torus_x ({x}) must divide or be a multiple of gpus_per_node ({g})')
     y = n // x
     nodes = max(1, n // g)
 
@@ -383,7 +375,7 @@ def allreduce_cost_model(
 
     ring_bytes = 2 * m * (n - 1) / n
     ring = AllReduceCost(
-        algorithm=f"flat ring ({n})",
+        algorithm=f'flat ring ({n})',
         steps=2 * (n - 1),
         bytes_sent_per_gpu=ring_bytes,
         inter_node_bytes_per_gpu=ring_bytes if nodes > 1 else 0.0,
@@ -393,7 +385,7 @@ def allreduce_cost_model(
     tree_depth = math.ceil(math.log2(g)) if g > 1 else 0
     leader_ring_bytes = 2 * m * (nodes - 1) / nodes
     hierarchical = AllReduceCost(
-        algorithm=f"hierarchical ({g}/node, {nodes} leaders)",
+        algorithm=f'hierarchical ({g}/node, {nodes} leaders)',
         steps=2 * tree_depth + 2 * (nodes - 1),
         bytes_sent_per_gpu=leader_ring_bytes + tree_depth * m,
         inter_node_bytes_per_gpu=leader_ring_bytes,
@@ -408,12 +400,11 @@ def allreduce_cost_model(
     row_bytes = 2 * m * (x - 1) / x
     col_bytes = 2 * m * (y - 1) / n
     torus = AllReduceCost(
-        algorithm=f"2D torus {x}x{y}",
+        algorithm=f'2D torus {x}x{y}',
         steps=2 * (x + y - 2),
         bytes_sent_per_gpu=row_bytes + col_bytes,
-        inter_node_bytes_per_gpu=(row_bytes if row_nodes > 1 else 0.0)
-        + (col_bytes if col_nodes > 1 else 0.0),
+        inter_node_bytes_per_gpu=(row_bytes if row_nodes > 1 else 0.0) + (col_bytes if col_nodes > 1 else 0.0),
         time_s=2 * (x - 1) * ring_step(m / x, row_members_per_node, row_nodes, flows=1)
         + 2 * (y - 1) * ring_step(m / n, col_members_per_node, col_nodes, flows=min(x, g)),
     )
-    return {"ring": ring, "hierarchical": hierarchical, "torus": torus}
+    return {'ring': ring, 'hierarchical': hierarchical, 'torus': torus}

@@ -4,7 +4,7 @@ control, AMP, callbacks (the Cuttlefish switch), CSV/TensorBoard logs and atomic
 Launch::
 
     zoo train --recipe fmnist_resnet18 epochs=3                    # one process
-    torchrun --nproc-per-node 4 -m zoo.cli train --recipe fmnist_resnet18   # 2x2 torus, gloo on CPU
+    torchrun --nproc-per-node 4 -m training.cli train --recipe fmnist_resnet18   # 2x2 torus, gloo on CPU
 
 A run directory (``runs/<recipe name>`` unless ``--run-dir``) holds ``recipe.yaml``, ``metrics.csv``,
 ``tensorboard/``, ``checkpoints/`` and ``best/``. Starting a run whose directory already has a
@@ -14,17 +14,14 @@ that was interrupted is run again from its start, so a killed run ends where an 
 (bit for bit on CPU; on CUDA only with deterministic kernels, and a Cuttlefish switch decided by timing
 layers may choose differently if the kill falls in the epoch that decides it).
 """
+
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import platform
 import time
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -33,82 +30,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import zoo
+from zoo.io import atomic_write_bytes
+
 from .batch_control import BatchSchedule, LRSchedule, per_rank_batch
+from .callbacks import Callback, build_callbacks
 from .checkpoint import CheckpointDir, set_rng_state
+from .distributed import DistContext
 from .recipe import load_recipe
+from .runlog import RunLog, code_version, describe_device
 from .tasks import build_task
 
-__all__ = ['Trainer', 'Callback', 'DistContext', 'main']
+__all__ = ['Trainer', 'main']
 
 _log = logging.getLogger('training')
-
-
-class Callback:
-    """Hooks into the training loop. State returned by ``state_dict`` must be JSON/tensor data."""
-
-    def on_fit_start(self, trainer: 'Trainer') -> None:
-        """A new run starts (not called when resuming; ``on_resume`` is)."""
-
-    def on_resume(self, trainer: 'Trainer') -> None:
-        """A run was restored from a checkpoint; ``load_state_dict`` has already run."""
-
-    def on_step_end(self, trainer: 'Trainer', epoch: int, step: int) -> None: ...
-
-    def after_backward(self, trainer: 'Trainer') -> None:
-        """Gradients are averaged across ranks and unscaled (AMP) here; the optimizer has not stepped."""
-
-    def on_epoch_end(self, trainer: 'Trainer', epoch: int, metrics: dict) -> None: ...
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class DistContext:
-    """This process's place in the job, from torchrun's environment (a single process without it)."""
-
-    def __init__(self, timeout_s: float):
-        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
-        self.rank = int(os.environ.get('RANK', 0))
-        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device('cuda', self.local_rank)
-        else:
-            self.device = torch.device('cpu')
-        self.backend = 'nccl' if self.device.type == 'cuda' else 'gloo'
-        self.timeout = timedelta(seconds=timeout_s)
-        if self.world_size > 1 and not dist.is_initialized():
-            # The timeout bounds every collective: a dead rank makes the others fail instead of hanging.
-            dist.init_process_group(self.backend, timeout=self.timeout,
-                                    device_id=self.device if self.device.type == 'cuda' else None)
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def all_reduce_sums(self, values: dict[str, float]) -> dict[str, float]:
-        if not self.distributed:
-            return values
-        keys = sorted(values)
-        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return dict(zip(keys, tensor.tolist()))
-
-    def broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            tensor = tensor.to(self.device)
-            dist.broadcast(tensor, 0)
-        return tensor.cpu()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int]) -> list[dict]:
@@ -140,29 +74,34 @@ class Trainer:
         _seed_all(recipe['seed'] + self.ctx.rank)  # then a different augmentation stream per rank
         b, s = recipe['batch'], recipe['schedule']
         self.batch_schedule = BatchSchedule([tuple(x) for x in b['stages']], b['base'], b['rule'])
-        self.lr_schedule = LRSchedule(recipe['optim']['lr'], recipe['epochs'], s['decay'], s['milestones'],
-                                      s['gamma'], s['min_factor'], s['warmup_epochs'], s['warmup_start'],
-                                      self.batch_schedule)
+        self.lr_schedule = LRSchedule(
+            recipe['optim']['lr'],
+            recipe['epochs'],
+            s['decay'],
+            s['milestones'],
+            s['gamma'],
+            s['min_factor'],
+            s['warmup_epochs'],
+            s['warmup_start'],
+            self.batch_schedule,
+        )
         self.epoch = 0
         self.warmup_from = 0  # moved by callbacks that restart warmup (the Cuttlefish switch)
-        self.code_version = _code_version()  # at start: the checkout may change while a run trains
+        self.code_version = code_version()  # at start: the checkout may change while a run trains
         self.no_weight_decay: set[int] = set()  # parameter ids excluded from weight decay
         self.history: list[dict] = []
-        self.best: Optional[dict] = None
+        self.best: dict | None = None
         self.train_seconds = 0.0
-        self.callbacks: list[Callback] = list(callbacks)
-        if recipe.get('cuttlefish'):
-            from .cuttlefish import CuttlefishSwitch
-            self.callbacks.insert(0, CuttlefishSwitch(**recipe['cuttlefish']))
+        self.callbacks: list[Callback] = [*build_callbacks(recipe), *callbacks]
         self.amp_dtype = self._amp_dtype(recipe['amp'])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.checkpoints = CheckpointDir(self.run_dir, keep=recipe['checkpoint']['keep'])
-        self.rebuild_optimizer()
-        self._writer = None
+        self.runlog = RunLog(self.run_dir, recipe['log']['tensorboard'])
+        self._rebuild_optimizer()
 
     # ------------------------------------------------------------------------------------------ setup
 
-    def _amp_dtype(self, amp: str) -> Optional[torch.dtype]:
+    def _amp_dtype(self, amp: str) -> torch.dtype | None:
         if amp not in ('auto', 'off', 'fp16', 'bf16'):
             raise ValueError(f"amp must be 'auto', 'off', 'fp16' or 'bf16', got {amp!r}")
         if amp == 'off' or (amp == 'auto' and self.device.type != 'cuda'):
@@ -171,8 +110,22 @@ class Trainer:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16 if amp == 'fp16' else torch.bfloat16
 
-    def rebuild_optimizer(self) -> None:
-        """(Re)create the optimizer and the DDP wrapper, e.g. after the model's parameters changed."""
+    def architecture_changed(
+        self, model_args: dict, no_weight_decay: Iterable[torch.nn.Parameter] = (), restart_warmup: bool = False
+    ) -> None:
+        """A callback changed ``self.model`` in place (e.g. factorized layers): record the constructor arguments
+        that rebuild it (``model_args``, saved in checkpoints and ``run.json``), and rebuild everything that held
+        its old parameters: the optimizer (with fresh state), the DDP wrapper and its all-reduce hook.
+        ``no_weight_decay`` are new parameters to keep out of weight decay; ``restart_warmup`` restarts the
+        learning-rate warmup at the next epoch."""
+        self.model_args = dict(model_args)
+        self.no_weight_decay |= {id(p) for p in no_weight_decay}
+        if restart_warmup:
+            self.warmup_from = self.epoch + 1
+        self._rebuild_optimizer()
+
+    def _rebuild_optimizer(self) -> None:
+        """Create the optimizer and, when distributed, the DDP wrapper with its communication hook."""
         o = self.recipe['optim']
         groups = _param_groups(self.model, o['weight_decay'], self.no_weight_decay)
         if o['name'] == 'sgd':
@@ -184,10 +137,14 @@ class Trainer:
         self.ddp = None
         if self.ctx.distributed:
             d = self.recipe['distributed']
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == 'cuda' else None,
-                                               bucket_cap_mb=d['bucket_cap_mb'])
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device] if self.device.type == 'cuda' else None,
+                bucket_cap_mb=d['bucket_cap_mb'],
+            )
             if d['allreduce'] == 'torus':
                 from .torus import TorusGrid, register_torus_hook
+
                 if not hasattr(self, 'grid'):
                     grid = d['grid'] or (None, None)
                     self.grid = TorusGrid.create(grid[0], grid[1], backend=self.ctx.backend, timeout=self.ctx.timeout)
@@ -202,12 +159,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ state
 
     def _state(self) -> dict:
-        return dict(epoch=self.epoch, warmup_from=self.warmup_from, model_name=self.model_name,
-                    model_args=self.model_args, history=self.history, best=self.best,
-                    train_seconds=self.train_seconds, world_size=self.ctx.world_size,
-                    no_weight_decay=[i for i, p in enumerate(self.model.parameters()) if id(p) in self.no_weight_decay],
-                    optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                    callbacks=[c.state_dict() for c in self.callbacks], recipe=self.recipe)
+        return dict(
+            epoch=self.epoch,
+            warmup_from=self.warmup_from,
+            model_name=self.model_name,
+            model_args=self.model_args,
+            history=self.history,
+            best=self.best,
+            train_seconds=self.train_seconds,
+            world_size=self.ctx.world_size,
+            no_weight_decay=[i for i, p in enumerate(self.model.parameters()) if id(p) in self.no_weight_decay],
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            callbacks=[c.state_dict() for c in self.callbacks],
+            recipe=self.recipe,
+        )
 
     def save_checkpoint(self) -> None:
         staging = self.checkpoints.staging(self.epoch)
@@ -229,8 +195,10 @@ class Trainer:
         state = self.checkpoints.read_state(folder)
         changed = _recipe_changes(state['recipe'], self.recipe)
         if changed:
-            raise ValueError(f'{self.run_dir} was trained with a different recipe ({"; ".join(changed)}); '
-                             f'restore those values to resume it, or train into a new --run-dir')
+            raise ValueError(
+                f'{self.run_dir} was trained with a different recipe ({"; ".join(changed)}); '
+                f'restore those values to resume it, or train into a new --run-dir'
+            )
         # The architecture may have changed during training (the Cuttlefish switch records its ranks).
         self.model_args = state['model_args']
         self.model = zoo.create_model(self.model_name, **self.model_args).to(self.device)
@@ -239,15 +207,17 @@ class Trainer:
         self.no_weight_decay = {id(params[i]) for i in state['no_weight_decay']}
         for callback, callback_state in zip(self.callbacks, state['callbacks']):
             callback.load_state_dict(callback_state)
-        self.rebuild_optimizer()
+        self._rebuild_optimizer()
         self.optimizer.load_state_dict(state['optimizer'])
         self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.warmup_from = state['epoch'], state['warmup_from']
         self.history, self.best, self.train_seconds = state['history'], state['best'], state['train_seconds']
         rng = self.checkpoints.read_rank(folder, self.ctx.rank)
         if rng is None or state['world_size'] != self.ctx.world_size:
-            raise ValueError(f'{folder} was written by {state["world_size"]} ranks; resume it with the same '
-                             f'number (this job has {self.ctx.world_size}) so data order and RNG streams match')
+            raise ValueError(
+                f'{folder} was written by {state["world_size"]} ranks; resume it with the same '
+                f'number (this job has {self.ctx.world_size}) so data order and RNG streams match'
+            )
         set_rng_state(rng)
         if self.ctx.is_main:
             _log.info('resumed %s after epoch %d', folder, self.epoch)
@@ -256,14 +226,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
 
     def _loader(self, epoch: int) -> tuple[DataLoader, int]:
-        micro, accumulation = per_rank_batch(self.batch_schedule.global_batch(epoch), self.ctx.world_size,
-                                             self.recipe['batch']['max_per_rank'])
-        sampler = DistributedSampler(self.train_set, self.ctx.world_size, self.ctx.rank, shuffle=True,
-                                     seed=self.recipe['seed'], drop_last=True)
+        micro, accumulation = per_rank_batch(
+            self.batch_schedule.global_batch(epoch), self.ctx.world_size, self.recipe['batch']['max_per_rank']
+        )
+        sampler = DistributedSampler(
+            self.train_set, self.ctx.world_size, self.ctx.rank, shuffle=True, seed=self.recipe['seed'], drop_last=True
+        )
         sampler.set_epoch(epoch)
-        loader = DataLoader(self.train_set, batch_size=micro, sampler=sampler, drop_last=True,
-                            num_workers=self.recipe['data']['workers'], pin_memory=self.device.type == 'cuda',
-                            persistent_workers=False)
+        loader = DataLoader(
+            self.train_set,
+            batch_size=micro,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.recipe['data']['workers'],
+            pin_memory=self.device.type == 'cuda',
+            persistent_workers=False,
+        )
         return loader, accumulation
 
     def _set_lr(self, lr: float) -> None:
@@ -274,24 +252,31 @@ class Trainer:
         loader, accumulation = self._loader(epoch)
         steps = len(loader) // accumulation
         if steps == 0:
-            raise ValueError(f'epoch {epoch}: the global batch {self.batch_schedule.global_batch(epoch)} is larger '
-                             f'than the training set ({len(self.train_set)} samples)')
+            raise ValueError(
+                f'epoch {epoch}: the global batch {self.batch_schedule.global_batch(epoch)} is larger '
+                f'than the training set ({len(self.train_set)} samples)'
+            )
         self.train_model.train()
         progress = None
         if self.ctx.is_main and self.recipe['log']['progress']:
             from tqdm import tqdm
+
             progress = tqdm(total=steps, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True)
         batches = iter(loader)
         loss_sum, lr = 0.0, 0.0
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
         for step in range(steps):
             lr = self.lr_schedule.lr(epoch, step / steps, self.warmup_from)
             self._set_lr(lr)
             for micro in range(accumulation):
                 batch = next(batches)
-                sync = (self.ddp.no_sync() if self.ddp is not None and micro < accumulation - 1
-                        else contextlib.nullcontext())
+                sync = (
+                    self.ddp.no_sync()
+                    if self.ddp is not None and micro < accumulation - 1
+                    else contextlib.nullcontext()
+                )
                 with sync:
                     with autocast:
                         loss, _ = self.task.loss(self.train_model, batch, self.device)
@@ -315,8 +300,9 @@ class Trainer:
         if progress is not None:
             progress.close()
         totals = self.ctx.all_reduce_sums(dict(loss=loss_sum, steps=float(steps)))
-        return dict(train_loss=totals['loss'] / totals['steps'], lr=lr,
-                    global_batch=self.batch_schedule.global_batch(epoch))
+        return dict(
+            train_loss=totals['loss'] / totals['steps'], lr=lr, global_batch=self.batch_schedule.global_batch(epoch)
+        )
 
     def evaluate(self) -> dict:
         """Metrics on the validation set, each rank evaluating a strided shard of it."""
@@ -331,7 +317,7 @@ class Trainer:
         """Train to ``recipe['epochs']``, resuming if the run directory has a checkpoint. Returns the best row."""
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            zoo.hub.atomic_write_bytes(self.run_dir / 'recipe.yaml', yaml.safe_dump(self.recipe, sort_keys=False).encode())
+            atomic_write_bytes(self.run_dir / 'recipe.yaml', yaml.safe_dump(self.recipe, sort_keys=False).encode())
         self.ctx.barrier()
         resumed = self.resume()
         for callback in self.callbacks:
@@ -356,7 +342,7 @@ class Trainer:
             self.epoch = epoch + 1
             # A kill at any point leaves the last checkpoint; the rerun epoch rewrites logs and best.
             if self.ctx.is_main:
-                self._log(row)
+                self.runlog.epoch(self.history)
             self.save_checkpoint()
         self.ctx.barrier()
         return self.best
@@ -364,47 +350,23 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ output
 
     def _save_best(self) -> None:
-        """``best/``: the best weights with everything ``zoo publish`` needs to write a model card."""
-        folder = self.run_dir / 'best'
-        folder.mkdir(exist_ok=True)
-        tmp = folder / 'model.safetensors.partial'
-        from safetensors.torch import save_file
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp),
-                  metadata={'format': 'pt'})
-        os.replace(tmp, folder / 'model.safetensors')
-        info = dict(model_name=self.model_name, model_args=self.model_args, metrics=self.best,
-                    main_metric=self.task.main_metric, recipe=self.recipe, train_seconds=self.train_seconds,
-                    world_size=self.ctx.world_size, device=_describe_device(self.device),
-                    allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',
-                    grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None,
-                    code_version=self.code_version)
-        zoo.hub.atomic_write_bytes(folder / 'run.json', json.dumps(info, indent=1, default=str).encode())
+        info = dict(
+            model_name=self.model_name,
+            model_args=self.model_args,
+            metrics=self.best,
+            main_metric=self.task.main_metric,
+            recipe=self.recipe,
+            train_seconds=self.train_seconds,
+            world_size=self.ctx.world_size,
+            device=describe_device(self.device),
+            allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',
+            grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None,
+            code_version=self.code_version,
+        )
+        folder = self.runlog.save_best(self.model.state_dict(), info)
         examples = self.task.write_examples(self.model, self.val_set, folder, self.device)
         if examples:
             _log.info('wrote %s', ', '.join(map(str, examples)))
-
-    def _log(self, row: dict) -> None:
-        keys = list(dict.fromkeys(k for r in self.history for k in r))
-        lines = [','.join(keys)] + [','.join(_fmt(r.get(k)) for k in keys) for r in self.history]
-        zoo.hub.atomic_write_bytes(self.run_dir / 'metrics.csv', ('\n'.join(lines) + '\n').encode())
-        if self.recipe['log']['tensorboard']:
-            self._tensorboard(row)
-        shown = ', '.join(f'{k} {_fmt(v)}' for k, v in row.items() if k != 'epoch')
-        print(f'epoch {row["epoch"]}: {shown}', flush=True)
-
-    def _tensorboard(self, row: dict) -> None:
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.recipe['log']['tensorboard'] = False
-                _log.warning('tensorboard is not installed; logging to metrics.csv only')
-                return
-            self._writer = SummaryWriter(self.run_dir / 'tensorboard', purge_step=row['epoch'])
-        for key, value in row.items():
-            if key != 'epoch' and isinstance(value, (int, float)):
-                self._writer.add_scalar(key, value, row['epoch'])
-        self._writer.flush()
 
 
 # Recipe entries that may differ when a run resumes: they do not change what is computed.
@@ -427,36 +389,15 @@ def _recipe_changes(before: dict, now: dict, prefix: str = '') -> list[str]:
 
 def _seed_all(seed: int) -> None:
     import random
+
     import numpy as np
+
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    return '' if value is None else str(value)
-
-
-def _code_version() -> Optional[str]:
-    """``git describe --always --dirty`` of the checkout the trainer runs from (None outside git)."""
-    import subprocess
-    try:
-        result = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None
-
-
-def _describe_device(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    return f'{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} thread(s) per process'
-
-
-def main(recipe: str, overrides: Iterable[str] = (), run_dir: Optional[str] = None) -> dict:
+def main(recipe: str, overrides: Iterable[str] = (), run_dir: str | None = None) -> dict:
     """``zoo train``: load the recipe, train (or resume), print the best epoch's metrics."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     config = load_recipe(recipe, list(overrides))

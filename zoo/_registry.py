@@ -4,22 +4,32 @@ Architectures register with timm through ``@register_model`` in ``zoo/models/*.p
 what timm's ``PretrainedCfg`` has no room for: each published weight's sha256, measured metrics and the
 constructor arguments it was trained with (``Weights``).
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from functools import lru_cache
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 import timm
 import torch
-from timm.models import generate_default_cfgs, model_entrypoint, get_pretrained_cfg
+from timm.models import generate_default_cfgs, get_pretrained_cfg, model_entrypoint
 
-from ._profile import count_macs
 from .hub import WEIGHTS_NAME, Weights, local_folder
+from .profile import count_macs
 
-__all__ = ['zoo_cfgs', 'get_weights', 'list_models', 'list_weights', 'model_info', 'model_task',
-           'UnknownModelError', 'split_tag']
+__all__ = [
+    'zoo_cfgs',
+    'get_weights',
+    'list_models',
+    'list_weights',
+    'model_info',
+    'model_task',
+    'UnknownModelError',
+    'split_tag',
+]
 
 _WEIGHTS: dict[str, Weights] = {}  # 'architecture.tag' -> Weights
 _TASK_BY_MODULE = {'mrl_seg': 'nuclei-segmentation'}
@@ -38,27 +48,27 @@ def zoo_cfgs(cfgs: Mapping[str, dict]):
     timm_cfgs = {}
     for key, cfg in cfgs.items():
         cfg = dict(cfg)
-        weights: Optional[Weights] = cfg.pop('weights', None)
+        weights: Weights | None = cfg.pop('weights', None)
         if weights is not None:
             if '.' not in key:
                 raise ValueError(f'{key}: published weights need an "architecture.tag" key')
             _WEIGHTS[key] = weights
             if weights.source.startswith('hf-hub:'):
-                cfg['hf_hub_id'] = weights.source[len('hf-hub:'):]
+                cfg['hf_hub_id'] = weights.source[len('hf-hub:') :]
             elif weights.source.startswith('local:'):
-                cfg['file'] = str(local_folder(weights.source[len('local:'):]) / WEIGHTS_NAME)
+                cfg['file'] = str(local_folder(weights.source[len('local:') :]) / WEIGHTS_NAME)
             else:
                 cfg['url'] = weights.source
         timm_cfgs[key] = cfg
     return generate_default_cfgs(timm_cfgs)
 
 
-def split_tag(name: str) -> tuple[str, Optional[str]]:
+def split_tag(name: str) -> tuple[str, str | None]:
     architecture, _, tag = name.partition('.')
     return architecture, tag or None
 
 
-def get_weights(name: str) -> Optional[Weights]:
+def get_weights(name: str) -> Weights | None:
     """Weights for ``'architecture[.tag]'``; a bare architecture resolves to its default tag."""
     architecture, tag = split_tag(name)
     if tag is None:
@@ -67,7 +77,7 @@ def get_weights(name: str) -> Optional[Weights]:
     return _WEIGHTS.get(f'{architecture}.{tag}')
 
 
-@lru_cache(maxsize=None)
+@cache
 def _zoo_model_names() -> tuple[str, ...]:
     return tuple(n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('zoo.'))
 
@@ -107,7 +117,7 @@ def check_model_name(name: str) -> str:
     return architecture
 
 
-@lru_cache(maxsize=None)
+@cache
 def _architecture_facts(name: str) -> tuple[int, int, tuple]:
     # Built on the meta device: exact parameter counts and MACs without allocating any weights.
     with torch.device('meta'):
@@ -121,9 +131,29 @@ def model_info(name: str) -> dict[str, Any]:
     architecture = check_model_name(name)
     num_params, macs, input_size = _architecture_facts(name)
     cfg = get_pretrained_cfg(name) or get_pretrained_cfg(architecture)
-    weights = {k: dict(source=w.source, sha256=w.sha256, dataset=w.dataset, metrics=dict(w.metrics),
-                       recipe=w.recipe, num_params=w.num_params, file_size_mb=w.file_size_mb)
-               for k, w in list_weights(architecture).items()}
-    return dict(name=name, architecture=architecture, task=model_task(architecture), num_params=num_params,
-                macs=macs, input_size=input_size, mean=cfg.mean, std=cfg.std, num_classes=cfg.num_classes,
-                license=cfg.license, paper_ids=cfg.paper_ids, weights=weights)
+    weights = {
+        k: dict(
+            source=w.source,
+            sha256=w.sha256,
+            dataset=w.dataset,
+            metrics=dict(w.metrics),
+            recipe=w.recipe,
+            num_params=w.num_params,
+            file_size_mb=w.file_size_mb,
+        )
+        for k, w in list_weights(architecture).items()
+    }
+    return dict(
+        name=name,
+        architecture=architecture,
+        task=model_task(architecture),
+        num_params=num_params,
+        macs=macs,
+        input_size=input_size,
+        mean=cfg.mean,
+        std=cfg.std,
+        num_classes=cfg.num_classes,
+        license=cfg.license,
+        paper_ids=cfg.paper_ids,
+        weights=weights,
+    )

@@ -15,26 +15,33 @@ Three kinds of source are understood (``Weights.source``):
 Nothing is ever unpickled. ``publish`` writes exactly the folder layout above, with a timm-compatible
 ``config.json`` and a model card whose YAML metadata is generated from measured results.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
-import yaml
-from safetensors.torch import save_file
-
-from ._profile import count_macs
 
 __all__ = [
-    'Weights', 'ModelCard', 'WeightsError', 'WeightsHashError', 'WeightsShapeError',
-    'hub_dir', 'local_folder', 'sha256_file', 'fetch', 'read_config', 'publish', 'render_card', 'atomic_write_bytes', 'fsync_dir',
-    'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME',
+    'Weights',
+    'WeightsError',
+    'WeightsHashError',
+    'WeightsShapeError',
+    'hub_dir',
+    'local_folder',
+    'sha256_file',
+    'fetch',
+    'read_config',
+    'WEIGHTS_NAME',
+    'CONFIG_NAME',
+    'CARD_NAME',
+    'WEIGHT_SOURCE_KEYS',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -67,15 +74,16 @@ class Weights:
     ``model_args`` are the constructor arguments the weights were trained with (e.g. per-layer ranks),
     applied whenever the architecture is built for this tag.
     """
+
     source: str
     sha256: str
     model_args: Mapping[str, Any] = field(default_factory=dict)
-    num_params: Optional[int] = None
-    macs: Optional[int] = None
+    num_params: int | None = None
+    macs: int | None = None
     dataset: str = ''
     metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     recipe: str = ''
-    file_size_mb: Optional[float] = None
+    file_size_mb: float | None = None
     license: str = 'apache-2.0'
 
     def __post_init__(self):
@@ -84,7 +92,8 @@ class Weights:
         if not self.source.startswith((_HF_PREFIX, _LOCAL_PREFIX) + _URL_SCHEMES):
             raise ValueError(
                 f'Weights.source {self.source!r} must start with one of '
-                f"{', '.join((_HF_PREFIX, _LOCAL_PREFIX) + _URL_SCHEMES)}")
+                f'{", ".join((_HF_PREFIX, _LOCAL_PREFIX) + _URL_SCHEMES)}'
+            )
 
 
 def hub_dir() -> Path:
@@ -92,7 +101,7 @@ def hub_dir() -> Path:
     return Path(os.environ.get('ZOO_HUB_DIR') or Path(__file__).resolve().parent.parent / 'hub')
 
 
-def sha256_file(path: Union[str, Path]) -> str:
+def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -100,7 +109,7 @@ def sha256_file(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def _split_revision(spec: str) -> tuple[str, Optional[str]]:
+def _split_revision(spec: str) -> tuple[str, str | None]:
     repo_id, _, revision = spec.partition('@')
     return repo_id, revision or None
 
@@ -125,8 +134,14 @@ def _fetch_url(url: str, sha256: str, progress: bool) -> Path:
     return cached
 
 
-def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: bool = False,
-          filename: str = WEIGHTS_NAME, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+def fetch(
+    source: str,
+    sha256: str | None,
+    name: str = 'model',
+    progress: bool = False,
+    filename: str = WEIGHTS_NAME,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Return a local path to ``filename`` from ``source``; when ``sha256`` is given the file is verified.
 
     Raises ``WeightsError`` (missing file, offline cache miss) or ``WeightsHashError`` naming ``name``,
@@ -136,14 +151,19 @@ def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: boo
         from huggingface_hub import hf_hub_download
         from huggingface_hub.constants import HF_HUB_CACHE
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-        repo_id, revision = _split_revision(source[len(_HF_PREFIX):])
+
+        repo_id, revision = _split_revision(source[len(_HF_PREFIX) :])
         try:
-            path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir,
-                                        library_name='cuttlefish-mrl-zoo'))
+            path = Path(
+                hf_hub_download(
+                    repo_id, filename, revision=revision, cache_dir=cache_dir, library_name='cuttlefish-mrl-zoo'
+                )
+            )
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             raise WeightsError(
                 f'{name}: could not get {filename} from {source}: {e} With HF_HUB_OFFLINE=1 the file must '
-                f'already be in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).') from e
+                f'already be in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).'
+            ) from e
         except (HfHubHTTPError, OSError) as e:  # missing repo or revision, no network
             raise WeightsError(f'{name}: could not get {filename} from {source}: {e}') from e
     elif source.startswith(_URL_SCHEMES):
@@ -153,29 +173,33 @@ def fetch(source: str, sha256: Optional[str], name: str = 'model', progress: boo
             raise WeightsError(f'{name}: refusing to download {source} without a sha256 to check it against')
         path = _fetch_url(source, sha256, progress)
     elif source.startswith(_LOCAL_PREFIX):
-        path = local_folder(source[len(_LOCAL_PREFIX):]) / filename
+        path = local_folder(source[len(_LOCAL_PREFIX) :]) / filename
     else:
         raise WeightsError(f'{name}: unknown weights source {source!r}')
     if not path.is_file():
-        raise WeightsError(f'{name}: {path} does not exist (source {source}); a published model folder '
-                           f'holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}')
+        raise WeightsError(
+            f'{name}: {path} does not exist (source {source}); a published model folder '
+            f'holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
+        )
     if sha256 is not None:
         actual = sha256_file(path)
         if actual != sha256:
             raise WeightsHashError(
                 f'{name}: weights file {path} has sha256 {actual} but {sha256} was expected; the file is '
-                f'corrupt, truncated or was modified. Delete it so it is fetched again, or restore it.')
+                f'corrupt, truncated or was modified. Delete it so it is fetched again, or restore it.'
+            )
     return path
 
 
-def read_config(folder: Union[str, Path]) -> dict:
+def read_config(folder: str | Path) -> dict:
     """Read a published folder's ``config.json`` (clear errors for a missing or malformed file)."""
     path = Path(folder) / CONFIG_NAME
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise WeightsError(f'{path} not found: a published model folder holds {CONFIG_NAME}, '
-                           f'{WEIGHTS_NAME} and {CARD_NAME}') from e
+        raise WeightsError(
+            f'{path} not found: a published model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
+        ) from e
     except json.JSONDecodeError as e:
         raise WeightsError(f'{path} is not valid JSON: {e}') from e
     if 'architecture' not in config:
@@ -183,189 +207,6 @@ def read_config(folder: Union[str, Path]) -> dict:
     return config
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Publishing
-
-
-@dataclass
-class ModelCard:
-    """What a model card says beyond what the model itself knows. Metrics must be measured, not hoped for.
-
-    ``metrics`` maps a split name (e.g. ``'Fashion-MNIST test (10,000 images)'``) to ``{metric: value}``;
-    ``figures`` are image files copied next to the card and embedded in it. ``model_id`` is the
-    registered name that loads these weights (``'cf_resnet18_fmnist'``), when there is one.
-    """
-    title: str
-    summary: str
-    dataset: str
-    dataset_id: Optional[str] = None
-    task: str = 'image-classification'
-    metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    recipe: str = ''
-    command: str = ''
-    training: str = ''
-    intended_use: str = ''
-    limitations: str = ''
-    figures: Sequence[Union[str, Path]] = ()
-    extra_sections: Mapping[str, str] = field(default_factory=dict)
-    tags: Sequence[str] = ()
-    license: str = 'apache-2.0'
-    paper_ids: Sequence[str] = ()
-    model_id: Optional[str] = None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix, even after
-    a crash: temporary file in the same folder, fsync, rename, fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False)
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600 files
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # pretrained_cfg fields that say where weights come from: a published config.json leaves them out, since
 # the folder's own model.safetensors (verified by its sha256) is the only source.
 WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag')
-
-
-def _model_config(model: torch.nn.Module, architecture: str, model_args: Mapping[str, Any]) -> dict:
-    """timm's config.json schema (``architecture``, ``num_classes``, ``model_args``, ``pretrained_cfg``)."""
-    pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    for key in WEIGHT_SOURCE_KEYS:
-        pretrained_cfg.pop(key, None)
-    pretrained_cfg['architecture'] = architecture
-    pretrained_cfg['num_classes'] = getattr(model, 'num_classes', pretrained_cfg.get('num_classes'))
-    config = dict(architecture=architecture, num_classes=pretrained_cfg['num_classes'],
-                  num_features=getattr(model, 'num_features', None))
-    if isinstance(getattr(model, 'global_pool', None), str):
-        config['global_pool'] = model.global_pool
-    if pretrained_cfg.get('label_names'):
-        config['label_names'] = list(pretrained_cfg['label_names'])
-    config['model_args'] = dict(model_args)
-    config['pretrained_cfg'] = pretrained_cfg
-    return config
-
-
-# The Hugging Face Hub's names where ours differ: its pipeline tags and metric ids.
-_HF_PIPELINE = {'nuclei-segmentation': 'image-segmentation'}
-_HF_METRIC = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
-
-
-def _card_metadata(card: ModelCard, architecture: str) -> dict:
-    pipeline = _HF_PIPELINE.get(card.task, card.task)
-    meta: dict[str, Any] = dict(library_name='timm', license=card.license, pipeline_tag=pipeline,
-                                tags=list(dict.fromkeys([pipeline, card.task, 'timm', 'cuttlefish-mrl-zoo', *card.tags])))
-    if card.dataset_id:
-        meta['datasets'] = [card.dataset_id]
-    if card.metrics:
-        results = []
-        for split, values in card.metrics.items():
-            results.append(dict(
-                task=dict(type=pipeline),
-                # ``type`` is a dataset id on the Hub; data without one (e.g. the stardist sample) is 'custom'.
-                dataset=dict(name=card.dataset, type=card.dataset_id or 'custom', split=split),
-                metrics=[dict(type=_HF_METRIC.get(k, k), value=float(v), name=k) for k, v in values.items()]))
-        meta['model-index'] = [dict(name=architecture, results=results)]
-    return meta
-
-
-def render_card(card: ModelCard, architecture: str, config: Mapping[str, Any], num_params: int,
-                macs: Optional[int], file_size_mb: float, sha256: str) -> str:
-    """Render a model card (YAML front matter + Markdown body) from measured results."""
-    meta = yaml.safe_dump(_card_metadata(card, architecture), sort_keys=False).strip()
-    input_size = config['pretrained_cfg'].get('input_size')
-    facts = [
-        ('Architecture', f'`{architecture}`'),
-        ('Parameters', f'{num_params:,}'),
-        ('MACs (multiply-adds) per image', f'{macs / 1e6:,.1f} M at input {tuple(input_size)}' if macs else 'n/a'),
-        ('Weights', f'`{WEIGHTS_NAME}`, {file_size_mb:.2f} MB, sha256 `{sha256}`'),
-        ('Dataset', card.dataset),
-        ('Recipe', f'`{card.recipe}`' if card.recipe else 'n/a'),
-    ]
-    lines = ['---', meta, '---', '', f'# {card.title}', '', card.summary.strip(), '',
-             '| | |', '|---|---|', *[f'| {k} | {v} |' for k, v in facts], '']
-    if card.metrics:
-        lines += ['## Measured results', '', '| split | metric | value |', '|---|---|---|']
-        lines += [f'| {split} | {k} | {v:.4g} |' for split, values in card.metrics.items() for k, v in values.items()]
-        lines.append('')
-    usage = ['import torch, timm, zoo  # importing zoo registers the architectures with timm']
-    if card.model_id:
-        usage += [f"model = timm.create_model('{card.model_id}', pretrained=True).eval()",
-                  f"model = torch.hub.load('<path to a clone>', '{card.model_id}', source='local', pretrained=True)"]
-    usage += ["model = zoo.create_model('local-dir:<path to this folder>', pretrained=True).eval()",
-              "model = zoo.create_model('hf-hub:<org>/<repo>@<revision>', pretrained=True).eval()  # once uploaded"]
-    lines += ['## Usage', '', '```python', *usage, '```', '']
-    if card.command:
-        lines += ['## Reproduce', '', '```bash', card.command.strip(), '```', '']
-    for title, body in [('Training', card.training), ('Intended use', card.intended_use),
-                        ('Limitations', card.limitations), *card.extra_sections.items()]:
-        if body:
-            lines += [f'## {title}', '', body.strip(), '']
-    for figure in card.figures:
-        lines += [f'![{Path(figure).stem}]({Path(figure).name})', '']
-    if card.paper_ids:
-        lines += ['## Papers', '', *[f'- {p}' for p in card.paper_ids], '']
-    return '\n'.join(lines)
-
-
-def publish(model: torch.nn.Module, folder: Union[str, Path], card: ModelCard, architecture: Optional[str] = None,
-            model_args: Optional[Mapping[str, Any]] = None, dtype: Optional[torch.dtype] = None,
-            macs: Optional[int] = None) -> dict:
-    """Write ``config.json``, ``model.safetensors`` and ``README.md`` (plus card figures) into ``folder``.
-
-    Each file is written atomically. ``dtype=torch.float16`` halves the file (floating-point tensors
-    only). ``model_args`` default to the constructor arguments the zoo builder recorded on the model
-    (``model.zoo_model_args``); ``macs`` default to a count at the model's default input size. Returns
-    the fields of a ``Weights`` entry for the registry (``sha256``, ``num_params``, ``macs``,
-    ``file_size_mb``, ``model_args``).
-    """
-    folder = Path(folder)
-    architecture = architecture or model.pretrained_cfg['architecture']
-    model_args = dict(model_args if model_args is not None else getattr(model, 'zoo_model_args', {}))
-    if macs is None:
-        macs = count_macs(model, model.pretrained_cfg['input_size'])
-    state_dict = {}
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach().to('cpu').contiguous()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        state_dict[key] = tensor.clone()  # clone: safetensors refuses tensors that share storage
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_file = Path(tmp) / WEIGHTS_NAME
-        # One metadata key only: safetensors serialises metadata from a hash map, so a second key would make
-        # the bytes (and the published sha256) differ from run to run. The architecture is in config.json.
-        save_file(state_dict, str(tmp_file), metadata={'format': 'pt'})
-        atomic_write_bytes(folder / WEIGHTS_NAME, tmp_file.read_bytes())
-    sha256 = sha256_file(folder / WEIGHTS_NAME)
-    file_size_mb = (folder / WEIGHTS_NAME).stat().st_size / 2 ** 20
-    num_params = sum(p.numel() for p in model.parameters())
-    config = _model_config(model, architecture, model_args)
-    config['sha256'] = sha256
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=2) + '\n').encode())
-    for figure in card.figures:
-        atomic_write_bytes(folder / Path(figure).name, Path(figure).read_bytes())
-    text = render_card(card, architecture, config, num_params, macs, file_size_mb, sha256)
-    atomic_write_bytes(folder / CARD_NAME, text.encode())
-    return dict(sha256=sha256, num_params=num_params, macs=macs, file_size_mb=round(file_size_mb, 3),
-                model_args=model_args)
-

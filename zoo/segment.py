@@ -3,7 +3,7 @@
 :func:`predict_maps` runs a segmentation net (``mrl_seg_*``: ``[0, 1]`` RGB in, ``np``/``hv``/``tp`` maps
 out) over overlapping tiles and blends them, so images of any size (a 2000x2000 tile, a slide region)
 are processed with memory proportional to one batch of tiles plus the ``H x W`` output maps.
-:func:`predict_instances` adds :func:`zoo.postprocess.hovernet_postprocess`, :func:`overlay` draws the
+:func:`predict_instances` adds :func:`zoo.hovernet.postprocess.hovernet_postprocess`, :func:`overlay` draws the
 instance contours and :func:`predict_to_overlay` does all of it for an image file.
 
 Blending: every tile's predictions are weighted by a separable window that is 1 in the tile's interior
@@ -11,12 +11,12 @@ and falls along a raised cosine over the ``overlap`` pixels at each border, but 
 is the weighted mean of the tiles covering it (a convex combination), so seams get no visible step
 and pixels covered by a single tile keep that tile's prediction.
 """
+
 from __future__ import annotations
 
 import colorsys
 import math
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import tifffile
@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from .postprocess import hovernet_postprocess
+from .hovernet.postprocess import hovernet_postprocess
+from .io import read_image
 
-__all__ = ['predict_maps', 'predict_instances', 'overlay', 'predict_to_overlay', 'read_rgb_image', 'tile_starts',
-           'blend_window']
+__all__ = ['predict_maps', 'predict_instances', 'overlay', 'predict_to_overlay', 'tile_starts', 'blend_window']
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -50,14 +50,19 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
     if ramp_length:
         ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_length) + 0.5) / ramp_length)
         weights[:ramp_length] = ramp
-        weights[size - ramp_length:] = ramp[::-1]
+        weights[size - ramp_length :] = ramp[::-1]
     return weights
 
 
 @torch.inference_mode()
-def predict_maps(model: torch.nn.Module, image: np.ndarray, tile: int = 256, overlap: int = 64,
-                 batch_size: int = 4, device: Optional[Union[str, torch.device]] = None
-                 ) -> dict[str, Optional[np.ndarray]]:
+def predict_maps(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    tile: int = 256,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray | None]:
     """NP probability, HV maps and TP probabilities of a whole image by blended sliding-window inference.
 
     Args:
@@ -91,8 +96,8 @@ def predict_maps(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ove
     model.eval()
     try:
         for first in range(0, len(origins), batch_size):
-            batch_origins = origins[first:first + batch_size]
-            tiles = np.stack([image[top:top + tile_h, left:left + tile_w] for top, left in batch_origins])
+            batch_origins = origins[first : first + batch_size]
+            tiles = np.stack([image[top : top + tile_h, left : left + tile_w] for top, left in batch_origins])
             batch = torch.from_numpy(tiles.transpose(0, 3, 1, 2).copy()).to(device).float().div_(255)
             outputs = model(batch)
             maps = {'np': outputs['np'].float().softmax(1)[:, 1:], 'hv': outputs['hv'].float()}
@@ -102,17 +107,16 @@ def predict_maps(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ove
                 value = value.cpu()
                 total = sums.setdefault(name, torch.zeros(value.shape[1], height, width))
                 for (top, left), tile_value in zip(batch_origins, value):
-                    total[:, top:top + tile_h, left:left + tile_w] += tile_value * window
+                    total[:, top : top + tile_h, left : left + tile_w] += tile_value * window
             for top, left in batch_origins:
-                weight_sum[top:top + tile_h, left:left + tile_w] += window
+                weight_sum[top : top + tile_h, left : left + tile_w] += window
     finally:
         model.train(was_training)
     result = {name: total.div_(weight_sum).numpy() for name, total in sums.items()}  # in place: no second copy
     return {'np': result['np'][0], 'hv': result['hv'], 'tp': result.get('tp')}
 
 
-def predict_instances(model: torch.nn.Module, image: np.ndarray, **kwargs
-                      ) -> tuple[np.ndarray, Optional[dict[int, int]]]:
+def predict_instances(model: torch.nn.Module, image: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[int, int] | None]:
     """``H x W`` int32 instance map (0 = background) and ``{instance id: type}`` (``None`` without TP).
 
     ``kwargs`` are those of :func:`predict_maps`; post-processing is HoVer-Net's watershed.
@@ -140,43 +144,15 @@ def overlay(image: np.ndarray, inst_map: np.ndarray) -> np.ndarray:
     return result
 
 
-def read_rgb_image(path: Union[str, Path]) -> np.ndarray:
-    """An image file (png, jpg, tif) as ``H x W x 3`` uint8 RGB.
-
-    Grey images are repeated to three channels, an alpha channel is dropped, and images with more than
-    8 bits (e.g. uint16 fluorescence) are scaled by their 1st and 99.8th percentiles, as CSBDeep does.
-    """
-    path = Path(path)
-    if path.suffix.lower() in ('.tif', '.tiff'):
-        array = tifffile.imread(path)
-        if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
-            array = np.moveaxis(array, 0, -1)  # channel-first TIFF
-    else:
-        with Image.open(path) as file:
-            # 16/32-bit grey stays as is (converting would clip it); palettes, CMYK... become RGB.
-            array = np.asarray(file if file.mode.startswith(('I', 'F')) else file.convert('RGB'))
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f'{path}: expected a grey, RGB or RGBA image, got shape {array.shape}')
-    array = array[..., :3]
-    if array.dtype != np.uint8:
-        low, high = np.percentile(array, (1.0, 99.8))
-        array = np.clip((array.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255
-        array = np.round(array).astype(np.uint8)
-    return np.ascontiguousarray(array)
-
-
-def predict_to_overlay(model: torch.nn.Module, image_path: Union[str, Path], out_dir: Union[str, Path],
-                       **kwargs) -> dict[str, Union[int, Path]]:
+def predict_to_overlay(
+    model: torch.nn.Module, image_path: str | Path, out_dir: str | Path, **kwargs
+) -> dict[str, int | Path]:
     """Segment an image file; write ``<stem>_overlay.png`` and ``<stem>_instances.tif`` (int32 ids) to ``out_dir``.
 
     ``kwargs`` are those of :func:`predict_maps`. Returns ``num_instances`` and both paths.
     """
     image_path, out_dir = Path(image_path), Path(out_dir)
-    image = read_rgb_image(image_path)
+    image = read_image(image_path)
     inst_map, _ = predict_instances(model, image, **kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay_path = out_dir / f'{image_path.stem}_overlay.png'

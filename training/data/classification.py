@@ -3,10 +3,11 @@
 CIFAR-10 is read from its *binary* distribution (``cifar-10-batches-bin/``: records of one label byte
 and 3,072 pixel bytes) because the Python version is a pickle, and nothing in this project unpickles.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -29,7 +30,8 @@ def load_cifar10(root: str, split: str = 'train') -> tuple[np.ndarray, np.ndarra
     if missing:
         raise DatasetLayoutError(
             f'CIFAR-10: {folder} lacks {", ".join(missing)}; expected the binary version '
-            f'(cifar-10-binary.tar.gz) unpacked as ROOT/cifar-10-batches-bin/{{data_batch_1..5,test_batch}}.bin')
+            f'(cifar-10-binary.tar.gz) unpacked as ROOT/cifar-10-batches-bin/{{data_batch_1..5,test_batch}}.bin'
+        )
     raw = np.concatenate([np.fromfile(folder / n, np.uint8) for n in names])
     if raw.size % _CIFAR_RECORD:
         raise DatasetLayoutError(f'CIFAR-10: files in {folder} are not whole {_CIFAR_RECORD}-byte records')
@@ -39,7 +41,7 @@ def load_cifar10(root: str, split: str = 'train') -> tuple[np.ndarray, np.ndarra
 
 
 class CIFAR10(Dataset):
-    def __init__(self, root: str, split: str = 'train', transform: Optional[Callable] = None):
+    def __init__(self, root: str, split: str = 'train', transform: Callable | None = None):
         self.images, self.labels = load_cifar10(root, split)
         self.transform = transform
 
@@ -54,8 +56,11 @@ class CIFAR10(Dataset):
 def image_folder(root: str, split: str, transform: Callable) -> Dataset:
     """``ROOT/{train,val}/<class>/<image>`` (the ImageNet layout), read with torchvision's ImageFolder."""
     from torchvision.datasets import ImageFolder
+
     folder = Path(root) / split
     if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
-        raise DatasetLayoutError(f'{folder} is missing or has no class folders; expected '
-                                 f'ROOT/{split}/<class name>/<image files>, as ImageNet is usually laid out')
+        raise DatasetLayoutError(
+            f'{folder} is missing or has no class folders; expected '
+            f'ROOT/{split}/<class name>/<image files>, as ImageNet is usually laid out'
+        )
     return ImageFolder(str(folder), transform=transform)

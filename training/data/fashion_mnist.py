@@ -3,34 +3,39 @@
 The package installs the four original IDX files under ``/usr/share/datasets/fashion-mnist``:
 60,000 training and 10,000 test images, 28×28 grey, 10 balanced classes.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from zoo.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 __all__ = ['CLASSES', 'MEAN', 'STD', 'FashionMNIST', 'load_fashion_mnist', 'find_fashion_mnist']
 
 CLASSES, MEAN, STD = FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
-_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-          'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 
 
 def _candidate_roots() -> list[Path]:
     roots = [Path(os.environ['ZOO_DATA_DIR']) / 'fashion-mnist'] if os.environ.get('ZOO_DATA_DIR') else []
-    return roots + [Path('/usr/share/datasets/fashion-mnist'),
-                    Path(__file__).resolve().parents[2] / '.data' / 'fashion-mnist']
+    return roots + [
+        Path('/usr/share/datasets/fashion-mnist'),
+        Path(__file__).resolve().parents[2] / '.data' / 'fashion-mnist',
+    ]
 
 
-def find_fashion_mnist(root: Optional[os.PathLike] = None) -> Path:
+def find_fashion_mnist(root: os.PathLike | None = None) -> Path:
     """The folder holding the four IDX files; a clear error lists where it looked and how to install."""
     roots = [Path(root)] if root is not None else _candidate_roots()
     needed = [f for pair in _FILES.values() for f in pair]
@@ -38,9 +43,13 @@ def find_fashion_mnist(root: Optional[os.PathLike] = None) -> Path:
         if all((candidate / f).is_file() for f in needed):
             return candidate
     raise FileNotFoundError(
-        'Fashion-MNIST not found; looked for ' + ', '.join(needed) + ' in: ' + ', '.join(map(str, roots)) +
-        '. Install it with `apt-get install dataset-fashion-mnist` (or `make data`), or set ZOO_DATA_DIR to a '
-        'folder containing fashion-mnist/.')
+        'Fashion-MNIST not found; looked for '
+        + ', '.join(needed)
+        + ' in: '
+        + ', '.join(map(str, roots))
+        + '. Install it with `apt-get install dataset-fashion-mnist` (or `make data`), or set ZOO_DATA_DIR to a '
+        'folder containing fashion-mnist/.'
+    )
 
 
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
@@ -55,7 +64,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
-def load_fashion_mnist(split: str = 'train', root: Optional[os.PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str = 'train', root: os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 (N, 28, 28), labels int64 (N,))`` of the ``'train'`` or ``'test'`` split."""
     if split not in _FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -75,9 +84,13 @@ class FashionMNIST(Dataset):
     image tensor (e.g. random crops for training).
     """
 
-    def __init__(self, split: str = 'train', root: Optional[os.PathLike] = None,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                 indices: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        split: str = 'train',
+        root: os.PathLike | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        indices: np.ndarray | None = None,
+    ):
         images, labels = load_fashion_mnist(split, root)
         if indices is not None:
             images, labels = images[indices], labels[indices]

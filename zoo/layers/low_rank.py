@@ -6,18 +6,29 @@ stride, padding and dilation as the dense conv) and ``U`` is a ``1×1`` conv ``r
 BatchNorm over the ``r`` channels may sit between the two (no nonlinearity). The SVD initialisation
 splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, so both factors have the same scale.
 """
+
 from __future__ import annotations
 
 import fnmatch
-
-from typing import Iterable, Mapping, Optional, Union
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ['LowRankConv2d', 'LowRankLinear', 'LowRankLayer', 'full_rank', 'weight_matrix',
-           'factorize_', 'factorizable_layers', 'svd_factors', 'frobenius_norm_sq', 'add_frobenius_decay_',
-           'low_rank_like', 'resolve_ranks']
+__all__ = [
+    'LowRankConv2d',
+    'LowRankLinear',
+    'LowRankLayer',
+    'full_rank',
+    'weight_matrix',
+    'factorize_',
+    'factorizable_layers',
+    'svd_factors',
+    'frobenius_norm_sq',
+    'add_frobenius_decay_',
+    'low_rank_like',
+    'resolve_ranks',
+]
 
 
 def full_rank(module: nn.Module) -> int:
@@ -52,6 +63,7 @@ def svd_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
 
 class _Factorized(nn.Module):
     """``W ≈ U Vᵀ``: ``u_weight`` holds ``U`` (out, r[, 1, 1]) and ``v_weight`` holds ``Vᵀ`` (r, in[, k, k])."""
+
     rank: int
     out_features_: int
     u_weight: nn.Parameter
@@ -67,15 +79,26 @@ class _Factorized(nn.Module):
 class LowRankConv2d(_Factorized):
     """``k×k`` conv to ``rank`` channels, optional BatchNorm, then ``1×1`` conv to ``out_channels``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, tuple], rank: int,
-                 stride=1, padding=0, dilation=1, bias: bool = False, mid_norm: bool = False,
-                 padding_mode: str = 'zeros'):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple,
+        rank: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = False,
+        mid_norm: bool = False,
+        padding_mode: str = 'zeros',
+    ):
         super().__init__()
         if rank < 1:
             raise ValueError(f'rank must be >= 1, got {rank}')
         self.rank = rank
-        self.conv_v = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False,
-                                padding_mode=padding_mode)
+        self.conv_v = nn.Conv2d(
+            in_channels, rank, kernel_size, stride, padding, dilation, bias=False, padding_mode=padding_mode
+        )
         self.norm = nn.BatchNorm2d(rank) if mid_norm else nn.Identity()
         self.conv_u = nn.Conv2d(rank, out_channels, 1, bias=bias)
         self.in_features_ = self.conv_v.weight[0].numel()
@@ -93,14 +116,23 @@ class LowRankConv2d(_Factorized):
         return self.conv_v.weight
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
+    def like(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> LowRankConv2d:
         """A freshly initialised factorization with ``conv``'s geometry, device and dtype."""
-        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, conv.stride, conv.padding,
-                   conv.dilation, conv.bias is not None, mid_norm, conv.padding_mode).to(conv.weight.device,
-                                                                                      conv.weight.dtype)
+        return cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            rank,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.bias is not None,
+            mid_norm,
+            conv.padding_mode,
+        ).to(conv.weight.device, conv.weight.dtype)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> 'LowRankConv2d':
+    def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> LowRankConv2d:
         """Truncated-SVD factorization of a trained conv; at full rank (no mid norm) it is exact."""
         if conv.groups != 1:
             raise ValueError(f'cannot factorize a grouped conv (groups={conv.groups})')
@@ -116,9 +148,16 @@ class LowRankConv2d(_Factorized):
     def to_dense(self) -> nn.Conv2d:
         """The equivalent dense conv (exact; a mid BatchNorm is folded in with its running statistics)."""
         v = self.conv_v
-        conv = nn.Conv2d(v.in_channels, self.out_features_, v.kernel_size, v.stride, v.padding, v.dilation,
-                         bias=self.conv_u.bias is not None or isinstance(self.norm, nn.BatchNorm2d),
-                         padding_mode=v.padding_mode).to(v.weight.device, v.weight.dtype)
+        conv = nn.Conv2d(
+            v.in_channels,
+            self.out_features_,
+            v.kernel_size,
+            v.stride,
+            v.padding,
+            v.dilation,
+            bias=self.conv_u.bias is not None or isinstance(self.norm, nn.BatchNorm2d),
+            padding_mode=v.padding_mode,
+        ).to(v.weight.device, v.weight.dtype)
         scale, shift = _norm_affine(self.norm, self.rank, v.weight)
         with torch.no_grad():
             weight = self.u_matrix() @ (scale[:, None] * self.v_matrix().t())
@@ -154,13 +193,14 @@ class LowRankLinear(_Factorized):
         return self.fc_v.weight
 
     @classmethod
-    def like(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
+    def like(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         """A freshly initialised factorization with ``linear``'s shape, device and dtype."""
         return cls(linear.in_features, linear.out_features, rank, linear.bias is not None).to(
-            linear.weight.device, linear.weight.dtype)
+            linear.weight.device, linear.weight.dtype
+        )
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: int) -> 'LowRankLinear':
+    def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
         layer = cls.like(linear, rank)
         u, v = svd_factors(linear.weight, rank)
         with torch.no_grad():
@@ -172,7 +212,8 @@ class LowRankLinear(_Factorized):
 
     def to_dense(self) -> nn.Linear:
         linear = nn.Linear(self.in_features_, self.out_features_, bias=self.fc_u.bias is not None).to(
-            self.fc_u.weight.device, self.fc_u.weight.dtype)
+            self.fc_u.weight.device, self.fc_u.weight.dtype
+        )
         with torch.no_grad():
             linear.weight.copy_(self.u_matrix() @ self.v_matrix().t())
             if linear.bias is not None:
@@ -188,29 +229,36 @@ def _norm_affine(norm: nn.Module, rank: int, like: torch.Tensor) -> tuple[torch.
     if isinstance(norm, nn.BatchNorm2d):
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         return scale, norm.bias - norm.running_mean * scale
-    return torch.ones(rank, device=like.device, dtype=like.dtype), torch.zeros(rank, device=like.device, dtype=like.dtype)
+    return torch.ones(rank, device=like.device, dtype=like.dtype), torch.zeros(
+        rank, device=like.device, dtype=like.dtype
+    )
 
 
 def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """Dense ``Conv2d`` (groups=1) and ``Linear`` layers of ``model`` by qualified name, optionally only
     those matching ``names`` (exact names or shell-style patterns such as ``'blocks.*.mlp.fc*'``)."""
-    layers = {n: m for n, m in model.named_modules()
-              if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)}
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)
+    }
     if names is None:
         return layers
     names = list(names)
     missing = [p for p in names if not any(fnmatch.fnmatchcase(n, p) for n in layers)]
     if missing:
-        raise ValueError(f'not factorizable layers of {type(model).__name__}: {missing}; '
-                         f'candidates include {sorted(layers)[:12]}')
+        raise ValueError(
+            f'not factorizable layers of {type(model).__name__}: {missing}; candidates include {sorted(layers)[:12]}'
+        )
     picked = {}
     for pattern in names:
         picked.update((n, m) for n, m in layers.items() if fnmatch.fnmatchcase(n, pattern))
     return picked
 
 
-def low_rank_like(dense: Union[nn.Conv2d, nn.Linear], rank: int, mid_norm: bool = False,
-                  svd: bool = False) -> Union[LowRankConv2d, LowRankLinear]:
+def low_rank_like(
+    dense: nn.Conv2d | nn.Linear, rank: int, mid_norm: bool = False, svd: bool = False
+) -> LowRankConv2d | LowRankLinear:
     """The low-rank version of a dense layer: its truncated SVD, or fresh factors of the same geometry."""
     if isinstance(dense, nn.Conv2d):
         return LowRankConv2d.from_dense(dense, rank, mid_norm) if svd else LowRankConv2d.like(dense, rank, mid_norm)
@@ -219,7 +267,7 @@ def low_rank_like(dense: Union[nn.Conv2d, nn.Linear], rank: int, mid_norm: bool 
     return LowRankLinear.from_dense(dense, rank) if svd else LowRankLinear.like(dense, rank)
 
 
-def resolve_ranks(model: nn.Module, ranks: Optional[Mapping[str, int]], rank_ratio: Optional[float]) -> dict[str, int]:
+def resolve_ranks(model: nn.Module, ranks: Mapping[str, int] | None, rank_ratio: float | None) -> dict[str, int]:
     """Explicit per-layer ``ranks``, plus round(ratio · full rank) for the model's other
     ``low_rank_candidates()`` when ``rank_ratio`` is given."""
     ranks = dict(ranks or {})
@@ -251,14 +299,14 @@ def factorize_(model: nn.Module, ranks: Mapping[str, int], init: str = 'svd', mi
     return model
 
 
-def frobenius_norm_sq(layer: Union[LowRankConv2d, LowRankLinear]) -> torch.Tensor:
+def frobenius_norm_sq(layer: LowRankConv2d | LowRankLinear) -> torch.Tensor:
     """‖U Vᵀ‖²_F computed as ⟨UᵀU, VᵀV⟩ on ``r×r`` matrices, without forming the product."""
     u, v = layer.u_matrix(), layer.v_matrix()
     return ((u.t() @ u) * (v.t() @ v)).sum()
 
 
 @torch.no_grad()
-def add_frobenius_decay_(layer: Union[LowRankConv2d, LowRankLinear], strength: float) -> None:
+def add_frobenius_decay_(layer: LowRankConv2d | LowRankLinear, strength: float) -> None:
     """Add the gradient of ``strength/2 · ‖U Vᵀ‖²_F`` to the factors' gradients (Frobenius decay).
 
     ∂/∂U = strength · U (VᵀV) and ∂/∂V = strength · V (UᵀU): a penalty on the product the layer

@@ -1,4 +1,5 @@
 """timm's classifier API for the NCHW families whose head is global pooling + dropout + ``fc``."""
+
 from __future__ import annotations
 
 import torch
@@ -12,6 +13,7 @@ __all__ = ['PooledClassifier']
 class PooledClassifier(nn.Module):
     """Base for ``ResNet`` and ``VGG``: subclasses call ``_init_head`` and define ``stem``, ``stages()``
     and ``finish`` (what runs after the last stage); everything else in timm's API is shared here."""
+
     num_features: int
 
     def _init_head(self, num_classes: int, global_pool: str, drop_rate: float) -> None:

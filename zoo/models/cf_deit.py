@@ -5,9 +5,10 @@ tokens and the head stay dense, as in the authors' DeiT code.
 The transformer itself is timm's ``VisionTransformer`` (this family adds only the factorization),
 built with ``dynamic_img_size=True`` so any input size divisible by 16 works.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
@@ -22,7 +23,7 @@ __all__ = ['LowRankDeiT']
 class LowRankDeiT(VisionTransformer):
     """timm's VisionTransformer plus ``ranks`` (per layer) or ``rank_ratio`` (on qkv, fc1, fc2)."""
 
-    def __init__(self, ranks: Optional[Mapping[str, int]] = None, rank_ratio: Optional[float] = None, **kwargs):
+    def __init__(self, ranks: Mapping[str, int] | None = None, rank_ratio: float | None = None, **kwargs):
         kwargs.setdefault('dynamic_img_size', True)
         super().__init__(**kwargs)
         ranks = resolve_ranks(self, ranks, rank_ratio)
@@ -35,21 +36,38 @@ class LowRankDeiT(VisionTransformer):
 
 
 def _cfg(**kwargs) -> dict:
-    return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.875, interpolation='bicubic',
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv='patch_embed.proj',
-                classifier='head', fixed_input_size=False, license='apache-2.0',
-                paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
-                paper_ids=('arXiv:2305.02538', 'arXiv:2012.12877')) | kwargs
+    return (
+        dict(
+            num_classes=1000,
+            input_size=(3, 224, 224),
+            pool_size=None,
+            crop_pct=0.875,
+            interpolation='bicubic',
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            first_conv='patch_embed.proj',
+            classifier='head',
+            fixed_input_size=False,
+            license='apache-2.0',
+            paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
+            paper_ids=('arXiv:2305.02538', 'arXiv:2012.12877'),
+        )
+        | kwargs
+    )
 
 
-default_cfgs = zoo_cfgs({
-    'cf_deit_small': _cfg(),
-    'cf_deit_base': _cfg(),
-})
+default_cfgs = zoo_cfgs(
+    {
+        'cf_deit_small': _cfg(),
+        'cf_deit_base': _cfg(),
+    }
+)
 
 
 def _create_deit(variant: str, pretrained: bool = False, **kwargs) -> LowRankDeiT:
-    return build_zoo_model(LowRankDeiT, variant, pretrained, feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs)
+    return build_zoo_model(
+        LowRankDeiT, variant, pretrained, feature_cfg=dict(out_indices=3, feature_cls='getter'), **kwargs
+    )
 
 
 @register_model

@@ -9,18 +9,26 @@ between the two factors.
 CIFAR stem (He et al. 2016 §4.2 as used by Cuttlefish): 3×3 conv, stride 1, no max-pool, so features
 are at strides 1/2/4/8. ImageNet stem: 7×7 stride-2 conv and max-pool, strides 4/8/16/32.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models import register_model
 
 from .._builder import build_zoo_model
-from .._datasets import CIFAR10_MEAN, CIFAR10_STD, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, \
-    FASHION_MNIST_TEST_SPLIT, FASHION_MNIST_TRAINING_DATA
 from .._registry import zoo_cfgs
+from ..datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    FASHION_MNIST_TEST_SPLIT,
+    FASHION_MNIST_TRAINING_DATA,
+)
 from ..hub import Weights
 from ..layers import factorize_, resolve_ranks
 from ._pooled import PooledClassifier
@@ -100,20 +108,20 @@ class ResNet(PooledClassifier):
     """
 
     def __init__(
-            self,
-            block: str = 'basic',
-            layers: Sequence[int] = (2, 2, 2, 2),
-            widths: Sequence[int] = (64, 128, 256, 512),
-            stem: str = 'cifar',
-            base_width: int = 64,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            zero_init_last: bool = True,
-            ranks: Optional[Mapping[str, int]] = None,
-            rank_ratio: Optional[float] = None,
-            low_rank_bn: bool = False,
+        self,
+        block: str = 'basic',
+        layers: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = 'cifar',
+        base_width: int = 64,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = 'avg',
+        drop_rate: float = 0.0,
+        zero_init_last: bool = True,
+        ranks: Mapping[str, int] | None = None,
+        rank_ratio: float | None = None,
+        low_rank_bn: bool = False,
     ):
         super().__init__()
         if stem not in ('cifar', 'imagenet'):
@@ -197,14 +205,29 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
 
 
 _CIFAR = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD)
-_PAPERS = dict(paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
-               paper_ids=('arXiv:2305.02538', 'arXiv:1512.03385'))
+_PAPERS = dict(
+    paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
+    paper_ids=('arXiv:2305.02538', 'arXiv:1512.03385'),
+)
 
 
 def _cfg(**kwargs) -> dict:
-    return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation='bilinear', first_conv='conv1', classifier='fc', license='apache-2.0',
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **_PAPERS) | kwargs
+    return (
+        dict(
+            num_classes=1000,
+            input_size=(3, 224, 224),
+            pool_size=(7, 7),
+            crop_pct=0.875,
+            interpolation='bilinear',
+            first_conv='conv1',
+            classifier='fc',
+            license='apache-2.0',
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            **_PAPERS,
+        )
+        | kwargs
+    )
 
 
 def _cifar_cfg(**kwargs) -> dict:
@@ -212,41 +235,89 @@ def _cifar_cfg(**kwargs) -> dict:
 
 
 def _fmnist_cfg(**kwargs) -> dict:
-    return _cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(4, 4), crop_pct=1.0, mean=FASHION_MNIST_MEAN,
-                std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES) | kwargs
+    return (
+        _cfg(
+            num_classes=10,
+            input_size=(1, 28, 28),
+            pool_size=(4, 4),
+            crop_pct=1.0,
+            mean=FASHION_MNIST_MEAN,
+            std=FASHION_MNIST_STD,
+            label_names=FASHION_MNIST_CLASSES,
+        )
+        | kwargs
+    )
 
 
-default_cfgs = zoo_cfgs({
-    'cf_resnet18': _cifar_cfg(),
-    # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
-    'cf_resnet18_fmnist.cuttlefish': _fmnist_cfg(weights=Weights(
-        source='local:cf_resnet18_fmnist',
-        sha256='316b3632ef8c4dda470ad8757f0a99e27e7583152ff4de9f7b7975238982490a',
-        model_args={'ranks': {'layer3.1.conv1': 43}},  # the one layer the switch found faster factorized
-        num_params=691_834, macs=28_115_328, dataset=FASHION_MNIST_TRAINING_DATA,
-        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.93, 'top5': 99.83}},
-        recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml', file_size_mb=2.659)),
-    'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(weights=Weights(
-        source='local:cf_resnet18_fmnist_cuttlefish_sr',
-        sha256='af9139d6e258c7358b4c826b5670c9db7db8a572ea762387817bf9f47609dc18',
-        model_args={'ranks': {  # chosen by the switch after epoch 5
-            'layer1.0.conv1': 7, 'layer1.0.conv2': 7, 'layer1.1.conv1': 7, 'layer1.1.conv2': 8,
-            'layer2.0.conv1': 14, 'layer2.0.conv2': 18, 'layer2.0.downsample.0': 5, 'layer2.1.conv1': 15,
-            'layer2.1.conv2': 13, 'layer3.0.conv1': 26, 'layer3.0.conv2': 31, 'layer3.0.downsample.0': 9,
-            'layer3.1.conv1': 24, 'layer3.1.conv2': 25, 'layer4.0.conv1': 57, 'layer4.0.conv2': 63,
-            'layer4.0.downsample.0': 17, 'layer4.1.conv1': 73, 'layer4.1.conv2': 71}},
-        num_params=395_466, macs=15_100_256, dataset=FASHION_MNIST_TRAINING_DATA,
-        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.42, 'top5': 99.89}},
-        recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml', file_size_mb=1.53)),
-    'cf_resnet18_fmnist.full_rank': _fmnist_cfg(weights=Weights(
-        source='local:cf_resnet18_fmnist_full_rank',
-        sha256='60265f79af881a004457752c13ed0a3c35dd51e16e44f1cddec39acb8b045dca',
-        model_args={}, num_params=701_178, macs=28_573_184, dataset=FASHION_MNIST_TRAINING_DATA,
-        metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.87, 'top5': 99.84}},
-        recipe='training/recipes/fmnist_resnet18.yaml', file_size_mb=2.694)),
-    'cf_resnet50': _cfg(),
-    'cf_wide_resnet50_2': _cfg(),
-})
+default_cfgs = zoo_cfgs(
+    {
+        'cf_resnet18': _cifar_cfg(),
+        # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
+        'cf_resnet18_fmnist.cuttlefish': _fmnist_cfg(
+            weights=Weights(
+                source='local:cf_resnet18_fmnist',
+                sha256='316b3632ef8c4dda470ad8757f0a99e27e7583152ff4de9f7b7975238982490a',
+                model_args={'ranks': {'layer3.1.conv1': 43}},  # the one layer the switch found faster factorized
+                num_params=691_834,
+                macs=28_115_328,
+                dataset=FASHION_MNIST_TRAINING_DATA,
+                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.93, 'top5': 99.83}},
+                recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml',
+                file_size_mb=2.659,
+            )
+        ),
+        'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(
+            weights=Weights(
+                source='local:cf_resnet18_fmnist_cuttlefish_sr',
+                sha256='af9139d6e258c7358b4c826b5670c9db7db8a572ea762387817bf9f47609dc18',
+                model_args={
+                    'ranks': {  # chosen by the switch after epoch 5
+                        'layer1.0.conv1': 7,
+                        'layer1.0.conv2': 7,
+                        'layer1.1.conv1': 7,
+                        'layer1.1.conv2': 8,
+                        'layer2.0.conv1': 14,
+                        'layer2.0.conv2': 18,
+                        'layer2.0.downsample.0': 5,
+                        'layer2.1.conv1': 15,
+                        'layer2.1.conv2': 13,
+                        'layer3.0.conv1': 26,
+                        'layer3.0.conv2': 31,
+                        'layer3.0.downsample.0': 9,
+                        'layer3.1.conv1': 24,
+                        'layer3.1.conv2': 25,
+                        'layer4.0.conv1': 57,
+                        'layer4.0.conv2': 63,
+                        'layer4.0.downsample.0': 17,
+                        'layer4.1.conv1': 73,
+                        'layer4.1.conv2': 71,
+                    }
+                },
+                num_params=395_466,
+                macs=15_100_256,
+                dataset=FASHION_MNIST_TRAINING_DATA,
+                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.42, 'top5': 99.89}},
+                recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml',
+                file_size_mb=1.53,
+            )
+        ),
+        'cf_resnet18_fmnist.full_rank': _fmnist_cfg(
+            weights=Weights(
+                source='local:cf_resnet18_fmnist_full_rank',
+                sha256='60265f79af881a004457752c13ed0a3c35dd51e16e44f1cddec39acb8b045dca',
+                model_args={},
+                num_params=701_178,
+                macs=28_573_184,
+                dataset=FASHION_MNIST_TRAINING_DATA,
+                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.87, 'top5': 99.84}},
+                recipe='training/recipes/fmnist_resnet18.yaml',
+                file_size_mb=2.694,
+            )
+        ),
+        'cf_resnet50': _cfg(),
+        'cf_wide_resnet50_2': _cfg(),
+    }
+)
 
 
 @register_model

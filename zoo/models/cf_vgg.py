@@ -5,17 +5,18 @@ max-pool before stages 2–5 and after the last one, and one linear classifier o
 Full-rank by default; ``ranks`` / ``rank_ratio`` / ``low_rank_bn`` factorize convolutions as in
 ``cf_resnet``. The paper keeps conv1–4 dense and factorizes conv5–16 (``low_rank_candidates()``).
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models import register_model
 
 from .._builder import build_zoo_model
-from .._datasets import CIFAR10_MEAN, CIFAR10_STD
 from .._registry import zoo_cfgs
+from ..datasets import CIFAR10_MEAN, CIFAR10_STD
 from ..layers import factorize_, resolve_ranks
 from ._pooled import PooledClassifier
 
@@ -34,16 +35,16 @@ class VGG(PooledClassifier):
     """VGG for small images; ``stage{i}`` outputs are the features at strides 1, 2, 4, 8, 16."""
 
     def __init__(
-            self,
-            widths: Sequence[int] = (64, 128, 256, 512, 512),
-            depths: Sequence[int] = (2, 2, 4, 4, 4),
-            num_classes: int = 10,
-            in_chans: int = 3,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            ranks: Optional[Mapping[str, int]] = None,
-            rank_ratio: Optional[float] = None,
-            low_rank_bn: bool = False,
+        self,
+        widths: Sequence[int] = (64, 128, 256, 512, 512),
+        depths: Sequence[int] = (2, 2, 4, 4, 4),
+        num_classes: int = 10,
+        in_chans: int = 3,
+        global_pool: str = 'avg',
+        drop_rate: float = 0.0,
+        ranks: Mapping[str, int] | None = None,
+        rank_ratio: float | None = None,
+        low_rank_bn: bool = False,
     ):
         super().__init__()
         self.grad_checkpointing = False
@@ -55,7 +56,7 @@ class VGG(PooledClassifier):
                 layers.append(ConvBnAct(in_chs, width))
                 in_chs = width
             self.add_module(f'stage{i + 1}', nn.Sequential(*layers))
-            self.feature_info.append(dict(num_chs=width, reduction=2 ** i, module=f'stage{i + 1}'))
+            self.feature_info.append(dict(num_chs=width, reduction=2**i, module=f'stage{i + 1}'))
         self.num_stages = len(widths)
         self.final_pool = nn.MaxPool2d(2)
         self.num_features = in_chs
@@ -86,13 +87,24 @@ class VGG(PooledClassifier):
         return self.final_pool(x)
 
 
-default_cfgs = zoo_cfgs({
-    'cf_vgg19': dict(
-        num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, interpolation='bilinear',
-        mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv='stage1.0.conv', classifier='fc',
-        license='apache-2.0', paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
-        paper_ids=('arXiv:2305.02538', 'arXiv:1409.1556')),
-})
+default_cfgs = zoo_cfgs(
+    {
+        'cf_vgg19': dict(
+            num_classes=10,
+            input_size=(3, 32, 32),
+            pool_size=(1, 1),
+            crop_pct=1.0,
+            interpolation='bilinear',
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            first_conv='stage1.0.conv',
+            classifier='fc',
+            license='apache-2.0',
+            paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
+            paper_ids=('arXiv:2305.02538', 'arXiv:1409.1556'),
+        ),
+    }
+)
 
 
 @register_model

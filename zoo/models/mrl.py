@@ -31,7 +31,7 @@ Block (NCHW throughout, ``x`` is ``B x C x H x W``, ``ws`` the region window)::
   input to a multiple of 32 instead, so their outputs align with the input.
 * The attention branch is the only path between regions further apart than the conditional position
   encoding (one region) plus the ``k x k`` depthwise kernel: with it zeroed, the receptive field of a
-  block is local (``tests/test_mrl.py`` checks both).
+  block is local (``tests/zoo/test_mrl.py`` checks both).
 * ``ffn_groups > 1`` turns both FFN convolutions into group convolutions with a channel shuffle between
   them (ShuffleNet), dividing the FFN's parameters by the group count; this is where the zoo puts the
   abstract's "group convolutions ... improve dataset-specific generalization".
@@ -42,7 +42,7 @@ strides 4/8/16/32 with LayerNorm + 2x2 stride-2 conv downsampling between them (
 LayerNorm, and global average pooling + linear classifier.
 
 Variants (depthwise kernel 7, window 7, FFN ratio 4, head dim 32; params and multiply-accumulates at
-224x224 with 1000 classes, measured with ``zoo._profile.count_macs``; timm references in brackets):
+224x224 with 1000 classes, measured with ``zoo.profile.count_macs``; timm references in brackets):
 
 =========  ==================  =========  ============  ========  =======
 name       widths              depths     heads         params    MACs
@@ -58,9 +58,10 @@ swin_small 49.61M / 8.74G, swin_base 87.77M / 15.43G, resnet50 25.56M / 4.09G.] 
 heads are Swin's, so parameters match size for size; MACs are about 30 % lower because attention and
 its projections run on regional tokens (1/49 of the positions), not on every pixel.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -71,9 +72,14 @@ from timm.models import checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
 from .._builder import build_zoo_model
-from .._datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, FASHION_MNIST_TEST_SPLIT, \
-    FASHION_MNIST_TRAINING_DATA
 from .._registry import zoo_cfgs
+from ..datasets import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    FASHION_MNIST_TEST_SPLIT,
+    FASHION_MNIST_TRAINING_DATA,
+)
 from ..hub import Weights
 
 __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'RegionalAttention', 'GroupedFFN']
@@ -142,27 +148,27 @@ class MRLBlock(nn.Module):
     """Regional attention mixed into a local depthwise conv, then an FFN (see the module docstring)."""
 
     def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            window_size: int = 7,
-            kernel_size: int = 7,
-            mlp_ratio: float = 4.,
-            ffn_groups: int = 1,
-            qkv_bias: bool = True,
-            ls_init_value: Optional[float] = 1e-6,
-            drop_path: float = 0.,
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 7,
+        kernel_size: int = 7,
+        mlp_ratio: float = 4.0,
+        ffn_groups: int = 1,
+        qkv_bias: bool = True,
+        ls_init_value: float | None = 1e-6,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         self.norm1 = LayerNorm2d(dim)
         self.regional = RegionalMixer(dim, num_heads, window_size, qkv_bias)
         self.local_mix = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.ls1 = LayerScale2d(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = LayerNorm2d(dim)
         self.ffn = GroupedFFN(dim, int(dim * mlp_ratio), ffn_groups)
         self.ls2 = LayerScale2d(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.norm1(x)
@@ -186,8 +192,16 @@ class PadToMultiple(nn.Module):
 class MRLStage(nn.Module):
     """Optional LayerNorm + 2x2 stride-2 conv downsampling, then ``depth`` MRL blocks."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, downsample: bool,
-                 drop_path_rates: Sequence[float], **block_kwargs):
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        depth: int,
+        num_heads: int,
+        downsample: bool,
+        drop_path_rates: Sequence[float],
+        **block_kwargs,
+    ):
         super().__init__()
         self.grad_checkpointing = False
         if downsample:
@@ -196,8 +210,9 @@ class MRLStage(nn.Module):
             raise ValueError(f'a stage without downsampling keeps its width, got {in_chs} -> {out_chs}')
         else:
             self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[
-            MRLBlock(out_chs, num_heads, drop_path=drop_path_rates[i], **block_kwargs) for i in range(depth)])
+        self.blocks = nn.Sequential(
+            *[MRLBlock(out_chs, num_heads, drop_path=drop_path_rates[i], **block_kwargs) for i in range(depth)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
@@ -221,27 +236,29 @@ class MRL(nn.Module):
     """
 
     def __init__(
-            self,
-            dims: Sequence[int] = (96, 192, 384, 768),
-            depths: Sequence[int] = (2, 2, 6, 2),
-            num_heads: Sequence[int] = (3, 6, 12, 24),
-            window_size: int = 7,
-            kernel_size: int = 7,
-            mlp_ratio: float = 4.,
-            ffn_groups: int = 1,
-            qkv_bias: bool = True,
-            ls_init_value: Optional[float] = 1e-6,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: str = 'avg',
-            output_stride: int = 32,
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
+        self,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        kernel_size: int = 7,
+        mlp_ratio: float = 4.0,
+        ffn_groups: int = 1,
+        qkv_bias: bool = True,
+        ls_init_value: float | None = 1e-6,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = 'avg',
+        output_stride: int = 32,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         if not len(dims) == len(depths) == len(num_heads):
-            raise ValueError(f'dims {tuple(dims)}, depths {tuple(depths)} and num_heads {tuple(num_heads)} '
-                             f'must have one entry per stage')
+            raise ValueError(
+                f'dims {tuple(dims)}, depths {tuple(depths)} and num_heads {tuple(num_heads)} '
+                f'must have one entry per stage'
+            )
         if output_stride != 32:
             raise ValueError(f'MRL only supports output_stride=32, got {output_stride}')
         self.num_classes = num_classes
@@ -261,12 +278,23 @@ class MRL(nn.Module):
         stages, self.feature_info = [], []
         in_chs, first_block = dims[0], 0
         for i, (dim, depth, heads) in enumerate(zip(dims, depths, num_heads)):
-            stages.append(MRLStage(
-                in_chs, dim, depth, heads, downsample=i > 0,
-                drop_path_rates=rates[first_block:first_block + depth], window_size=window_size,
-                kernel_size=kernel_size, mlp_ratio=mlp_ratio, ffn_groups=ffn_groups, qkv_bias=qkv_bias,
-                ls_init_value=ls_init_value))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'stages.{i}'))
+            stages.append(
+                MRLStage(
+                    in_chs,
+                    dim,
+                    depth,
+                    heads,
+                    downsample=i > 0,
+                    drop_path_rates=rates[first_block : first_block + depth],
+                    window_size=window_size,
+                    kernel_size=kernel_size,
+                    mlp_ratio=mlp_ratio,
+                    ffn_groups=ffn_groups,
+                    qkv_bias=qkv_bias,
+                    ls_init_value=ls_init_value,
+                )
+            )
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f'stages.{i}'))
             in_chs, first_block = dim, first_block + depth
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = in_chs
@@ -277,7 +305,7 @@ class MRL(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(module.weight, std=.02)
+            trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
@@ -285,7 +313,9 @@ class MRL(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
             stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
+            blocks=r'^stages\.(\d+)'
+            if coarse
+            else [
                 (r'^stages\.(\d+)\.downsample', (0,)),
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^norm', (99999,)),
@@ -301,28 +331,28 @@ class MRL(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, list[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs at strides 4/8/16/32 (``indices`` as in timm: last n if int, else positions).
 
         ``norm`` applies the final norm to the last stage's output; without ``intermediates_only`` the
         result is ``(forward_features(x), intermediates)``.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f"MRL features are NCHW, got output_fmt={output_fmt!r}")
+            raise ValueError(f'MRL features are NCHW, got output_fmt={output_fmt!r}')
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
         last_index = len(self.stages) - 1
         intermediates = []
         x = self.stem(self.pad(x))
@@ -335,11 +365,12 @@ class MRL(nn.Module):
         # The final norm belongs to the last stage; an early stop returns that stage's raw output.
         return (self.norm(x) if len(stages) == len(self.stages) else x), intermediates
 
-    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages after the last wanted intermediate (and the norm / head) for a backbone."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
+        self.stages = self.stages[: max_index + 1]
         pruned_end = max_index < len(self.feature_info) - 1
         if prune_norm or pruned_end:
             self.norm = nn.Identity()  # sized for the last stage only
@@ -361,33 +392,61 @@ class MRL(nn.Module):
 
 
 def _create_mrl(variant: str, pretrained: bool = False, **kwargs) -> MRL:
-    return build_zoo_model(MRL, variant, pretrained,
-                           feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
+    return build_zoo_model(
+        MRL, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs
+    )
 
 
 def _cfg(**kwargs) -> dict:
-    return dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.9,
-                interpolation='bicubic', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv='stem.0', classifier='head.fc', license='apache-2.0',
-                paper_name='MRL: Learning to Mix with Attention and Convolutions', paper_ids=('arXiv:2208.13975',),
-                notes=('Block designed by this zoo from the paper abstract; the authors\' code is not public.',)
-                ) | kwargs
+    return (
+        dict(
+            num_classes=1000,
+            input_size=(3, 224, 224),
+            pool_size=(7, 7),
+            crop_pct=0.9,
+            interpolation='bicubic',
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+            first_conv='stem.0',
+            classifier='head.fc',
+            license='apache-2.0',
+            paper_name='MRL: Learning to Mix with Attention and Convolutions',
+            paper_ids=('arXiv:2208.13975',),
+            notes=("Block designed by this zoo from the paper abstract; the authors' code is not public.",),
+        )
+        | kwargs
+    )
 
 
-default_cfgs = zoo_cfgs({
-    'mrl_nano': _cfg(),
-    'mrl_nano_fmnist.fmnist': _cfg(
-        num_classes=10, input_size=(1, 28, 28), pool_size=(1, 1), crop_pct=1.0, interpolation='bilinear',
-        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, label_names=FASHION_MNIST_CLASSES,
-        weights=Weights(
-            source='local:mrl_nano_fmnist', sha256='097b92b92210815e0462b44231359feb2360effea58f113f6e8c674a02e23965',
-            model_args={'drop_path_rate': 0.05}, num_params=3_169_610, macs=8_700_672,
-            dataset=FASHION_MNIST_TRAINING_DATA, metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 86.78, 'top5': 99.64}},
-            recipe='training/recipes/fmnist_mrl_nano.yaml', file_size_mb=6.07)),
-    'mrl_tiny': _cfg(),
-    'mrl_small': _cfg(),
-    'mrl_base': _cfg(),
-})
+default_cfgs = zoo_cfgs(
+    {
+        'mrl_nano': _cfg(),
+        'mrl_nano_fmnist.fmnist': _cfg(
+            num_classes=10,
+            input_size=(1, 28, 28),
+            pool_size=(1, 1),
+            crop_pct=1.0,
+            interpolation='bilinear',
+            mean=FASHION_MNIST_MEAN,
+            std=FASHION_MNIST_STD,
+            label_names=FASHION_MNIST_CLASSES,
+            weights=Weights(
+                source='local:mrl_nano_fmnist',
+                sha256='097b92b92210815e0462b44231359feb2360effea58f113f6e8c674a02e23965',
+                model_args={'drop_path_rate': 0.05},
+                num_params=3_169_610,
+                macs=8_700_672,
+                dataset=FASHION_MNIST_TRAINING_DATA,
+                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 86.78, 'top5': 99.64}},
+                recipe='training/recipes/fmnist_mrl_nano.yaml',
+                file_size_mb=6.07,
+            ),
+        ),
+        'mrl_tiny': _cfg(),
+        'mrl_small': _cfg(),
+        'mrl_base': _cfg(),
+    }
+)
 
 
 @register_model

@@ -2,7 +2,7 @@
 
 The MRL abstract reports DICE on Kumar, CoNSeP and CPM-17, the HoVer-Net benchmark, but not its
 decoder; this zoo pairs the MRL encoder (``zoo.models.mrl``) with HoVer-Net's outputs, targets, loss
-(``training.losses.hovernet_loss``) and watershed post-processing (``zoo.postprocess``).
+(``zoo.hovernet.losses.hovernet_loss``) and watershed post-processing (``zoo.hovernet.postprocess``).
 
 Architecture (``x`` is ``B x 3 x H x W`` RGB in ``[0, 1]``, as ``NucleiPatchDataset`` yields)::
 
@@ -30,7 +30,7 @@ Architecture (``x`` is ``B x 3 x H x W`` RGB in ``[0, 1]``, as ``NucleiPatchData
 Outputs: ``{'np': B x 2 x H x W logits, 'hv': B x 2 x H x W (x then y), 'tp': B x T x H x W logits}``,
 ``tp`` only when ``num_types`` (timm's ``num_classes``, background included) is non-zero.
 
-Variants (params and MACs at 256x256 without a TP branch, measured with ``zoo._profile.count_macs``):
+Variants (params and MACs at 256x256 without a TP branch, measured with ``zoo.profile.count_macs``):
 
 ================  ==========  =========================  ========  =======
 name              encoder     decoder widths (s16..s1)   params    MACs
@@ -43,9 +43,10 @@ mrl_seg_small     mrl_small   384/192/96/48/24           56.41M    13.01G
 The encoder's state-dict keys are those of the MRL classifier under ``encoder.`` (minus its norm and
 head), so ImageNet weights of ``mrl_*`` can initialise it.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -104,16 +105,16 @@ class MRLSeg(nn.Module):
     """
 
     def __init__(
-            self,
-            dims: Sequence[int] = (96, 192, 384, 768),
-            depths: Sequence[int] = (2, 2, 6, 2),
-            num_heads: Sequence[int] = (3, 6, 12, 24),
-            decoder_dims: Sequence[int] = (256, 128, 64, 32, 16),
-            num_classes: int = 0,
-            in_chans: int = 3,
-            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-            std: Sequence[float] = IMAGENET_DEFAULT_STD,
-            **encoder_kwargs,
+        self,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        decoder_dims: Sequence[int] = (256, 128, 64, 32, 16),
+        num_classes: int = 0,
+        in_chans: int = 3,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        **encoder_kwargs,
     ):
         super().__init__()
         if len(decoder_dims) != 5:
@@ -128,14 +129,15 @@ class MRLSeg(nn.Module):
         s16, s8, s4, s2, s1 = decoder_dims
         self.full_res = ConvNormAct(in_chans, s1, 3)
         self.half_res = ConvNormAct(s1, s2, 3, stride=2)
-        self.encoder = MRL(dims, depths, num_heads, in_chans=in_chans, num_classes=0, global_pool='',
-                           **encoder_kwargs)
+        self.encoder = MRL(dims, depths, num_heads, in_chans=in_chans, num_classes=0, global_pool='', **encoder_kwargs)
         self.encoder.prune_intermediate_layers((0, 1, 2, 3), prune_norm=True, prune_head=True)
-        self.trunk = nn.ModuleList([
-            DecoderBlock(dims[3], dims[2], s16),
-            DecoderBlock(s16, dims[1], s8),
-            DecoderBlock(s8, dims[0], s4),
-        ])
+        self.trunk = nn.ModuleList(
+            [
+                DecoderBlock(dims[3], dims[2], s16),
+                DecoderBlock(s16, dims[1], s8),
+                DecoderBlock(s8, dims[0], s4),
+            ]
+        )
         outputs = {'np': 2, 'hv': 2} | ({'tp': num_classes} if num_classes else {})
         self.branches = nn.ModuleDict({name: _Branch(s4, s2, s1, chs) for name, chs in outputs.items()})
 
@@ -164,11 +166,14 @@ def _create_mrl_seg(variant: str, pretrained: bool = False, **kwargs) -> MRLSeg:
     if 'num_types' in kwargs:
         num_types = kwargs.pop('num_types') or 0
         if kwargs.get('num_classes', num_types) != num_types:
-            raise ValueError(f"num_types={num_types} and num_classes={kwargs['num_classes']} disagree")
+            raise ValueError(f'num_types={num_types} and num_classes={kwargs["num_classes"]} disagree')
         kwargs['num_classes'] = num_types
     # The network normalises its own input, with the statistics its (possibly published) cfg states.
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
-                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
     kwargs.setdefault('mean', cfg.mean)
     kwargs.setdefault('std', cfg.std)
     return build_zoo_model(MRLSeg, variant, pretrained, **kwargs)
@@ -177,51 +182,83 @@ def _create_mrl_seg(variant: str, pretrained: bool = False, **kwargs) -> MRLSeg:
 def _cfg(**kwargs) -> dict:
     # `classifier` lists the TP branch (skipped whole when weights without one are loaded into a model
     # with one) and its head (dropped by timm when the number of types changes).
-    return dict(num_classes=0, input_size=(3, 256, 256), pool_size=None, crop_pct=1.0, interpolation='bilinear',
-                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-                first_conv=('encoder.stem.0', 'full_res.conv'), classifier=('branches.tp', 'branches.tp.head'),
-                license='apache-2.0', paper_name='MRL: Learning to Mix with Attention and Convolutions',
-                paper_ids=('arXiv:2208.13975', 'arXiv:1812.06499'),
-                notes=('MRL encoder with HoVer-Net NP/HV/TP outputs; decoder designed by this zoo.',)) | kwargs
+    return (
+        dict(
+            num_classes=0,
+            input_size=(3, 256, 256),
+            pool_size=None,
+            crop_pct=1.0,
+            interpolation='bilinear',
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+            first_conv=('encoder.stem.0', 'full_res.conv'),
+            classifier=('branches.tp', 'branches.tp.head'),
+            license='apache-2.0',
+            paper_name='MRL: Learning to Mix with Attention and Convolutions',
+            paper_ids=('arXiv:2208.13975', 'arXiv:1812.06499'),
+            notes=('MRL encoder with HoVer-Net NP/HV/TP outputs; decoder designed by this zoo.',),
+        )
+        | kwargs
+    )
 
 
-default_cfgs = zoo_cfgs({
-    'mrl_seg_nano': _cfg(),
-    # Fluorescence (DSB2018), not H&E: see hub/mrl_seg_nano_stardist/README.md before using it on histology.
-    'mrl_seg_nano.stardist': _cfg(weights=Weights(
-        source='local:mrl_seg_nano_stardist', sha256='d724badb33e00ab7ac60a620e726acfedc510c0f8066b905950ec36c6212310a',
-        model_args={'drop_path_rate': 0.05}, num_params=3_958_516, macs=1_391_398_016,
-        dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / BBBC038, '
+default_cfgs = zoo_cfgs(
+    {
+        'mrl_seg_nano': _cfg(),
+        # Fluorescence (DSB2018), not H&E: see hub/mrl_seg_nano_stardist/README.md before using it on histology.
+        'mrl_seg_nano.stardist': _cfg(
+            weights=Weights(
+                source='local:mrl_seg_nano_stardist',
+                sha256='d724badb33e00ab7ac60a620e726acfedc510c0f8066b905950ec36c6212310a',
+                model_args={'drop_path_rate': 0.05},
+                num_params=3_958_516,
+                macs=1_391_398_016,
+                dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / BBBC038, '
                 'fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: 10 train, '
                 '2 validate, 4 held out for testing',
-        metrics={'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '
-                 'selection)': {'dice': 0.9374, 'aji': 0.7415, 'aji_plus': 0.7822, 'dq': 0.8536, 'sq': 0.8641,
-                                'pq': 0.7388}},
-        recipe='training/recipes/stardist_mrl_seg_nano.yaml', file_size_mb=7.589)),
-    'mrl_seg_tiny': _cfg(),
-    'mrl_seg_small': _cfg(),
-})
+                metrics={
+                    'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '
+                    'selection)': {
+                        'dice': 0.9374,
+                        'aji': 0.7415,
+                        'aji_plus': 0.7822,
+                        'dq': 0.8536,
+                        'sq': 0.8641,
+                        'pq': 0.7388,
+                    }
+                },
+                recipe='training/recipes/stardist_mrl_seg_nano.yaml',
+                file_size_mb=7.589,
+            )
+        ),
+        'mrl_seg_tiny': _cfg(),
+        'mrl_seg_small': _cfg(),
+    }
+)
 
 
 @register_model
 def mrl_seg_nano(pretrained: bool = False, **kwargs) -> MRLSeg:
     """MRL-Nano encoder, light decoder (3.96M params, 1.39 GMACs at 256 without TP)."""
-    model_args = dict(dims=(32, 64, 128, 256), depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
-                      decoder_dims=(128, 64, 32, 32, 16))
+    model_args = dict(
+        dims=(32, 64, 128, 256), depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), decoder_dims=(128, 64, 32, 32, 16)
+    )
     return _create_mrl_seg('mrl_seg_nano', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def mrl_seg_tiny(pretrained: bool = False, **kwargs) -> MRLSeg:
     """MRL-Tiny encoder (31.91M params, 6.88 GMACs at 256 without TP)."""
-    model_args = dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                      decoder_dims=(256, 128, 64, 32, 16))
+    model_args = dict(
+        dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), decoder_dims=(256, 128, 64, 32, 16)
+    )
     return _create_mrl_seg('mrl_seg_tiny', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def mrl_seg_small(pretrained: bool = False, **kwargs) -> MRLSeg:
     """MRL-Small encoder (56.41M params, 13.01 GMACs at 256 without TP)."""
-    model_args = dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                      decoder_dims=(384, 192, 96, 48, 24))
+    model_args = dict(
+        dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), decoder_dims=(384, 192, 96, 48, 24)
+    )
     return _create_mrl_seg('mrl_seg_small', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,102 @@
+"""``zoo list``, ``zoo info`` and ``zoo predict``: what the zoo holds, and using published weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser('list', help='list models: name, params, MACs, measured metrics, weights')
+    p.add_argument('pattern', nargs='?', help="wildcard, e.g. 'cf_*'")
+    p.add_argument('--pretrained', action='store_true', help='only models with published weights')
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser('info', help='everything known about one model, as JSON')
+    p.add_argument('name')
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser('predict', help='classify images (or segment nuclei) with published weights')
+    p.add_argument('name')
+    p.add_argument('images', nargs='+')
+    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--out-dir', type=Path, default=Path('predictions'), help='where segmentation overlays go')
+    p.set_defaults(func=cmd_predict)
+
+
+def _format_metrics(metrics) -> str:
+    return ', '.join(f'{k} {v:.4g}' for values in metrics.values() for k, v in values.items())
+
+
+def cmd_list(args) -> None:
+    import zoo
+
+    names = zoo.list_models(args.pattern or '*', pretrained=args.pretrained)
+    if not names:
+        print(f'no models match {args.pattern!r}')
+        return
+    rows = [('name', 'task', 'params', 'MACs', 'measured', 'weights')]
+    for name in names:
+        info = zoo.model_info(name)
+        tags = sorted(k.split('.', 1)[1] for k in info['weights'])
+        measured = '; '.join(_format_metrics(w['metrics']) for w in info['weights'].values())
+        rows.append(
+            (
+                name,
+                info['task'],
+                f'{info["num_params"] / 1e6:.2f}M',
+                f'{info["macs"] / 1e9:.2f}G',
+                measured or '-',
+                ', '.join(tags) or '-',
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_info(args) -> None:
+    import zoo
+
+    print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
+
+
+def _load_image(path: str, in_chans: int):
+    from PIL import Image
+
+    try:
+        image = Image.open(path)
+    except (FileNotFoundError, OSError) as e:
+        raise SystemExit(f'zoo predict: cannot read image {path}: {e}')
+    return image.convert('L' if in_chans == 1 else 'RGB')
+
+
+def cmd_predict(args) -> None:
+    import torch
+    from timm.data import create_transform, resolve_data_config
+
+    import zoo
+
+    model = zoo.create_model(args.name, pretrained=True).eval()
+    if zoo.model_task(model.pretrained_cfg['architecture']) == 'nuclei-segmentation':
+        _segment(model, args)
+        return
+    config = resolve_data_config({}, model=model)
+    transform = create_transform(**config)
+    labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+    for path in args.images:
+        image = _load_image(path, config['input_size'][0])
+        with torch.inference_mode():
+            probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
+        top = probs.topk(min(args.topk, probs.numel()))
+        print(path)
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            print(f'  {p * 100:6.2f}%  {labels[i]}')
+
+
+def _segment(model, args) -> None:
+    from zoo.segment import predict_to_overlay
+
+    for path in args.images:
+        result = predict_to_overlay(model, path, args.out_dir)
+        print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

@@ -1,0 +1,49 @@
+"""HoVer-Net's method (Graham et al., MedIA 2019) in one place: training targets, loss, augmentation,
+patch extraction, watershed post-processing and the instance metrics, defined as in the reference code
+(github:vqdang/hover_net). The network family that produces NP/HV/TP maps is ``zoo.models.mrl_seg``."""
+
+from .augment import geometric_transform, photometric_transform, warp_image_and_labels
+from .losses import LOSS_TERMS, hovernet_loss, hv_gradients, msge_loss, soft_dice_loss
+from .metrics import (
+    STAT_NAMES,
+    aji,
+    aji_plus,
+    dice,
+    dice2,
+    instance_stats,
+    mean_instance_stats,
+    panoptic_quality,
+    remap_label,
+)
+from .patches import extract_patches, patch_origins, read_window
+from .postprocess import hovernet_postprocess
+from .targets import center_window, hovernet_targets, hv_map, np_map, split_disconnected_instances
+
+__all__ = [
+    'LOSS_TERMS',
+    'STAT_NAMES',
+    'aji',
+    'aji_plus',
+    'center_window',
+    'dice',
+    'dice2',
+    'extract_patches',
+    'geometric_transform',
+    'hovernet_loss',
+    'hovernet_postprocess',
+    'hovernet_targets',
+    'hv_gradients',
+    'hv_map',
+    'instance_stats',
+    'mean_instance_stats',
+    'msge_loss',
+    'np_map',
+    'panoptic_quality',
+    'patch_origins',
+    'photometric_transform',
+    'read_window',
+    'remap_label',
+    'soft_dice_loss',
+    'split_disconnected_instances',
+    'warp_image_and_labels',
+]

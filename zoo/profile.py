@@ -1,0 +1,52 @@
+"""Measuring models: multiply-accumulates and wall-clock timings shared by the zoo, the Cuttlefish
+profiler and the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['count_macs', 'median_seconds', 'paired_median_seconds']
+
+
+def count_macs(model: torch.nn.Module, input_size) -> int:
+    """Multiply-accumulates of one forward pass on a batch of one (torch counts a MAC as 2 FLOPs)."""
+    param = next(model.parameters())
+    x = torch.zeros((1, *input_size), device=param.device, dtype=param.dtype)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, synchronising CUDA around each."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired_median_seconds(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 10, warmup: int = 2
+) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` timed alternately, so that a change in the machine's load
+    during the measurement affects both alike and their ratio stays meaningful."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(median_seconds(fn_a, repeats=1, warmup=0))
+        b.append(median_seconds(fn_b, repeats=1, warmup=0))
+    return statistics.median(a), statistics.median(b)

@@ -1,5 +1,6 @@
 """Shared by several test modules."""
 
+import zoo
 from training.callbacks import Callback
 
 
@@ -16,3 +17,19 @@ class KillAt(Callback):
     def on_step_end(self, trainer, epoch, step):
         if (epoch, step) == (self.epoch, self.step):
             raise Killed
+
+
+CLASSIFIERS = [n for n in zoo.list_models() if zoo.model_task(n) == 'image-classification']
+SEGMENTERS = [n for n in zoo.list_models() if zoo.model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
+# Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
+# of each family only in its dense form: factorization is the same code, and CI has two cores).
+LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]
+CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
+CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
+
+
+def input_size(model, cap):
+    c, h, w = model.pretrained_cfg['input_size']
+    if model.pretrained_cfg.get('fixed_input_size'):
+        return c, h, w
+    return c, min(h, cap), min(w, cap)

@@ -74,9 +74,10 @@ class ClassificationTask(Task):
 
     Datasets: ``'fashion_mnist'`` (Debian's package; ``train_subset``/``val_subset`` keep the first N
     images for quick recipes; ``holdout=N`` validates on the last N *training* images, which are then
-    not trained on, so the test split stays untouched until the final evaluation), ``'cifar10'`` (binary version
-    under ``data_dir``) and ``'image_folder'`` (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with timm's training transforms: random resized
-    crop, flip, ``auto_augment`` such as ``'rand-m9-mstd0.5-inc1'``, random erasing ``re_prob``).
+    not trained on, so the test split stays untouched until the final evaluation), ``'cifar10'`` (binary
+    version under ``data_dir``) and ``'image_folder'`` (``data_dir/{train,val}/<class>/``, e.g. ImageNet, with
+    timm's training transforms: random resized crop, flip, ``auto_augment`` such as ``'rand-m9-mstd0.5-inc1'``,
+    random erasing ``re_prob``).
     """
 
     main_metric = 'top1'

@@ -35,7 +35,10 @@ def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tup
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise WeightsError(f'{name}: {path} is not a readable safetensors file ({e})') from e
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    skipped = lambda k: any(k == p or k.startswith(p + '.') for p in ignore)
+
+    def skipped(k):
+        return any(k == p or k.startswith(p + '.') for p in ignore)
+
     problems = [
         f'{k}: file has {s}, model has {expected[k]}'
         for k, s in found.items()

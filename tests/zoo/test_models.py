@@ -1,38 +1,19 @@
 """The timm model test matrix (timm's tests/test_models.py, adapted) run over every zoo classifier,
-dense and factorized, plus golden outputs that fail when a refactor changes numerics."""
-
-from pathlib import Path
+dense and factorized."""
 
 import pytest
 import timm
 import torch
 import torch.fx
-from safetensors.torch import load_file
+from _helpers import CASE_IDS, CASES, CLASSIFIERS, input_size
 
 import zoo
-from zoo._registry import model_task
 from zoo.layers import LowRankLayer
 
-CLASSIFIERS = [n for n in zoo.list_models() if model_task(n) == 'image-classification']
-SEGMENTERS = [n for n in zoo.list_models() if model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
-# Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
-# of each family only in its dense form: factorization is the same code, and CI has two cores).
-LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]
-CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
-CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
-GOLDEN_CASES, GOLDEN_IDS = CASES + [(n, {}) for n in SEGMENTERS], CASE_IDS + SEGMENTERS
 # Families whose forward is plain enough for torch.fx symbolic tracing.
 FX_PREFIXES = ('cf_resnet', 'cf_wide_resnet', 'cf_vgg', 'mrl_')
 MAX_FWD_SIZE = 96
 MAX_BWD_SIZE = 64
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / 'golden'
-
-
-def _input_size(model, cap):
-    c, h, w = model.pretrained_cfg['input_size']
-    if model.pretrained_cfg.get('fixed_input_size'):
-        return c, h, w
-    return c, min(h, cap), min(w, cap)
 
 
 def _num_params(model):
@@ -48,7 +29,7 @@ def test_every_family_registered():
 @pytest.mark.parametrize('name,kwargs', CASES, ids=CASE_IDS)
 def test_model_forward(name, kwargs):
     model = timm.create_model(name, **kwargs).eval()
-    x = torch.randn(2, *_input_size(model, MAX_FWD_SIZE))
+    x = torch.randn(2, *input_size(model, MAX_FWD_SIZE))
     with torch.no_grad():
         out = model(x)
         assert out.shape == (2, model.num_classes)
@@ -60,7 +41,7 @@ def test_model_forward(name, kwargs):
 @pytest.mark.parametrize('name,kwargs', CASES, ids=CASE_IDS)
 def test_model_backward(name, kwargs):
     model = timm.create_model(name, num_classes=42, **kwargs).train()
-    x = torch.randn(2, *_input_size(model, MAX_BWD_SIZE))
+    x = torch.randn(2, *input_size(model, MAX_BWD_SIZE))
     out = model(x)
     out.mean().backward()
     without_grad = [n for n, p in model.named_parameters() if p.grad is None]
@@ -104,7 +85,7 @@ def test_model_default_cfgs(name):
 @pytest.mark.parametrize('name', CLASSIFIERS)
 def test_model_features(name):
     model = timm.create_model(name, features_only=True).eval()
-    size = _input_size(model, MAX_FWD_SIZE)
+    size = input_size(model, MAX_FWD_SIZE)
     with torch.no_grad():
         outs = model(torch.randn(1, *size))
     info = model.feature_info
@@ -123,7 +104,7 @@ def test_model_features(name):
 def test_model_fx(name, kwargs):
     model = timm.create_model(name, **kwargs).eval()
     traced = torch.fx.symbolic_trace(model)
-    x = torch.randn(1, *_input_size(model, MAX_BWD_SIZE))
+    x = torch.randn(1, *input_size(model, MAX_BWD_SIZE))
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
     traced.train()
@@ -138,80 +119,3 @@ def test_model_meta_device_matches(name, kwargs):
         meta = timm.create_model(name, **kwargs)
     real = timm.create_model(name, **kwargs)
     assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Golden outputs. Weights are set by a formula (not the RNG), so the stored outputs depend only on the
-# architecture's numerics. Regenerate deliberately with `python tests/zoo/test_models.py --update-golden`.
-
-
-def deterministic_init_(model: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for i, (name, tensor) in enumerate(sorted(model.state_dict().items())):
-            if not tensor.is_floating_point():
-                continue
-            wave = torch.sin(torch.arange(tensor.numel(), dtype=torch.float64) * 0.7 + i).reshape(tensor.shape)
-            if name.endswith('running_var'):
-                value = 1 + 0.1 * wave.abs()
-            elif tensor.dim() == 1:
-                value = (1 + 0.1 * wave) if name.endswith('weight') and 'norm' in _kind(model, name) else 0.01 * wave
-            else:
-                value = wave * (3 / (tensor[0].numel() ** 0.5))
-            tensor.copy_(value.to(tensor.dtype))
-    return model
-
-
-def _kind(model, name):
-    module = model.get_submodule(name.rpartition('.')[0])
-    return 'norm' if 'Norm' in type(module).__name__ else 'other'
-
-
-def _golden_input(channels: int, size: int) -> torch.Tensor:
-    n = channels * size * size
-    return torch.cos(torch.arange(n, dtype=torch.float64) * 0.3).reshape(1, channels, size, size).float()
-
-
-def _golden_case(name, kwargs):
-    model = deterministic_init_(timm.create_model(name, **kwargs)).eval()
-    c, h, _ = _input_size(model, 64)
-    x = _golden_input(c, h)
-    with torch.no_grad():
-        out = model(x)
-        if isinstance(out, dict):  # segmentation nets: one map per branch
-            return dict(input=x, **{f'output_{branch}': value for branch, value in out.items()})
-        return dict(input=x, output=out, features=model.forward_features(x))
-
-
-@pytest.mark.parametrize('name,kwargs', GOLDEN_CASES, ids=GOLDEN_IDS)
-def test_model_golden(name, kwargs):
-    path = GOLDEN_DIR / f'{name}{"-lowrank" if kwargs else ""}.safetensors'
-    assert path.exists(), f'{path} missing: run `python tests/zoo/test_models.py --update-golden` and review the diff'
-    golden = load_file(str(path))
-    current = _golden_case(name, kwargs)
-    torch.testing.assert_close(current['input'], golden['input'])
-    assert set(current) == set(golden)
-    for key in sorted(set(golden) - {'input'}):
-        scale = golden[key].abs().max().item()
-        torch.testing.assert_close(
-            current[key],
-            golden[key],
-            rtol=1e-4,
-            atol=1e-4 * scale,
-            msg=lambda m: f'{name} {key} changed numerically: {m}',
-        )
-
-
-if __name__ == '__main__':
-    import sys
-
-    from safetensors.torch import save_file
-
-    if '--update-golden' not in sys.argv:
-        sys.exit('usage: python tests/zoo/test_models.py --update-golden')
-    GOLDEN_DIR.mkdir(exist_ok=True)
-    for (name, kwargs), case_id in zip(GOLDEN_CASES, GOLDEN_IDS):
-        save_file(
-            {k: v.contiguous() for k, v in _golden_case(name, kwargs).items()},
-            str(GOLDEN_DIR / f'{case_id}.safetensors'),
-        )
-        print('wrote', case_id)

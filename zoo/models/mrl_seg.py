@@ -213,8 +213,9 @@ default_cfgs = zoo_cfgs(
                 model_args={'drop_path_rate': 0.05},
                 num_params=3_958_516,
                 macs=1_391_398_016,
-                dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / BBBC038, '
-                'fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: 10 train, '
+                dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
+                'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: '
+                '10 train, '
                 '2 validate, 4 held out for testing',
                 metrics={
                     'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '

@@ -1,7 +1,6 @@
-"""Publishing a finished training run: re-evaluate its best weights on the held-out test data and write
-a hub folder (``config.json``, ``model.safetensors``, ``README.md`` card with the measured figures,
-the run's plots); the returned ``registry_entry`` is the ``Weights(...)`` to add to the model family's
-``default_cfgs`` (with ``source`` changed to ``hf-hub:org/name@revision`` once the folder is uploaded).
+"""Publishing a finished training run: re-evaluate its best weights on the held-out test data and write a hub
+folder (``zoo.publish.publish``: config.json, model.safetensors, the card with the measured figures and the
+run's plots), optionally registering it in the hub directory's manifest so the zoo loads it by name.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import torch
 
 import zoo
 from zoo.cards import ModelCard
-from zoo.hub import Weights
+from zoo.hub import ConfigError, Weights
 from zoo.publish import publish
 
 from .tasks import build_task
@@ -45,12 +44,16 @@ def publish_run(
     limitations: str,
     fp16: bool = False,
     command: str | None = None,
-) -> dict:
-    """Publish ``run_dir/best`` to ``out_dir``; returns the measured metrics and the ``Weights`` fields."""
+    input_domain: str | None = None,
+    microns_per_pixel: float | None = None,
+    overwrite: bool = False,
+    register_as: str | None = None,
+) -> Weights:
+    """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    info = json.loads((run_dir / 'best' / 'run.json').read_text())
+    info = read_run_info(run_dir)
     recipe = info['recipe']
-    model = zoo.create_model(info['model_name'], **info['model_args'])
+    model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
     zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
     from safetensors.torch import load_file
 
@@ -69,11 +72,7 @@ def publish_run(
     figures += sorted((run_dir / 'best').glob('*_overlay.png'))
     extra = {}
     if info['model_name'].startswith('mrl_'):
-        # The MRL block is this zoo's design from the paper's abstract: every MRL card carries it.
-        import zoo.models.mrl as mrl_module
-
-        design = mrl_module.__doc__.split('\nNetwork:')[0].strip()
-        extra['Architecture (zoo/models/mrl.py)'] = f'```text\n{design}\n```'
+        extra['Architecture'] = MRL_DESIGN_NOTE
     if (run_dir / 'cuttlefish' / 'decisions.csv').exists():
         extra['Cuttlefish switch'] = _switch_summary(run_dir, info)
     validation = {k: v for k, v in info['metrics'].items() if isinstance(v, float)}
@@ -105,22 +104,45 @@ def publish_run(
         extra_sections=extra,
         tags=('cuttlefish',) if info['model_name'].startswith('cf_') else ('mrl',),
         paper_ids=model.pretrained_cfg.get('paper_ids') or (),
-        model_id=model_id,
+        model_id=model_id or register_as,
+        input_domain=input_domain,
+        microns_per_pixel=microns_per_pixel,
     )
-    model.pretrained_cfg = dict(model.pretrained_cfg, architecture=info['model_name'])
-    result = publish(model, out_dir, card, model_args=info['model_args'], dtype=torch.float16 if fp16 else None)
-    entry = Weights(
-        source=f'local:{out_dir.name}',
-        sha256=result['sha256'],
-        model_args=info['model_args'],
-        num_params=result['num_params'],
-        macs=result['macs'],
-        dataset=task.dataset_description(),
-        metrics={split: test},
-        recipe=str(recipe_path),
-        file_size_mb=result['file_size_mb'],
-    )
-    return dict(result, metrics={split: test}, dataset=task.dataset_description(), registry_entry=repr(entry))
+    dtype = torch.float16 if fp16 else None
+    return publish(model, out_dir, card, dtype=dtype, overwrite=overwrite, register_as=register_as)
+
+
+# Every MRL card says what the block is: this zoo's design, not the authors' (their code is not public).
+MRL_DESIGN_NOTE = (
+    "The MRL block is this zoo's design from the MRL paper's abstract (arXiv:2208.13975); the authors' equations "
+    'and code are not public. Each block pools its normalised features into one regional token per window, mixes '
+    'all regional tokens with multi-head self-attention, adds each token back to the local features of its region, '
+    'mixes locally with a depthwise convolution and ends with a (optionally grouped) 1x1-convolution FFN. The full '
+    'design and its reasoning are in `zoo/models/mrl.py`.'
+)
+
+
+def _architecture(model_name: str) -> str:
+    """A run started from published weights is named ``architecture.tag``; its weights are its own."""
+    return model_name.partition('.')[0]
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """``best/run.json`` of a training run, with a clear error for a missing or corrupt file."""
+    path = Path(run_dir) / 'best' / 'run.json'
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f'{path} does not exist: {run_dir} is not a finished training run (zoo train writes it '
+            f'with the best weights)'
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f'{path} is corrupt ({e}); rerun the training or restore the file') from None
+    missing = [k for k in ('model_name', 'model_args', 'recipe', 'metrics') if k not in info]
+    if missing:
+        raise ConfigError(f'{path} lacks {", ".join(missing)}: it was not written by zoo train')
+    return info
 
 
 def _switch_summary(run_dir: Path, info: dict) -> str:

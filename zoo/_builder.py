@@ -1,39 +1,178 @@
-"""Building zoo models: timm's ``build_model_with_cfg`` plus verified weights and per-weights arguments."""
+"""Building zoo models: timm's ``build_model_with_cfg``, loading nothing but verified safetensors.
+
+timm decides which weights a call names, exactly as it does for its own models: a registered tag's
+``file`` / ``hf_hub_id`` / ``url``, a ``local-dir:PATH`` or ``hf-hub:ORG/NAME@REV`` folder whose
+``config.json`` timm parsed, or the file given with ``pretrained_cfg_overlay=dict(file=...)``. The zoo adds
+what timm does not do (:func:`build_zoo_model`):
+
+* the sha256 the weights were published with is checked on every load: the manifest's for a registered tag,
+  otherwise the ``config.json`` next to the file (a file without one loads with a warning);
+* a ``config.json`` is validated as data (``zoo.hub.check_config``) before anything is built from it;
+* tensor names and shapes are compared with the architecture built on the meta device before any memory is
+  allocated; a mismatch is an error, never a silently re-initialised layer. The classifier (or the stem) may
+  differ only when the caller asks for another ``num_classes`` (or ``in_chans``), which timm then adapts;
+* the architecture arguments published with the weights (e.g. Cuttlefish's per-layer ranks) are applied and
+  recorded with ``timm.models.update_model_args``, so timm's ``save_for_hf`` / ``push_to_hf_hub`` export them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import timm
 import torch
 from safetensors import safe_open
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
+from timm.models._input import update_model_args  # as timm's own model files record reconstruction args
 
 from . import hub
-from ._registry import check_model_name, get_weights, list_weights
-from .hub import Weights, WeightsError, WeightsShapeError
+from ._registry import (
+    UnknownModelError,
+    check_model_name,
+    config_args,
+    get_weights,
+    list_weights,
+    split_tag,
+    timm_source_fields,
+)
+from .hub import CONFIG_NAME, WEIGHTS_NAME, Weights, WeightsError, WeightsShapeError
 
-__all__ = ['build_zoo_model', 'create_model', 'check_weights_fit']
+__all__ = ['build_zoo_model', 'check_weights_fit', 'create_model']
 
 # build_model_with_cfg arguments that shape the wrapper or the cache, not the architecture.
-_WRAPPER_KWARGS = ('features_only', 'out_indices', 'feature_cls', 'cache_dir')
-# pretrained_cfg fields that tell timm where or how to load weights; a published config.json may not set them.
-_SOURCE_KEYS = (*hub.WEIGHT_SOURCE_KEYS, 'custom_load')
+_WRAPPER_KWARGS = ('features_only', 'out_indices', 'feature_cls', 'pretrained_model_args')
+_PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.tar', '.pkl', '.ckpt')
+# Clears every source timm would otherwise prefer over the in-memory, verified state dict.
+_NO_SOURCE = dict(source=None, file=None, url=None, hf_hub_id=None, hf_hub_filename=None, custom_load=False)
 
 
-def _file_shapes(path: Path) -> dict[str, tuple]:
-    with safe_open(str(path), framework='pt') as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+@dataclass
+class _Located:
+    """Weights a call names: the file, the sha256 they were published with (``None``: not recorded), the
+    architecture arguments and facts published with them."""
+
+    path: Path
+    sha256: str | None
+    name: str
+    model_args: Mapping[str, Any] = field(default_factory=dict)
+    input_domain: str | None = None
+    microns_per_pixel: float | None = None
+
+    def shapes(self) -> dict[str, tuple]:
+        try:
+            with safe_open(str(self.path), framework='pt') as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for malformed headers
+            raise WeightsError(f'{self.name}: {self.path} is not a readable safetensors file ({e})') from e
+
+    def load(self) -> dict[str, torch.Tensor]:
+        data = hub.read_verified(self.path, self.sha256, self.name)
+        if self.sha256 is None:
+            warnings.warn(
+                f'{self.name}: {self.path} has no sha256 recorded next to it (no {CONFIG_NAME} with "sha256"); '
+                f'it is loaded unverified. `zoo publish` records one.',
+                stacklevel=4,
+            )
+        try:
+            return safetensors.torch.load(data)
+        except Exception as e:
+            raise WeightsError(f'{self.name}: {self.path} is not a readable safetensors file ({e})') from e
+
+
+def _folder_source(cfg: dict) -> hub.Source:
+    """The folder timm parsed for a ``local-dir:`` or ``hf-hub:`` name."""
+    if cfg.get('source') == 'local-dir':
+        return hub.Source('local', str(Path(cfg['file']).expanduser().resolve()))
+    return hub.parse_source(f'hf-hub:{cfg["hf_hub_id"]}')
+
+
+def _folder_config(cfg: dict, cache_dir) -> dict:
+    return hub.read_config(hub.fetch(_folder_source(cfg), CONFIG_NAME, cache_dir=cache_dir))
+
+
+def _from_folder(source: hub.Source, filename: str, name: str, cache_dir) -> _Located:
+    """Weights of a published folder (local or a Hugging Face repo), verified by its own config.json."""
+    config = hub.read_config(hub.fetch(source, CONFIG_NAME, cache_dir=cache_dir))
+    path = hub.fetch(source, filename, cache_dir=cache_dir)
+    return _Located(
+        path,
+        config.get('sha256') if filename == WEIGHTS_NAME else None,
+        name,
+        config.get('model_args', {}),
+        config.get('input_domain'),
+        config.get('microns_per_pixel'),
+    )
+
+
+def _from_weights(weights: Weights, name: str, cache_dir) -> _Located:
+    path = hub.fetch(weights.source, sha256=weights.sha256, cache_dir=cache_dir)
+    return _Located(path, weights.sha256, name, weights.model_args, weights.input_domain, weights.microns_per_pixel)
+
+
+def _from_file(path: Path, name: str) -> _Located:
+    """A file a user named: verified by the config.json beside it, if there is one."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise WeightsError(
+            f'{name}: {path} is a pickle checkpoint, which the zoo never loads; save the weights as safetensors '
+            f'(safetensors.torch.save_file(model.state_dict(), "model.safetensors"))'
+        )
+    if not path.is_file():
+        raise WeightsError(f'{name}: {path} does not exist')
+    if (path.parent / CONFIG_NAME).is_file():
+        config = hub.read_config(path.parent)
+        sha256 = config.get('sha256') if path.name == WEIGHTS_NAME else None
+        return _Located(
+            path,
+            sha256,
+            name,
+            config.get('model_args', {}),
+            config.get('input_domain'),
+            config.get('microns_per_pixel'),
+        )
+    return _Located(path, None, name)
+
+
+def _locate(variant: str, cfg: dict, weights: Weights | None, cache_dir) -> _Located | None:
+    """The weights ``cfg`` (timm's resolved pretrained cfg) names, or ``None`` when it names none."""
+    key = f'{variant}.{cfg["tag"]}' if cfg.get('tag') else variant
+    if weights is not None:
+        return _from_weights(weights, key, cache_dir)
+    if cfg.get('source') in ('local-dir', 'hf-hub'):
+        source = _folder_source(cfg)
+        return _from_folder(source, cfg.get('hf_hub_filename') or WEIGHTS_NAME, str(source), cache_dir)
+    registered = get_weights(key)
+    if registered is not None and _names_registered(cfg, registered):
+        return _from_weights(registered, key, cache_dir)
+    if cfg.get('file'):
+        return _from_file(Path(cfg['file']).expanduser(), key)
+    if cfg.get('hf_hub_id'):
+        source = hub.parse_source(f'hf-hub:{cfg["hf_hub_id"]}')
+        return _from_folder(source, cfg.get('hf_hub_filename') or WEIGHTS_NAME, str(source), cache_dir)
+    if cfg.get('url'):
+        raise WeightsError(
+            f'{key}: refusing to download {cfg["url"]} without a sha256 to check it against; pass '
+            f'weights=zoo.Weights(source=URL, sha256=...)'
+        )
+    return None
+
+
+def _names_registered(cfg: dict, weights: Weights) -> bool:
+    """Whether ``cfg`` still points at the registered weights (not at a file the caller named instead)."""
+    return all(cfg.get(k) == v for k, v in timm_source_fields(weights.source).items())
 
 
 def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str, ...] = ()) -> None:
-    """Compare the file's tensor names and shapes with the model's; raise listing every problem."""
-    try:
-        found = _file_shapes(path)
-    except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise WeightsError(f'{name}: {path} is not a readable safetensors file ({e})') from e
+    """Compare a safetensors file's tensor names and shapes with ``model``'s; raise listing every problem."""
+    _check_shapes(_Located(Path(path), None, name).shapes(), model, name, path, ignore)
+
+
+def _check_shapes(found: Mapping[str, tuple], model: torch.nn.Module, name: str, path, ignore=()) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     def skipped(k):
@@ -53,6 +192,29 @@ def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tup
         )
 
 
+def _as_names(value) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _adaptable(cfg: dict, kwargs: Mapping[str, Any], published_args: Mapping[str, Any]) -> tuple[str, ...]:
+    """Layers timm may adapt instead of loading: the classifier when the caller asks for another
+    ``num_classes`` (or a feature extractor), the stem when the caller asks for another ``in_chans``.
+    Values that came with the weights (their config.json) must fit them."""
+
+    def asked(key: str, published_value) -> bool:
+        value = kwargs.get(key, published_value)
+        return value != published_value and not (key in published_args and published_args[key] == value)
+
+    ignore = ()
+    if asked('num_classes', cfg['num_classes']) or kwargs.get('features_only'):
+        ignore += _as_names(cfg.get('classifier'))
+    if asked('in_chans', cfg['input_size'][0]):
+        ignore += _as_names(cfg.get('first_conv'))
+    return ignore
+
+
 def build_zoo_model(
     model_cls: type[torch.nn.Module] | Callable,
     variant: str,
@@ -60,104 +222,88 @@ def build_zoo_model(
     weights: Weights | None = None,
     **kwargs,
 ) -> torch.nn.Module:
-    """Build ``variant`` like timm does, with the zoo's weights handling.
-
-    * The tag's ``Weights.model_args`` (e.g. per-layer ranks) are applied as defaults when the
-      weights are loaded or named by tag, so the architecture always matches its weights.
-    * ``pretrained=True`` fetches the file, verifies its sha256, checks every tensor name and shape
-      against the model (the classifier and input conv are exempt when ``num_classes``/``in_chans``
-      are changed, as timm adapts them) and then lets timm load that file and no other source.
-    * ``weights`` overrides the registry (e.g. weights you published yourself).
-    """
+    """Build ``variant`` as timm's ``build_model_with_cfg`` does, with the zoo's weights handling (see the
+    module docstring). ``weights`` names verified weights directly (e.g. ``Weights(source=URL, sha256=...)``).
+    ``device`` / ``dtype`` place the parameters, as for timm's own models."""
     requested = kwargs.pop('pretrained_cfg', None)
-    pretrained_cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=requested, pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None)
-    )
-    key = f'{variant}.{pretrained_cfg.tag}' if pretrained_cfg.tag else variant
-    # The architecture follows the weights whenever weights are named ('arch.tag', weights=...) or
-    # loaded; a bare name without pretrained=True is the plain (full-rank) architecture.
-    named = weights is not None or isinstance(requested, str)
-    weights = weights or get_weights(key)
-    if weights is not None and (pretrained or named):
-        for arg, value in weights.model_args.items():
-            kwargs.setdefault(arg, value)
-    model_args = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
-    overlay = None
+    overlay = kwargs.pop('pretrained_cfg_overlay', None)
+    cache_dir = kwargs.pop('cache_dir', None)
+    device, dtype = kwargs.pop('device', None), kwargs.pop('dtype', None)
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=requested, pretrained_cfg_overlay=overlay).to_dict()
+    # The architecture arguments published with the weights (a folder's config.json model_args, which timm
+    # has already merged into kwargs, or a manifest entry's) apply whenever those weights are loaded or named.
+    published_args: Mapping[str, Any] = kwargs.get('pretrained_model_args') or {}
+    located = None
     if pretrained:
-        if weights is None:
-            tags = [k.split('.', 1)[1] for k in list_weights(variant)]
+        located = _locate(variant, cfg, weights, cache_dir)
+        if located is None:
+            tags = [split_tag(k)[1] for k in list_weights(variant)]
             raise WeightsError(
-                f'No pretrained weights for {key}; published tags: {tags or "none"}. '
-                f'Use pretrained=False for a randomly initialised model.'
+                f'No pretrained weights for {variant}; published tags: {tags or "none"}. Use pretrained=False for '
+                f'a randomly initialised model.'
             )
-        path = hub.fetch(weights.source, weights.sha256, name=key, cache_dir=kwargs.get('cache_dir'))
-        ignore = []
-        if kwargs.get('num_classes', pretrained_cfg.num_classes) != pretrained_cfg.num_classes or kwargs.get(
-            'features_only'
-        ):
-            ignore += [c for c in as_tuple(pretrained_cfg.classifier)]
-        if kwargs.get('in_chans', pretrained_cfg.input_size[0]) != pretrained_cfg.input_size[0]:
-            ignore += [c for c in as_tuple(pretrained_cfg.first_conv)]
+        published_args = located.model_args
+    elif weights is not None or isinstance(requested, str):
+        named = weights or get_weights(f'{variant}.{cfg.get("tag")}')
+        published_args = named.model_args if named is not None else {}
+    elif cfg.get('source') in ('local-dir', 'hf-hub'):
+        _folder_config(cfg, cache_dir)  # validated as data even when no weights are loaded
+    for key, value in published_args.items():
+        kwargs.setdefault(key, value)
+
+    state_dict = None
+    if pretrained:
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
         with torch.device('meta'):
-            reference = build_model_with_cfg(
-                model_cls,
-                variant,
-                False,
-                pretrained_cfg=pretrained_cfg.to_dict(),
-                **{k: v for k, v in model_args.items()},
-            )
-        check_weights_fit(reference, path, key, tuple(ignore))
-        # Only the verified file may be loaded: clear every other source timm would otherwise prefer.
-        overlay = dict(
-            file=str(path),
-            source=None,
-            url=None,
-            hf_hub_id=None,
-            hf_hub_filename=None,
-            state_dict=None,
-            custom_load=False,
-        )
-    pretrained_cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=pretrained_cfg.to_dict(), pretrained_cfg_overlay=overlay
-    )
-    kwargs.pop('cache_dir', None)
-    model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_cfg=pretrained_cfg.to_dict(), **kwargs)
-    model.zoo_model_args = model_args  # what `zoo.hub.publish` writes as config.json "model_args"
+            reference = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **model_kwargs)
+        _check_shapes(located.shapes(), reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
+        state_dict = located.load()
+    # timm adapts the head / stem and wraps feature extractors; it loads the verified tensors and nothing else.
+    load_cfg = cfg if state_dict is None else dict(cfg, state_dict=state_dict, **_NO_SOURCE)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_cfg=load_cfg, **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    # Where the weights came from, not a second copy of them.
+    model.pretrained_cfg = model.default_cfg = {
+        **model.pretrained_cfg,
+        **{k: cfg.get(k) for k in hub.WEIGHT_SOURCE_KEYS if k in cfg},
+    }
+    arch_args = {k: v for k, v in published_args.items() if k in config_args(variant)}
+    update_model_args(model, **arch_args)  # what timm.models.save_for_hf exports as model_args
+    model.input_domain = located.input_domain if located else None
+    model.microns_per_pixel = located.microns_per_pixel if located else None
     return model
 
 
-def as_tuple(value) -> tuple:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(value)
+def create_model(
+    name: str, pretrained: bool = False, checkpoint_path: str | Path | None = None, **kwargs: Any
+) -> torch.nn.Module:
+    """Create a zoo model: a registered name (``'cf_resnet18'``, ``'cf_resnet18_fmnist.cuttlefish'``) or a
+    published folder (``'local-dir:/path'``, ``'hf-hub:org/name@rev'``), as ``timm.create_model`` does.
 
-
-def _create_from_folder(source: str, pretrained: bool, **kwargs) -> torch.nn.Module:
-    """``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]``: architecture and arguments from its config.json."""
-    if source.startswith('local-dir:'):
-        folder = Path(source[len('local-dir:') :]).expanduser().resolve()
-        weights_source = f'local:{folder}'
-    else:
-        weights_source = source
-    config = hub.read_config(
-        hub.fetch(weights_source, None, name=source, filename=hub.CONFIG_NAME, cache_dir=kwargs.get('cache_dir')).parent
-    )
-    architecture = check_model_name(config['architecture'])
-    if 'sha256' not in config:
-        raise WeightsError(
-            f'{source}: config.json has no "sha256" of {hub.WEIGHTS_NAME}; publish it with zoo.hub.publish'
-        )
-    weights = Weights(source=weights_source, sha256=config['sha256'], model_args=config.get('model_args', {}))
-    cfg = {k: v for k, v in config.get('pretrained_cfg', {}).items() if k not in _SOURCE_KEYS}
-    cfg['architecture'] = architecture
-    return timm.create_model(architecture, pretrained=pretrained, pretrained_cfg=cfg, weights=weights, **kwargs)
-
-
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """Create a zoo model by name (``'cf_resnet18'``, ``'cf_resnet18_fmnist.fmnist'``), or from a published
-    folder (``'local-dir:/path'``) or Hugging Face repo (``'hf-hub:org/name@rev'``) written by
-    ``zoo.hub.publish``. Unknown names raise ``UnknownModelError`` suggesting close matches."""
+    ``checkpoint_path`` loads a safetensors file into the named architecture, verified against the sha256
+    of the ``config.json`` beside it (the same as ``pretrained_cfg_overlay=dict(file=...)``). Unknown names
+    raise ``UnknownModelError`` suggesting close matches; a malformed ``config.json`` raises ``ConfigError``
+    before anything is built from it.
+    """
     if name.startswith(('local-dir:', 'hf-hub:')):
-        return _create_from_folder(name, pretrained, **kwargs)
-    check_model_name(name)
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        if checkpoint_path is not None:
+            raise WeightsError(f'{name} names its own weights; do not pass checkpoint_path as well')
+        folder = name.partition(':')[2]
+        if name.startswith('local-dir:'):
+            check_model_name(hub.read_config(Path(folder).expanduser())['architecture'])
+        else:
+            config_path = hub.fetch(hub.parse_source(name), CONFIG_NAME, cache_dir=kwargs.get('cache_dir'))
+            check_model_name(hub.read_config(config_path)['architecture'])
+    else:
+        check_model_name(name)
+    if checkpoint_path is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(checkpoint_path))
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if str(e).startswith('Unknown model'):
+            raise UnknownModelError(f'{e}; see `zoo list` or zoo.list_models()') from None
+        raise

@@ -1,26 +1,46 @@
-"""Model cards: what a published model's README.md says, rendered from structured, measured data."""
+"""Model cards: a published folder's ``README.md``, rendered from structured, measured data.
+
+``zoo publish`` stores the card's data as ``card.json`` next to ``config.json``; :func:`render_card` turns the
+two into Markdown with Hugging Face metadata (``huggingface_hub.ModelCardData``: ``library_name``, tags,
+datasets and a ``model-index`` of the measured results), and :func:`sync_cards` re-renders every folder of a
+hub directory and its copy in ``model_cards/`` (``zoo cards``; ``zoo cards --check`` fails when they differ).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
-from .hub import WEIGHTS_NAME
+from .hub import CARD_DATA_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_config
+from .io import atomic_write_bytes
 
-__all__ = ['ModelCard', 'render_card']
+__all__ = ['ModelCard', 'INPUT_DOMAINS', 'read_card', 'render_card', 'sync_cards']
+
+# The Hugging Face Hub's names where ours differ: its pipeline tags and metric ids.
+_HF_PIPELINE = {'nuclei-segmentation': 'image-segmentation'}
+_HF_METRIC = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
+# What a model's input_domain means, as a card states it.
+INPUT_DOMAINS = {
+    'fashion-mnist': '28x28 greyscale product photos, a light object on a black background (Fashion-MNIST)',
+    'fluorescence': 'fluorescence microscopy of nuclei: bright nuclei on a dark background (not H&E)',
+    'he': 'H&E-stained brightfield histology: light background, purple nuclei, pink tissue',
+}
 
 
 @dataclass
 class ModelCard:
     """What a model card says beyond what the model itself knows. Metrics must be measured, not hoped for.
 
-    ``metrics`` maps a split name (e.g. ``'Fashion-MNIST test (10,000 images)'``) to ``{metric: value}``;
-    ``figures`` are image files copied next to the card and embedded in it. ``model_id`` is the
-    registered name that loads these weights (``'cf_resnet18_fmnist'``), when there is one.
+    ``metrics`` maps a split name (e.g. ``'Fashion-MNIST test split (10,000 images)'``) to ``{metric: value}``;
+    ``figures`` are image files copied next to the card and embedded in it; ``model_id`` is the registered
+    name that loads these weights (``'cf_resnet18_fmnist.cuttlefish'``), when there is one; ``num_params``
+    and ``macs`` are filled in by ``zoo.publish.publish``.
     """
 
     title: str
@@ -40,61 +60,106 @@ class ModelCard:
     license: str = 'apache-2.0'
     paper_ids: Sequence[str] = ()
     model_id: str | None = None
+    input_domain: str | None = None
+    microns_per_pixel: float | None = None
+    num_params: int | None = None
+    macs: int | None = None
+
+    def __post_init__(self):
+        if self.input_domain is not None and self.input_domain not in INPUT_DOMAINS:
+            raise ValueError(f'input_domain must be one of {sorted(INPUT_DOMAINS)} or None, got {self.input_domain!r}')
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data['figures'] = [Path(f).name for f in self.figures]  # stored next to the card
+        return json.dumps(data, indent=2) + '\n'
 
 
-# The Hugging Face Hub's names where ours differ: its pipeline tags and metric ids.
-_HF_PIPELINE = {'nuclei-segmentation': 'image-segmentation'}
-_HF_METRIC = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
+def read_card(folder: Path) -> ModelCard:
+    return ModelCard(**json.loads((Path(folder) / CARD_DATA_NAME).read_text()))
 
 
-def _card_metadata(card: ModelCard, architecture: str) -> dict:
+def _metadata(card: ModelCard, architecture: str) -> str:
     pipeline = _HF_PIPELINE.get(card.task, card.task)
-    meta: dict[str, Any] = dict(
+    results = [
+        EvalResult(
+            task_type=pipeline,
+            # ``dataset_type`` is a dataset id on the Hub; data without one (e.g. the stardist sample) is 'custom'.
+            dataset_type=card.dataset_id or 'custom',
+            dataset_name=card.dataset,
+            dataset_split=split,
+            metric_type=_HF_METRIC.get(name, name),
+            metric_value=float(value),
+            metric_name=name,
+        )
+        for split, values in card.metrics.items()
+        for name, value in values.items()
+    ]
+    data = ModelCardData(
         library_name='timm',
         license=card.license,
         pipeline_tag=pipeline,
         tags=list(dict.fromkeys([pipeline, card.task, 'timm', 'cuttlefish-mrl-zoo', *card.tags])),
+        datasets=[card.dataset_id] if card.dataset_id else None,
+        model_name=architecture,
+        eval_results=results or None,
     )
-    if card.dataset_id:
-        meta['datasets'] = [card.dataset_id]
-    if card.metrics:
-        results = []
-        for split, values in card.metrics.items():
-            results.append(
-                dict(
-                    task=dict(type=pipeline),
-                    # ``type`` is a dataset id on the Hub; data without one (e.g. the stardist sample) is 'custom'.
-                    dataset=dict(name=card.dataset, type=card.dataset_id or 'custom', split=split),
-                    metrics=[dict(type=_HF_METRIC.get(k, k), value=float(v), name=k) for k, v in values.items()],
-                )
-            )
-        meta['model-index'] = [dict(name=architecture, results=results)]
-    return meta
+    return data.to_yaml()
+
+
+def _usage(card: ModelCard, folder_name: str) -> list[str]:
+    name = card.model_id
+    lines = ['import timm, torch, zoo  # importing zoo registers its architectures with timm; timm alone cannot']
+    if name:
+        lines += [
+            f"model = timm.create_model('{name}', pretrained=True)  # from a clone of the zoo (hub/ + manifest)",
+            f"model = torch.hub.load('<owner>/<zoo repo>', '{name}', pretrained=True)  # or a local clone, "
+            f"source='local'",
+        ]
+    lines += [
+        f"model = timm.create_model('local-dir:hub/{folder_name}', pretrained=True)  # this folder",
+        f"model = timm.create_model('hf-hub:<org>/{folder_name}@<revision>', pretrained=True)  # once uploaded",
+        f"model = zoo.create_model('{card.model_id or '<architecture>'}', checkpoint_path='hub/{folder_name}/"
+        f"{WEIGHTS_NAME}')",
+    ]
+    return [
+        '## Usage',
+        '',
+        '```python',
+        *lines,
+        '```',
+        '',
+        f'Every way loads exactly `{WEIGHTS_NAME}` of this folder and checks it against the sha256 in '
+        f'`{CONFIG_NAME}`; a modified file is refused.',
+        '',
+    ]
 
 
 def render_card(
-    card: ModelCard,
-    architecture: str,
-    config: Mapping[str, Any],
-    num_params: int,
-    macs: int | None,
-    file_size_mb: float,
-    sha256: str,
+    card: ModelCard, config: Mapping[str, Any], file_size_mb: float, folder_name: str, figure_prefix: str = ''
 ) -> str:
-    """Render a model card (YAML front matter + Markdown body) from measured results."""
-    meta = yaml.safe_dump(_card_metadata(card, architecture), sort_keys=False).strip()
+    """The Markdown card (Hugging Face YAML front matter + body). ``figure_prefix`` is prepended to figure links
+    (``model_cards/`` copies link into ``hub/``)."""
+    architecture = config['architecture']
     input_size = config['pretrained_cfg'].get('input_size')
     facts = [
         ('Architecture', f'`{architecture}`'),
-        ('Parameters', f'{num_params:,}'),
-        ('MACs (multiply-adds) per image', f'{macs / 1e6:,.1f} M at input {tuple(input_size)}' if macs else 'n/a'),
-        ('Weights', f'`{WEIGHTS_NAME}`, {file_size_mb:.2f} MB, sha256 `{sha256}`'),
+        ('Parameters', f'{card.num_params:,}' if card.num_params else 'n/a'),
+        (
+            'MACs (multiply-adds) per image',
+            f'{card.macs / 1e6:,.1f} M at input {tuple(input_size)}' if card.macs and input_size else 'n/a',
+        ),
+        ('Weights', f'`{WEIGHTS_NAME}`, {file_size_mb:.2f} MB, sha256 `{config.get("sha256")}`'),
+        ('Input', INPUT_DOMAINS.get(card.input_domain, 'not stated')),
+        ('Resolution', f'{card.microns_per_pixel} µm/pixel' if card.microns_per_pixel else 'not known'),
         ('Dataset', card.dataset),
         ('Recipe', f'`{card.recipe}`' if card.recipe else 'n/a'),
     ]
+    if card.task != 'nuclei-segmentation':
+        facts.remove(facts[5])  # resolution matters to slide readers only
     lines = [
         '---',
-        meta,
+        _metadata(card, architecture).strip(),
         '---',
         '',
         f'# {card.title}',
@@ -110,17 +175,7 @@ def render_card(
         lines += ['## Measured results', '', '| split | metric | value |', '|---|---|---|']
         lines += [f'| {split} | {k} | {v:.4g} |' for split, values in card.metrics.items() for k, v in values.items()]
         lines.append('')
-    usage = ['import torch, timm, zoo  # importing zoo registers the architectures with timm']
-    if card.model_id:
-        usage += [
-            f"model = timm.create_model('{card.model_id}', pretrained=True).eval()",
-            f"model = torch.hub.load('<path to a clone>', '{card.model_id}', source='local', pretrained=True)",
-        ]
-    usage += [
-        "model = zoo.create_model('local-dir:<path to this folder>', pretrained=True).eval()",
-        "model = zoo.create_model('hf-hub:<org>/<repo>@<revision>', pretrained=True).eval()  # once uploaded",
-    ]
-    lines += ['## Usage', '', '```python', *usage, '```', '']
+    lines += _usage(card, folder_name)
     if card.command:
         lines += ['## Reproduce', '', '```bash', card.command.strip(), '```', '']
     for title, body in [
@@ -132,7 +187,30 @@ def render_card(
         if body:
             lines += [f'## {title}', '', body.strip(), '']
     for figure in card.figures:
-        lines += [f'![{Path(figure).stem}]({Path(figure).name})', '']
+        lines += [f'![{Path(figure).stem}]({figure_prefix}{Path(figure).name})', '']
     if card.paper_ids:
         lines += ['## Papers', '', *[f'- {p}' for p in card.paper_ids], '']
     return '\n'.join(lines)
+
+
+def render_folder(folder: Path, figure_prefix: str = '') -> str:
+    folder = Path(folder)
+    size_mb = (folder / WEIGHTS_NAME).stat().st_size / 2**20
+    return render_card(read_card(folder), read_config(folder), size_mb, folder.name, figure_prefix)
+
+
+def sync_cards(hub: Path, model_cards: Path, check: bool = False) -> list[Path]:
+    """Render ``README.md`` of every card folder in ``hub`` and ``model_cards/<folder>.md``; with ``check`` only
+    report the files that differ from what would be rendered. Returns the files written (or stale)."""
+    changed = []
+    for folder in sorted(p.parent for p in Path(hub).glob(f'*/{CARD_DATA_NAME}')):
+        relative = Path('..', Path(hub).name, folder.name).as_posix() + '/'
+        for path, text in (
+            (folder / CARD_NAME, render_folder(folder)),
+            (Path(model_cards) / f'{folder.name}.md', render_folder(folder, relative)),
+        ):
+            if not path.is_file() or path.read_text() != text:
+                changed.append(path)
+                if not check:
+                    atomic_write_bytes(path, text.encode())
+    return changed

@@ -1,27 +1,28 @@
-"""Pretrained-weight hub: fetch, verify, load and publish safetensors weights.
+"""Where weights come from, and proof that they are the bytes that were published.
 
-Weights are always ``model.safetensors`` files whose sha256 is known before they are read.
-Three kinds of source are understood (``Weights.source``):
+A published model is a folder laid out like a Hugging Face model repo: ``config.json`` (timm's schema plus
+the ``sha256`` of the weights), ``model.safetensors`` and a ``README.md`` card. Weights are always
+safetensors: nothing is ever unpickled. Three kinds of source are understood (a manifest entry's
+``source``, see :func:`parse_source`):
 
-* ``hf-hub:ORG/NAME@REVISION`` -- a Hugging Face Hub repo at a pinned revision, fetched with
-  ``huggingface_hub.hf_hub_download``; the standard cache, ``HF_HOME``/``HF_HUB_CACHE`` and
-  ``HF_HUB_OFFLINE=1`` work as they do for any HF library.
-* ``https://...``, ``http://...`` or ``file://...`` -- a URL, downloaded once into torch.hub's cache
-  (``$TORCH_HOME/hub/checkpoints``) and re-verified on every load, not only on download.
-* ``local:NAME`` -- a folder in the project's ``hub/`` directory (or ``$ZOO_HUB_DIR``), or an absolute
-  path to a folder laid out like a Hugging Face model repo: ``config.json``, ``model.safetensors``,
-  ``README.md``.
+* ``hf-hub:ORG/NAME@REVISION`` -- a Hugging Face Hub repo, fetched with ``huggingface_hub.hf_hub_download``;
+  its cache, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` work as for any HF library.
+* ``https://...``, ``http://...`` or ``file://...`` -- one file, downloaded once into torch.hub's cache
+  (``$TORCH_HOME/hub/checkpoints``) and verified on every load, not only on download.
+* ``local:NAME`` -- a folder in the project's ``hub/`` directory (or ``$ZOO_HUB_DIR``), or an absolute path.
 
-Nothing is ever unpickled. ``publish`` writes exactly the folder layout above, with a timm-compatible
-``config.json`` and a model card whose YAML metadata is generated from measured results.
+A ``config.json`` is data, never instructions: :func:`check_config` accepts the architecture, its
+arguments (a whitelist per model family), the preprocessing timm reads (``input_size``, ``mean``...) and
+facts about the weights; any key that would say where weights or code come from is refused by name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,27 +30,31 @@ from typing import Any
 import torch
 
 __all__ = [
+    'CARD_DATA_NAME',
+    'CARD_NAME',
+    'CONFIG_NAME',
+    'ConfigError',
+    'Source',
+    'WEIGHTS_NAME',
     'Weights',
     'WeightsError',
     'WeightsHashError',
     'WeightsShapeError',
-    'hub_dir',
-    'local_folder',
-    'sha256_file',
+    'check_config',
     'fetch',
+    'hub_dir',
+    'parse_source',
     'read_config',
-    'WEIGHTS_NAME',
-    'CONFIG_NAME',
-    'CARD_NAME',
-    'WEIGHT_SOURCE_KEYS',
+    'read_verified',
+    'sha256_file',
 ]
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
-_HF_PREFIX = 'hf-hub:'
-_LOCAL_PREFIX = 'local:'
-_URL_SCHEMES = ('https://', 'http://', 'file://')
+CARD_DATA_NAME = 'card.json'  # the structured data README.md is rendered from (zoo.cards)
+# Files a model folder may hold instead of safetensors; they are pickles and are never loaded.
+_PICKLE_NAMES = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'model.pt')
 
 
 class WeightsError(RuntimeError):
@@ -64,20 +69,28 @@ class WeightsShapeError(WeightsError):
     """A weights file does not fit the architecture it is loaded into."""
 
 
+class ConfigError(WeightsError):
+    """A ``config.json`` that is not plain architecture data (or is not JSON at all)."""
+
+
 @dataclass(frozen=True)
 class Weights:
     """One published set of weights: where it lives, its hash, and what it was measured to do.
 
-    The metadata follows torchvision's weights ``meta``: ``num_params`` is checked against the built
-    model by the test suite, ``metrics`` maps a dataset/split name to measured figures
-    (``{'Fashion-MNIST test': {'top1': 93.1}}``), ``recipe`` names the recipe file and command.
-    ``model_args`` are the constructor arguments the weights were trained with (e.g. per-layer ranks),
-    applied whenever the architecture is built for this tag.
+    The metadata follows torchvision's weights ``meta``: ``num_params`` is checked against the built model
+    by the test suite, ``metrics`` maps a split name to measured figures (``{'Fashion-MNIST test': {'top1':
+    89.9}}``), ``recipe`` names the recipe file. ``model_args`` are the constructor arguments the weights
+    were trained with (e.g. per-layer ranks), applied whenever the architecture is built for this tag, and
+    ``pretrained_cfg`` the entries of timm's pretrained cfg that differ from the architecture's default
+    (e.g. ``num_classes`` of a fine-tuned head). ``input_domain`` names the images the weights are meant
+    for (``'fashion-mnist'``, ``'fluorescence'``, ``'he'``) and ``microns_per_pixel`` the resolution they
+    were trained at, where known.
     """
 
     source: str
     sha256: str
     model_args: Mapping[str, Any] = field(default_factory=dict)
+    pretrained_cfg: Mapping[str, Any] = field(default_factory=dict)
     num_params: int | None = None
     macs: int | None = None
     dataset: str = ''
@@ -85,15 +98,53 @@ class Weights:
     recipe: str = ''
     file_size_mb: float | None = None
     license: str = 'apache-2.0'
+    input_domain: str | None = None
+    microns_per_pixel: float | None = None
 
     def __post_init__(self):
-        if not (len(self.sha256) == 64 and all(c in '0123456789abcdef' for c in self.sha256)):
-            raise ValueError(f'Weights.sha256 must be 64 lowercase hex digits, got {self.sha256!r}')
-        if not self.source.startswith((_HF_PREFIX, _LOCAL_PREFIX) + _URL_SCHEMES):
-            raise ValueError(
-                f'Weights.source {self.source!r} must start with one of '
-                f'{", ".join((_HF_PREFIX, _LOCAL_PREFIX) + _URL_SCHEMES)}'
-            )
+        _check_sha256(self.sha256, 'Weights.sha256')
+        parse_source(self.source)
+
+
+def _check_sha256(value: Any, what: str) -> None:
+    if not (isinstance(value, str) and len(value) == 64 and all(c in '0123456789abcdef' for c in value)):
+        raise ValueError(f'{what} must be 64 lowercase hex digits, got {value!r}')
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed weights source: ``kind`` is ``'hf-hub'`` (``location`` a repo id), ``'url'`` or ``'local'``
+    (``location`` a folder)."""
+
+    kind: str
+    location: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == 'hf-hub':
+            return f'hf-hub:{self.location}' + (f'@{self.revision}' if self.revision else '')
+        return self.location if self.kind == 'url' else f'local:{self.location}'
+
+    @property
+    def folder(self) -> Path:
+        """A local source's folder: absolute paths as given, names inside :func:`hub_dir`."""
+        folder = Path(self.location)
+        return folder if folder.is_absolute() else hub_dir() / folder
+
+
+_URL_SCHEMES = ('https://', 'http://', 'file://')
+
+
+def parse_source(text: str) -> Source:
+    """The one parser of weight sources (see the module docstring)."""
+    if text.startswith('hf-hub:'):
+        repo_id, _, revision = text[len('hf-hub:') :].partition('@')
+        return Source('hf-hub', repo_id, revision or None)
+    if text.startswith(_URL_SCHEMES):
+        return Source('url', text)
+    if text.startswith('local:'):
+        return Source('local', text[len('local:') :])
+    raise ValueError(f'weights source {text!r} must start with hf-hub:, local:, https://, http:// or file://')
 
 
 def hub_dir() -> Path:
@@ -109,18 +160,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _split_revision(spec: str) -> tuple[str, str | None]:
-    repo_id, _, revision = spec.partition('@')
-    return repo_id, revision or None
-
-
-def local_folder(spec: str) -> Path:
-    """A ``local:`` spec as a folder: absolute paths as given, names inside ``hub_dir()``."""
-    folder = Path(spec)
-    return folder if folder.is_absolute() else hub_dir() / spec
-
-
-def _fetch_url(url: str, sha256: str, progress: bool) -> Path:
+def _download(url: str, sha256: str, progress: bool) -> Path:
     cache = Path(torch.hub.get_dir()) / 'checkpoints'
     cache.mkdir(parents=True, exist_ok=True)
     # The hash prefix in the cached name keeps two different files with the same basename apart.
@@ -135,78 +175,183 @@ def _fetch_url(url: str, sha256: str, progress: bool) -> Path:
 
 
 def fetch(
-    source: str,
-    sha256: str | None,
-    name: str = 'model',
-    progress: bool = False,
+    source: str | Source,
     filename: str = WEIGHTS_NAME,
+    sha256: str | None = None,
     cache_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> Path:
-    """Return a local path to ``filename`` from ``source``; when ``sha256`` is given the file is verified.
-
-    Raises ``WeightsError`` (missing file, offline cache miss) or ``WeightsHashError`` naming ``name``,
-    the file and the expected vs actual hash. ``cache_dir`` overrides the Hugging Face cache.
-    """
-    if source.startswith(_HF_PREFIX):
+    """A local path to ``filename`` of ``source`` (downloaded or taken from a cache). Nothing is verified
+    here (see :func:`read_verified`); a URL is only downloaded when its ``sha256`` is known."""
+    source = parse_source(source) if isinstance(source, str) else source
+    if source.kind == 'hf-hub':
         from huggingface_hub import hf_hub_download
         from huggingface_hub.constants import HF_HUB_CACHE
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-        repo_id, revision = _split_revision(source[len(_HF_PREFIX) :])
         try:
-            path = Path(
-                hf_hub_download(
-                    repo_id, filename, revision=revision, cache_dir=cache_dir, library_name='cuttlefish-mrl-zoo'
-                )
-            )
+            path = Path(hf_hub_download(source.location, filename, revision=source.revision, cache_dir=cache_dir))
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             raise WeightsError(
-                f'{name}: could not get {filename} from {source}: {e} With HF_HUB_OFFLINE=1 the file must '
-                f'already be in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).'
+                f'could not get {filename} from {source}: {e} With HF_HUB_OFFLINE=1 the file must already be '
+                f'in the Hugging Face cache ({cache_dir or HF_HUB_CACHE}).'
             ) from e
-        except (HfHubHTTPError, OSError) as e:  # missing repo or revision, no network
-            raise WeightsError(f'{name}: could not get {filename} from {source}: {e}') from e
-    elif source.startswith(_URL_SCHEMES):
+        except (HfHubHTTPError, OSError) as e:  # missing repo, file or revision; no network
+            raise WeightsError(f'could not get {filename} from {source}: {e}') from e
+    elif source.kind == 'url':
         if filename != WEIGHTS_NAME:
-            raise WeightsError(f'{name}: a URL source points at one file; cannot fetch {filename} from {source}')
+            raise WeightsError(f'a URL source points at one file; cannot fetch {filename} from {source}')
         if sha256 is None:
-            raise WeightsError(f'{name}: refusing to download {source} without a sha256 to check it against')
-        path = _fetch_url(source, sha256, progress)
-    elif source.startswith(_LOCAL_PREFIX):
-        path = local_folder(source[len(_LOCAL_PREFIX) :]) / filename
+            raise WeightsError(f'refusing to download {source} without a sha256 to check it against')
+        path = _download(source.location, sha256, progress)
     else:
-        raise WeightsError(f'{name}: unknown weights source {source!r}')
+        path = source.folder / filename
     if not path.is_file():
-        raise WeightsError(
-            f'{name}: {path} does not exist (source {source}); a published model folder '
-            f'holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
+        pickles = [name for name in _PICKLE_NAMES if (path.parent / name).is_file()]
+        hint = (
+            f'; it holds {", ".join(pickles)}, a pickle, which the zoo never loads: re-save the weights with '
+            f'safetensors (e.g. timm.models.save_for_hf(model, folder, safe_serialization=True))'
+            if pickles
+            else f'; a published model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
         )
+        raise WeightsError(f'{path} does not exist (source {source}){hint}')
+    return path
+
+
+def read_verified(path: Path, sha256: str | None, name: str) -> bytes:
+    """The bytes of ``path``, read once, after checking them against ``sha256`` (``None``: unchecked)."""
+    data = Path(path).read_bytes()
     if sha256 is not None:
-        actual = sha256_file(path)
+        actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
             raise WeightsHashError(
                 f'{name}: weights file {path} has sha256 {actual} but {sha256} was expected; the file is '
                 f'corrupt, truncated or was modified. Delete it so it is fetched again, or restore it.'
             )
-    return path
+    return data
 
 
-def read_config(folder: str | Path) -> dict:
-    """Read a published folder's ``config.json`` (clear errors for a missing or malformed file)."""
-    path = Path(folder) / CONFIG_NAME
+# ----------------------------------------------------------------------------------------------------------
+# config.json
+
+# Top-level keys of a published config.json: timm's (save_config_for_hf) plus facts about the weights.
+_CONFIG_KEYS = {
+    'architecture',
+    'num_classes',
+    'num_features',
+    'global_pool',
+    'label_names',
+    'label_descriptions',
+    'model_args',
+    'pretrained_cfg',
+    'sha256',
+    'input_domain',
+    'microns_per_pixel',
+}
+# pretrained_cfg entries that say where weights or code come from: a config.json may not set them.
+WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'custom_load')
+# Bounds that keep a config from asking for absurd allocations (a 1e9-class head, a 6000x6000 input).
+_MAX_CHANNELS, _MAX_SIDE, _MAX_CLASSES = 16, 8192, 1_000_000
+
+
+def check_config(config: Any, where: str, allowed_args: Collection[str]) -> dict:
+    """Validate a config.json's content; ``allowed_args`` are the architecture arguments of its family.
+
+    Raises :class:`ConfigError` naming the first offending key; returns the config unchanged.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f'{where} must hold a JSON object, got {type(config).__name__}')
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f'{where}: unknown key {unknown[0]!r}; a config.json holds only {sorted(_CONFIG_KEYS)}')
+    if not isinstance(config.get('architecture'), str):
+        raise ConfigError(f'{where} has no "architecture" string')
+    if 'sha256' in config:
+        try:
+            _check_sha256(config['sha256'], f'{where} "sha256"')
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    args = config.get('model_args', {})
+    if not isinstance(args, Mapping):
+        raise ConfigError(f'{where}: "model_args" must be an object')
+    for key in args:
+        if key not in allowed_args:
+            raise ConfigError(
+                f'{where}: model_args.{key} is not an architecture argument of {config["architecture"]} '
+                f'(allowed: {", ".join(sorted(allowed_args))})'
+            )
+    cfg = config.get('pretrained_cfg', {})
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f'{where}: "pretrained_cfg" must be an object')
+    for key in WEIGHT_SOURCE_KEYS:
+        if cfg.get(key):
+            raise ConfigError(
+                f'{where}: pretrained_cfg.{key} would say where weights or code come from; a published '
+                f'config.json may not (the folder\'s own {WEIGHTS_NAME}, verified by "sha256", is the only source)'
+            )
+    _check_bounds(config, cfg, args, where)
+    return dict(config)
+
+
+def _check_bounds(config: Mapping, cfg: Mapping, args: Mapping, where: str) -> None:
+    def bad(key: str, value: Any, rule: str) -> ConfigError:
+        return ConfigError(f'{where}: {key} = {value!r} {rule}')
+
+    input_size = cfg.get('input_size')
+    if input_size is not None:
+        if not (isinstance(input_size, list) and len(input_size) == 3 and all(_is_int(v) for v in input_size)):
+            raise bad('pretrained_cfg.input_size', input_size, 'must be [channels, height, width] integers')
+        channels, *sides = input_size
+        if not 1 <= channels <= _MAX_CHANNELS or not all(1 <= s <= _MAX_SIDE for s in sides):
+            raise bad(
+                'pretrained_cfg.input_size',
+                input_size,
+                f'must have 1-{_MAX_CHANNELS} channels and sides of 1-{_MAX_SIDE} pixels',
+            )
+        for key in ('mean', 'std'):
+            value = cfg.get(key)
+            if value is not None and (
+                not isinstance(value, list)
+                or len(value) != channels
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            ):
+                raise bad(f'pretrained_cfg.{key}', value, f'must be {channels} finite numbers')
+    for key, value in (
+        ('num_classes', config.get('num_classes')),
+        ('pretrained_cfg.num_classes', cfg.get('num_classes')),
+        ('model_args.num_classes', args.get('num_classes')),
+    ):
+        if value is not None and not (_is_int(value) and 0 <= value <= _MAX_CLASSES):
+            raise bad(key, value, f'must be an integer in [0, {_MAX_CLASSES}]')
+    in_chans = args.get('in_chans')
+    if in_chans is not None and not (_is_int(in_chans) and 1 <= in_chans <= _MAX_CHANNELS):
+        raise bad('model_args.in_chans', in_chans, f'must be an integer in [1, {_MAX_CHANNELS}]')
+    mpp = config.get('microns_per_pixel')
+    if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < 1000):
+        raise bad('microns_per_pixel', mpp, 'must be a positive number')
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_config(path: str | Path, allowed_args: Collection[str] | None = None) -> dict:
+    """Read and validate a ``config.json`` (``path`` is the file or its folder). ``allowed_args`` defaults to
+    the architecture arguments the zoo's registry lists for the config's architecture."""
+    path = Path(path)
+    if path.is_dir() or path.name != CONFIG_NAME:
+        path = path / CONFIG_NAME
     try:
         config = json.loads(path.read_text())
-    except FileNotFoundError as e:
+    except FileNotFoundError:
         raise WeightsError(
-            f'{path} not found: a published model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
-        ) from e
-    except json.JSONDecodeError as e:
-        raise WeightsError(f'{path} is not valid JSON: {e}') from e
-    if 'architecture' not in config:
-        raise WeightsError(f'{path} has no "architecture" key')
-    return config
+            f'{path} does not exist: a published model folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}'
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f'{path} is not valid JSON: {e}') from None
+    if allowed_args is None:
+        from ._registry import config_args
 
-
-# pretrained_cfg fields that say where weights come from: a published config.json leaves them out, since
-# the folder's own model.safetensors (verified by its sha256) is the only source.
-WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'tag')
+        architecture = config.get('architecture') if isinstance(config, Mapping) else None
+        allowed_args = config_args(architecture) if isinstance(architecture, str) else ()
+    return check_config(config, str(path), allowed_args)

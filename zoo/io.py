@@ -8,6 +8,7 @@ killed process leaves no half-written file behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save as safetensors_bytes
 
-__all__ = ['atomic_write_bytes', 'fsync_dir', 'save_safetensors', 'read_image']
+__all__ = ['atomic_write_bytes', 'fsync_dir', 'replace_dir', 'save_safetensors', 'read_image']
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -48,6 +49,26 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a completely written folder ``staging`` to ``target`` (same file system), replacing ``target`` if it
+    exists: the files are made durable first, and readers see the old folder or the new one, never a mix. A
+    crash between the two renames leaves the old folder as ``.<name>.old-*`` next to ``target``."""
+    for path in Path(staging).rglob('*'):
+        if path.is_file():
+            with open(path, 'rb') as f:
+                os.fsync(f.fileno())
+    fsync_dir(Path(staging))
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.old-'))
+        os.replace(target, old / target.name)
+    os.replace(staging, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def save_safetensors(

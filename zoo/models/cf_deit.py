@@ -60,7 +60,38 @@ default_cfgs = zoo_cfgs(
     {
         'cf_deit_small': _cfg(),
         'cf_deit_base': _cfg(),
-    }
+    },
+    # What a published config.json may set: the architecture, never where weights or code come from
+    # (VisionTransformer's layer and function arguments are left out).
+    config_args=(
+        'img_size',
+        'patch_size',
+        'in_chans',
+        'num_classes',
+        'global_pool',
+        'embed_dim',
+        'depth',
+        'num_heads',
+        'mlp_ratio',
+        'qkv_bias',
+        'qk_norm',
+        'init_values',
+        'class_token',
+        'reg_tokens',
+        'no_embed_class',
+        'pre_norm',
+        'fc_norm',
+        'dynamic_img_size',
+        'dynamic_img_pad',
+        'drop_rate',
+        'pos_drop_rate',
+        'patch_drop_rate',
+        'proj_drop_rate',
+        'attn_drop_rate',
+        'drop_path_rate',
+        'ranks',
+        'rank_ratio',
+    ),
 )
 
 

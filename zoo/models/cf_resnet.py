@@ -26,10 +26,7 @@ from ..datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    FASHION_MNIST_TEST_SPLIT,
-    FASHION_MNIST_TRAINING_DATA,
 )
-from ..hub import Weights
 from ..layers import factorize_, resolve_ranks
 from ._pooled import PooledClassifier
 
@@ -211,6 +208,24 @@ _PAPERS = dict(
 )
 
 
+# What a published config.json may set: the architecture, never where weights or code come from.
+_CONFIG_ARGS = (
+    'block',
+    'layers',
+    'widths',
+    'stem',
+    'base_width',
+    'num_classes',
+    'in_chans',
+    'global_pool',
+    'drop_rate',
+    'zero_init_last',
+    'ranks',
+    'rank_ratio',
+    'low_rank_bn',
+)
+
+
 def _cfg(**kwargs) -> dict:
     return (
         dict(
@@ -252,71 +267,11 @@ def _fmnist_cfg(**kwargs) -> dict:
 default_cfgs = zoo_cfgs(
     {
         'cf_resnet18': _cifar_cfg(),
-        # The first tag is what `cf_resnet18_fmnist` with pretrained=True loads.
-        'cf_resnet18_fmnist.cuttlefish': _fmnist_cfg(
-            weights=Weights(
-                source='local:cf_resnet18_fmnist',
-                sha256='316b3632ef8c4dda470ad8757f0a99e27e7583152ff4de9f7b7975238982490a',
-                model_args={'ranks': {'layer3.1.conv1': 43}},  # the one layer the switch found faster factorized
-                num_params=691_834,
-                macs=28_115_328,
-                dataset=FASHION_MNIST_TRAINING_DATA,
-                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.93, 'top5': 99.83}},
-                recipe='training/recipes/fmnist_resnet18_cuttlefish.yaml',
-                file_size_mb=2.659,
-            )
-        ),
-        'cf_resnet18_fmnist.cuttlefish_sr': _fmnist_cfg(
-            weights=Weights(
-                source='local:cf_resnet18_fmnist_cuttlefish_sr',
-                sha256='af9139d6e258c7358b4c826b5670c9db7db8a572ea762387817bf9f47609dc18',
-                model_args={
-                    'ranks': {  # chosen by the switch after epoch 5
-                        'layer1.0.conv1': 7,
-                        'layer1.0.conv2': 7,
-                        'layer1.1.conv1': 7,
-                        'layer1.1.conv2': 8,
-                        'layer2.0.conv1': 14,
-                        'layer2.0.conv2': 18,
-                        'layer2.0.downsample.0': 5,
-                        'layer2.1.conv1': 15,
-                        'layer2.1.conv2': 13,
-                        'layer3.0.conv1': 26,
-                        'layer3.0.conv2': 31,
-                        'layer3.0.downsample.0': 9,
-                        'layer3.1.conv1': 24,
-                        'layer3.1.conv2': 25,
-                        'layer4.0.conv1': 57,
-                        'layer4.0.conv2': 63,
-                        'layer4.0.downsample.0': 17,
-                        'layer4.1.conv1': 73,
-                        'layer4.1.conv2': 71,
-                    }
-                },
-                num_params=395_466,
-                macs=15_100_256,
-                dataset=FASHION_MNIST_TRAINING_DATA,
-                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.42, 'top5': 99.89}},
-                recipe='training/recipes/fmnist_resnet18_cuttlefish_sr.yaml',
-                file_size_mb=1.53,
-            )
-        ),
-        'cf_resnet18_fmnist.full_rank': _fmnist_cfg(
-            weights=Weights(
-                source='local:cf_resnet18_fmnist_full_rank',
-                sha256='60265f79af881a004457752c13ed0a3c35dd51e16e44f1cddec39acb8b045dca',
-                model_args={},
-                num_params=701_178,
-                macs=28_573_184,
-                dataset=FASHION_MNIST_TRAINING_DATA,
-                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 89.87, 'top5': 99.84}},
-                recipe='training/recipes/fmnist_resnet18.yaml',
-                file_size_mb=2.694,
-            )
-        ),
+        'cf_resnet18_fmnist': _fmnist_cfg(),
         'cf_resnet50': _cfg(),
         'cf_wide_resnet50_2': _cfg(),
-    }
+    },
+    config_args=_CONFIG_ARGS,
 )
 
 

@@ -103,7 +103,19 @@ default_cfgs = zoo_cfgs(
             paper_name='Cuttlefish: Low-Rank Model Training without All the Tuning',
             paper_ids=('arXiv:2305.02538', 'arXiv:1409.1556'),
         ),
-    }
+    },
+    # What a published config.json may set: the architecture, never where weights or code come from.
+    config_args=(
+        'widths',
+        'depths',
+        'num_classes',
+        'in_chans',
+        'global_pool',
+        'drop_rate',
+        'ranks',
+        'rank_ratio',
+        'low_rank_bn',
+    ),
 )
 
 

@@ -77,10 +77,7 @@ from ..datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    FASHION_MNIST_TEST_SPLIT,
-    FASHION_MNIST_TRAINING_DATA,
 )
-from ..hub import Weights
 
 __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'RegionalAttention', 'GroupedFFN']
 
@@ -397,6 +394,26 @@ def _create_mrl(variant: str, pretrained: bool = False, **kwargs) -> MRL:
     )
 
 
+# What a published config.json may set: the architecture, never where weights or code come from.
+CONFIG_ARGS = (
+    'dims',
+    'depths',
+    'num_heads',
+    'window_size',
+    'kernel_size',
+    'mlp_ratio',
+    'ffn_groups',
+    'qkv_bias',
+    'ls_init_value',
+    'num_classes',
+    'in_chans',
+    'global_pool',
+    'output_stride',
+    'drop_rate',
+    'drop_path_rate',
+)
+
+
 def _cfg(**kwargs) -> dict:
     return (
         dict(
@@ -421,7 +438,7 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = zoo_cfgs(
     {
         'mrl_nano': _cfg(),
-        'mrl_nano_fmnist.fmnist': _cfg(
+        'mrl_nano_fmnist': _cfg(
             num_classes=10,
             input_size=(1, 28, 28),
             pool_size=(1, 1),
@@ -430,22 +447,12 @@ default_cfgs = zoo_cfgs(
             mean=FASHION_MNIST_MEAN,
             std=FASHION_MNIST_STD,
             label_names=FASHION_MNIST_CLASSES,
-            weights=Weights(
-                source='local:mrl_nano_fmnist',
-                sha256='097b92b92210815e0462b44231359feb2360effea58f113f6e8c674a02e23965',
-                model_args={'drop_path_rate': 0.05},
-                num_params=3_169_610,
-                macs=8_700_672,
-                dataset=FASHION_MNIST_TRAINING_DATA,
-                metrics={FASHION_MNIST_TEST_SPLIT: {'top1': 86.78, 'top5': 99.64}},
-                recipe='training/recipes/fmnist_mrl_nano.yaml',
-                file_size_mb=6.07,
-            ),
         ),
         'mrl_tiny': _cfg(),
         'mrl_small': _cfg(),
         'mrl_base': _cfg(),
-    }
+    },
+    config_args=CONFIG_ARGS,
 )
 
 

@@ -57,7 +57,7 @@ from timm.models import register_model, resolve_pretrained_cfg
 
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
-from ..hub import Weights
+from .mrl import CONFIG_ARGS as MRL_CONFIG_ARGS
 from .mrl import MRL
 
 __all__ = ['MRLSeg', 'DecoderBlock', 'OUTPUT_STRIDE']
@@ -122,6 +122,8 @@ class MRLSeg(nn.Module):
         if len(mean) != in_chans or len(std) != in_chans:
             raise ValueError(f'mean {tuple(mean)} and std {tuple(std)} need one entry per input channel ({in_chans})')
         self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = decoder_dims[-1]  # channels each output head reads
         # Non-persistent: part of the architecture's cfg, not of the weights.
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -205,36 +207,11 @@ def _cfg(**kwargs) -> dict:
 default_cfgs = zoo_cfgs(
     {
         'mrl_seg_nano': _cfg(),
-        # Fluorescence (DSB2018), not H&E: see hub/mrl_seg_nano_stardist/README.md before using it on histology.
-        'mrl_seg_nano.stardist': _cfg(
-            weights=Weights(
-                source='local:mrl_seg_nano_stardist',
-                sha256='d724badb33e00ab7ac60a620e726acfedc510c0f8066b905950ec36c6212310a',
-                model_args={'drop_path_rate': 0.05},
-                num_params=3_958_516,
-                macs=1_391_398_016,
-                dataset='the annotated nuclei image shipped in the stardist 0.9.2 wheel (2018 Data Science Bowl / '
-                'BBBC038, fluorescence microscopy, NOT H&E): 512x512, 125 nuclei, cut into 16 tiles of 128x128: '
-                '10 train, '
-                '2 validate, 4 held out for testing',
-                metrics={
-                    'held-out tiles of the stardist sample (4 of 16 tiles of 128x128, never trained on or used for '
-                    'selection)': {
-                        'dice': 0.9374,
-                        'aji': 0.7415,
-                        'aji_plus': 0.7822,
-                        'dq': 0.8536,
-                        'sq': 0.8641,
-                        'pq': 0.7388,
-                    }
-                },
-                recipe='training/recipes/stardist_mrl_seg_nano.yaml',
-                file_size_mb=7.589,
-            )
-        ),
         'mrl_seg_tiny': _cfg(),
         'mrl_seg_small': _cfg(),
-    }
+    },
+    # What a published config.json may set: the architecture, never where weights or code come from.
+    config_args=(*MRL_CONFIG_ARGS, 'decoder_dims', 'mean', 'std'),
 )
 
 

@@ -7,6 +7,9 @@ os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 import pytest
 import torch
 
+# Fixtures shared across test folders (tests/ is on the path, see pyproject.toml).
+pytest_plugins = ['_hub_fixtures']
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def classify(count: int) -> None:
     name = 'cf_resnet18_fmnist'
     print(f'== {name}: Fashion-MNIST test images (held out from training)')
     model = _load(name)
-    low_rank = model.zoo_model_args.get('ranks', {})
+    low_rank = timm.models.get_model_args(model).get('ranks', {})
     params = sum(p.numel() for p in model.parameters())
     chosen = ', '.join(f'{layer} (rank {rank})' for layer, rank in low_rank.items()) or 'none'
     print(

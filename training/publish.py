@@ -109,7 +109,9 @@ def publish_run(
         microns_per_pixel=microns_per_pixel,
     )
     dtype = torch.float16 if fp16 else None
-    return publish(model, out_dir, card, dtype=dtype, overwrite=overwrite, register_as=register_as)
+    return publish(
+        model, out_dir, card, dtype=dtype, overwrite=overwrite, register_as=register_as, data_config=task.data_config()
+    )
 
 
 # Every MRL card says what the block is: this zoo's design, not the authors' (their code is not public).

@@ -9,8 +9,8 @@ from . import (
     models,  # noqa: F401  (registers the architectures)
 )
 from ._builder import check_weights_fit, create_model
-from ._registry import UnknownModelError, get_weights, list_models, model_info, model_task
-from .hub import Weights, WeightsError, WeightsHashError, WeightsShapeError
+from ._registry import UnknownModelError, get_weights, list_models, list_weights, model_info, model_task
+from .hub import ConfigError, Weights, WeightsError, WeightsHashError, WeightsShapeError
 
 __version__ = '0.1.0'
 __all__ = [
@@ -19,10 +19,12 @@ __all__ = [
     'model_info',
     'model_task',
     'get_weights',
+    'list_weights',
     'check_weights_fit',
     'hub',
     'Weights',
     'UnknownModelError',
+    'ConfigError',
     'WeightsError',
     'WeightsHashError',
     'WeightsShapeError',

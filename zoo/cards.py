@@ -151,12 +151,10 @@ def render_card(
         ),
         ('Weights', f'`{WEIGHTS_NAME}`, {file_size_mb:.2f} MB, sha256 `{config.get("sha256")}`'),
         ('Input', INPUT_DOMAINS.get(card.input_domain, 'not stated')),
-        ('Resolution', f'{card.microns_per_pixel} µm/pixel' if card.microns_per_pixel else 'not known'),
-        ('Dataset', card.dataset),
-        ('Recipe', f'`{card.recipe}`' if card.recipe else 'n/a'),
     ]
-    if card.task != 'nuclei-segmentation':
-        facts.remove(facts[5])  # resolution matters to slide readers only
+    if card.task == 'nuclei-segmentation':  # what a slide reader needs to pick a pyramid level
+        facts.append(('Resolution', f'{card.microns_per_pixel} µm/pixel' if card.microns_per_pixel else 'not known'))
+    facts += [('Dataset', card.dataset), ('Recipe', f'`{card.recipe}`' if card.recipe else 'n/a')]
     lines = [
         '---',
         _metadata(card, architecture).strip(),

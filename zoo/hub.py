@@ -251,7 +251,7 @@ _CONFIG_KEYS = {
 # pretrained_cfg entries that say where weights or code come from: a config.json may not set them.
 WEIGHT_SOURCE_KEYS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source', 'custom_load')
 # Bounds that keep a config from asking for absurd allocations (a 1e9-class head, a 6000x6000 input).
-_MAX_CHANNELS, _MAX_SIDE, _MAX_CLASSES = 16, 8192, 1_000_000
+_MAX_CHANNELS, _MAX_SIDE, _MAX_CLASSES = 16, 2048, 1_000_000  # whole slides are streamed in tiles (zoo.slide)
 
 
 def check_config(config: Any, where: str, allowed_args: Collection[str]) -> dict:
@@ -350,8 +350,10 @@ def read_config(path: str | Path, allowed_args: Collection[str] | None = None) -
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f'{path} is not valid JSON: {e}') from None
     if allowed_args is None:
-        from ._registry import config_args
+        from ._registry import check_model_name, config_args
 
         architecture = config.get('architecture') if isinstance(config, Mapping) else None
+        if isinstance(architecture, str):
+            check_model_name(architecture)  # an unknown name fails with suggestions, not as a bad argument
         allowed_args = config_args(architecture) if isinstance(architecture, str) else ()
     return check_config(config, str(path), allowed_args)

@@ -14,11 +14,18 @@ __all__ = ['count_macs', 'median_seconds', 'paired_median_seconds']
 
 
 def count_macs(model: torch.nn.Module, input_size) -> int:
-    """Multiply-accumulates of one forward pass on a batch of one (torch counts a MAC as 2 FLOPs)."""
+    """Multiply-accumulates of one forward pass on a batch of one (torch counts a MAC as 2 FLOPs).
+
+    Runs in eval mode (restored after), so counting never moves a BatchNorm's running statistics."""
     param = next(model.parameters())
     x = torch.zeros((1, *input_size), device=param.device, dtype=param.dtype)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() // 2
 
 

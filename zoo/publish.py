@@ -47,10 +47,13 @@ def publish(
     overwrite: bool = False,
     register_as: str | None = None,
     macs: int | None = None,
+    data_config: Mapping[str, Any] | None = None,
 ) -> Weights:
     """Write ``folder`` for ``model`` and return its manifest entry (registered when ``register_as`` names an
     ``'architecture.tag'``). ``dtype=torch.float16`` halves the file (floating-point tensors only); ``macs``
-    default to a count at the model's default input size."""
+    default to a count at the published input size. ``data_config`` is the preprocessing the weights were
+    trained with where it differs from the architecture's cfg (timm's keys: ``input_size``, ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``; plus ``label_names``)."""
     folder = Path(folder)
     architecture = model.pretrained_cfg['architecture']
     if register_as is not None and split_tag(register_as)[0] != architecture:
@@ -69,8 +72,11 @@ def publish(
             input_domain=card.input_domain,
             microns_per_pixel=card.microns_per_pixel,
         )
+        data_config = dict(data_config or {})
+        if 'label_names' in data_config:
+            facts['label_names'] = list(data_config.pop('label_names'))
         try:  # the config half of timm.models.save_for_hf: timm's own schema and model_args
-            save_config_for_hf(export, staging / CONFIG_NAME, model_config=facts)
+            save_config_for_hf(export, staging / CONFIG_NAME, model_config=facts, data_config=data_config or None)
         except (AttributeError, ValueError, TypeError) as e:
             raise PublishError(f'{architecture}: timm cannot export this model ({e})') from e
         config = check_config(  # what is published must load
@@ -79,7 +85,7 @@ def publish(
         card = dataclasses.replace(
             card,
             num_params=sum(p.numel() for p in model.parameters()),
-            macs=macs if macs is not None else count_macs(model, model.pretrained_cfg['input_size']),
+            macs=macs if macs is not None else count_macs(model, config['pretrained_cfg']['input_size']),
         )
         for figure in card.figures:
             shutil.copyfile(figure, staging / Path(figure).name)

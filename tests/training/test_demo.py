@@ -5,8 +5,8 @@ import re
 import numpy as np
 from PIL import Image
 
+import zoo
 from training import demo
-from zoo._registry import list_weights
 from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
 
@@ -14,7 +14,7 @@ def test_demo_prints_the_published_accuracy_and_writes_the_overlay(tmp_path, cap
     demo.classify(count=3)
     demo.segment(tmp_path)
     out = capsys.readouterr().out
-    weights = list_weights('cf_resnet18_fmnist')['cf_resnet18_fmnist.cuttlefish']
+    weights = zoo.get_weights('cf_resnet18_fmnist.cuttlefish')
     card_top1 = weights.metrics[FASHION_MNIST_TEST_SPLIT]['top1']
     assert f'top-1 on all 10,000 test images: {card_top1:.2f}%' in out
     assert len(re.findall(r'^\s+\d+\s+\S', out, re.M)) >= 3  # one row per shown image

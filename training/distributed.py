@@ -21,6 +21,7 @@ class DistContext:
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device('cuda', self.local_rank)
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         else:
             self.device = torch.device('cpu')
         self.backend = 'nccl' if self.device.type == 'cuda' else 'gloo'

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from timm.loss import SoftTargetCrossEntropy
+from torch.utils.data import Dataset, Subset
 
 from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
@@ -64,6 +65,11 @@ class Task:
     def dataset_description(self) -> str:
         return ''
 
+    def data_config(self) -> dict | None:
+        """The preprocessing the data gets, in timm's terms (``input_size``, ``mean``, ``std``, ``crop_pct``,
+        ``interpolation``, and ``label_names``), where it may differ from the model's own cfg."""
+        return None
+
     def dataset_id(self) -> str | None:
         """The dataset's Hugging Face Hub id, for model-card metadata, where there is one."""
         return None
@@ -97,6 +103,7 @@ class ClassificationTask(Task):
         cutmix: float = 0.0,
         num_classes: int | None = None,
         holdout: int = 0,
+        on_device: bool = False,
     ):
         if dataset not in ('fashion_mnist', 'cifar10', 'image_folder'):
             raise ValueError(
@@ -109,6 +116,9 @@ class ClassificationTask(Task):
         self.train_subset, self.val_subset = train_subset, val_subset
         self.augment, self.input_size = augment, input_size
         self.holdout = holdout
+        if on_device and dataset != 'fashion_mnist':
+            raise ValueError('on_device is implemented for fashion_mnist only')
+        self.on_device = on_device
         self.auto_augment, self.re_prob = auto_augment, re_prob
         self.mixup_fn = None
         if mixup or cutmix:
@@ -125,21 +135,25 @@ class ClassificationTask(Task):
         from torchvision.transforms import v2
 
         if self.dataset == 'fashion_mnist':
-            from .data.fashion_mnist import FashionMNIST
+            from .data.fashion_mnist import MEAN, STD, FashionMNIST
 
             transform = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]) if self.augment else None
             size = 60_000 - self.holdout
             train_idx = np.arange(min(self.train_subset or size, size))
+            train = FashionMNIST('train', self.data_dir, transform, train_idx)
             if self.holdout:
+                val = FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000))
+            else:
+                val = FashionMNIST('test', self.data_dir, None, np.arange(self.val_subset) if self.val_subset else None)
+            if self.on_device:  # held in accelerator memory by the trainer, augmented there in batches
+                from .data.on_device import OnDeviceImages
+
+                padding = 2 if self.augment else 0
                 return (
-                    FashionMNIST('train', self.data_dir, transform, train_idx),
-                    FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000)),
+                    OnDeviceImages(train.images, train.labels, MEAN, STD, crop_padding=padding),
+                    OnDeviceImages(val.images, val.labels, MEAN, STD),
                 )
-            val_idx = np.arange(self.val_subset) if self.val_subset else None
-            return (
-                FashionMNIST('train', self.data_dir, transform, train_idx),
-                FashionMNIST('test', self.data_dir, None, val_idx),
-            )
+            return train, val
         from timm.data import create_transform
 
         if self.dataset == 'cifar10':
@@ -191,25 +205,48 @@ class ClassificationTask(Task):
     def dataset_id(self) -> str | None:
         return {'fashion_mnist': 'zalando-datasets/fashion_mnist', 'cifar10': 'uoft-cs/cifar10'}.get(self.dataset)
 
+    def data_config(self) -> dict | None:
+        if self.dataset == 'fashion_mnist':
+            from zoo.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+            return dict(
+                input_size=(1, 28, 28),
+                mean=FASHION_MNIST_MEAN,
+                std=FASHION_MNIST_STD,
+                crop_pct=1.0,
+                interpolation='bilinear',
+                label_names=FASHION_MNIST_CLASSES,
+            )
+        return None
+
     def loss(self, model, batch, device):
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         if self.mixup_fn is not None and model.training:
             images, soft = self.mixup_fn(images, labels)
-            loss = torch.sum(-soft * F.log_softmax(model(images), dim=-1), dim=-1).mean()
+            loss = SoftTargetCrossEntropy()(model(images), soft)
         else:
             loss = F.cross_entropy(model(images), labels, label_smoothing=self.label_smoothing)
         return loss, {'ce': loss.detach()}
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size):
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+        from timm.utils import accuracy
+
+        from .data.on_device import OnDeviceImages
+
+        if isinstance(dataset, Subset) and isinstance(dataset.dataset, OnDeviceImages):
+            batches = dataset.dataset.batches(batch_size, dataset.indices)
+        elif isinstance(dataset, OnDeviceImages):
+            batches = dataset.batches(batch_size)
+        else:
+            batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
         sums = dict(top1=0.0, top5=0.0, val_loss=0.0, count=0.0)
-        for images, labels in loader:
+        for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             logits = model(images).float()
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            sums['top1'] += (top5[:, 0] == labels).sum().item() * 100
-            sums['top5'] += (top5 == labels[:, None]).any(1).sum().item() * 100
+            top1, top5 = accuracy(logits, labels, topk=(1, min(5, logits.shape[1])))
+            sums['top1'] += top1.item() * len(labels)
+            sums['top5'] += top5.item() * len(labels)
             sums['val_loss'] += F.cross_entropy(logits, labels, reduction='sum').item()
             sums['count'] += len(labels)
         return sums

@@ -35,6 +35,7 @@ from zoo.io import atomic_write_bytes
 from .batch_control import BatchSchedule, LRSchedule, per_rank_batch
 from .callbacks import Callback, build_callbacks
 from .checkpoint import CheckpointDir, set_rng_state
+from .data.on_device import OnDeviceImages
 from .distributed import DistContext
 from .recipe import load_recipe
 from .runlog import RunLog, code_version, describe_device
@@ -68,9 +69,19 @@ class Trainer:
         _seed_all(recipe['seed'])  # identical initial weights on every rank
         self.task = build_task(recipe['task']['name'], recipe['task']['args'])
         self.train_set, self.val_set = self.task.datasets()
+        for split in (self.train_set, self.val_set):
+            if isinstance(split, OnDeviceImages):
+                split.to_device(self.device)
         self.model_name = recipe['model']['name']
         self.model_args = dict(recipe['model']['args'])
-        self.model = zoo.create_model(self.model_name, **self.model_args).to(self.device)
+        # A name with a tag ('mrl_seg_nano.stardist') starts from those published weights, architecture included.
+        published = zoo.get_weights(self.model_name) if '.' in self.model_name else None
+        if published is not None:
+            self.model_args = {**published.model_args, **self.model_args}
+            if self.ctx.is_main:
+                _log.info('starting from the published weights %s (sha256 %s)', self.model_name, published.sha256)
+        self.model = zoo.create_model(self.model_name, pretrained=published is not None, **self.model_args)
+        self._place_model()
         _seed_all(recipe['seed'] + self.ctx.rank)  # then a different augmentation stream per rank
         b, s = recipe['batch'], recipe['schedule']
         self.batch_schedule = BatchSchedule([tuple(x) for x in b['stages']], b['base'], b['rule'])
@@ -109,6 +120,11 @@ class Trainer:
         if amp == 'auto':
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16 if amp == 'fp16' else torch.bfloat16
+
+    def _place_model(self) -> None:
+        # Channels-last activations let convolutions use the GPU's tensor cores without transposes.
+        memory_format = torch.channels_last if self.device.type == 'cuda' else torch.contiguous_format
+        self.model.to(self.device, memory_format=memory_format)
 
     def architecture_changed(
         self, model_args: dict, no_weight_decay: Iterable[torch.nn.Parameter] = (), restart_warmup: bool = False
@@ -201,7 +217,8 @@ class Trainer:
             )
         # The architecture may have changed during training (the Cuttlefish switch records its ranks).
         self.model_args = state['model_args']
-        self.model = zoo.create_model(self.model_name, **self.model_args).to(self.device)
+        self.model = zoo.create_model(self.model_name, **self.model_args)
+        self._place_model()
         self.model.load_state_dict(self.checkpoints.read_model(folder))
         params = list(self.model.parameters())
         self.no_weight_decay = {id(params[i]) for i in state['no_weight_decay']}
@@ -233,6 +250,8 @@ class Trainer:
             self.train_set, self.ctx.world_size, self.ctx.rank, shuffle=True, seed=self.recipe['seed'], drop_last=True
         )
         sampler.set_epoch(epoch)
+        if isinstance(self.train_set, OnDeviceImages):  # same order as the DataLoader path, batched on the device
+            return self.train_set.batches(micro, list(sampler), drop_last=True), accumulation
         loader = DataLoader(
             self.train_set,
             batch_size=micro,

@@ -6,14 +6,18 @@ from .augment import geometric_transform, photometric_transform, warp_image_and_
 from .losses import LOSS_TERMS, hovernet_loss, hv_gradients, msge_loss, soft_dice_loss
 from .metrics import (
     STAT_NAMES,
+    TypeMatches,
     aji,
     aji_plus,
     dice,
     dice2,
     instance_stats,
+    match_types,
     mean_instance_stats,
+    pair_centroids,
     panoptic_quality,
     remap_label,
+    type_stats,
 )
 from .patches import extract_patches, patch_origins, read_window
 from .postprocess import hovernet_postprocess
@@ -22,6 +26,7 @@ from .targets import center_window, hovernet_targets, hv_map, np_map, split_disc
 __all__ = [
     'LOSS_TERMS',
     'STAT_NAMES',
+    'TypeMatches',
     'aji',
     'aji_plus',
     'center_window',
@@ -35,9 +40,11 @@ __all__ = [
     'hv_gradients',
     'hv_map',
     'instance_stats',
+    'match_types',
     'mean_instance_stats',
     'msge_loss',
     'np_map',
+    'pair_centroids',
     'panoptic_quality',
     'patch_origins',
     'photometric_transform',
@@ -45,5 +52,6 @@ __all__ = [
     'remap_label',
     'soft_dice_loss',
     'split_disconnected_instances',
+    'type_stats',
     'warp_image_and_labels',
 ]

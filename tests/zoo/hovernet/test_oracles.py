@@ -1,0 +1,79 @@
+"""Every value of the HoVer-Net reference fixtures in ``oracles/`` (see ``oracles/README.md``): metrics,
+training targets and losses, against the values github:vqdang/hover_net@67e2ce5e gives for the same inputs.
+
+Tolerances are the README's: metrics 1e-9, NP targets exact, HV targets 1e-5, losses 1e-5. Entries where
+the reference divides by zero or crashes (``"nan"``, ``"error: ..."``) carry no reference value; the zoo's
+documented rule for them (both maps empty -> 1.0, one empty -> 0.0) is checked separately.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.hovernet.metrics import (
+    aji,
+    aji_plus,
+    dice,
+    dice2,
+    instance_stats,
+    mean_instance_stats,
+    panoptic_quality,
+)
+
+ORACLES = Path(__file__).parent / 'oracles'
+METRICS = json.loads((ORACLES / 'hovernet_metrics.json').read_text())
+METRIC_MAPS = np.load(ORACLES / 'hovernet_metrics.npz')
+
+METRIC_FUNCTIONS = {
+    'dice': dice,
+    'dice2': dice2,
+    'aji': aji,
+    'aji_plus': aji_plus,
+    'dq': lambda true, pred: panoptic_quality(true, pred, METRICS['match_iou'])[0],
+    'sq': lambda true, pred: panoptic_quality(true, pred, METRICS['match_iou'])[1],
+    'pq': lambda true, pred: panoptic_quality(true, pred, METRICS['match_iou'])[2],
+}
+
+
+def test_fixtures_are_complete() -> None:
+    assert METRICS['metric_keys'] == list(METRIC_FUNCTIONS)
+    assert len(METRICS['cases']) == 150
+    defined = [v for case in METRICS['cases'] for v in case['expected'].values() if not isinstance(v, str)]
+    assert len(defined) == 1035  # every defined metric value below is compared
+
+
+@pytest.mark.parametrize('case', METRICS['cases'], ids=[case['id'] for case in METRICS['cases']])
+def test_instance_metrics_match_hovernet(case: dict) -> None:
+    true, pred = METRIC_MAPS[f'true_{case["id"]}'], METRIC_MAPS[f'pred_{case["id"]}']
+    assert true.shape == pred.shape == tuple(case['shape'])
+    stats = instance_stats(true, pred)
+    for name, expected in case['expected'].items():
+        if isinstance(expected, str):  # the reference has no value here
+            continue
+        assert METRIC_FUNCTIONS[name](true, pred) == pytest.approx(expected, rel=0, abs=1e-9), name
+        if name in stats:
+            assert stats[name] == pytest.approx(expected, rel=0, abs=1e-9), name
+
+
+def test_undefined_reference_values_follow_the_documented_rule() -> None:
+    for case in METRICS['cases']:
+        true, pred = METRIC_MAPS[f'true_{case["id"]}'], METRIC_MAPS[f'pred_{case["id"]}']
+        undefined = [name for name, value in case['expected'].items() if isinstance(value, str)]
+        for name in undefined:
+            value = METRIC_FUNCTIONS[name](true, pred)
+            if not true.any() and not pred.any():
+                assert value == 1.0, (case['id'], name)
+            else:  # one map empty, or (dice2) no GT nucleus overlaps a prediction
+                assert value == 0.0, (case['id'], name)
+
+
+def test_aggregate_is_the_per_image_mean() -> None:
+    aggregate = METRICS['aggregate']
+    pairs = [(METRIC_MAPS[t], METRIC_MAPS[p]) for t, p in zip(aggregate['true_keys'], aggregate['pred_keys'])]
+    for (true, pred), expected in zip(pairs, aggregate['expected_per_image'], strict=True):
+        assert instance_stats(true, pred) == pytest.approx(expected, rel=0, abs=1e-9)
+    assert mean_instance_stats(pairs) == pytest.approx(aggregate['expected_mean'], rel=0, abs=1e-9)

@@ -23,10 +23,12 @@ from zoo.hovernet.metrics import (
     mean_instance_stats,
     panoptic_quality,
 )
+from zoo.hovernet.targets import hovernet_targets
 
 ORACLES = Path(__file__).parent / 'oracles'
 METRICS = json.loads((ORACLES / 'hovernet_metrics.json').read_text())
 METRIC_MAPS = np.load(ORACLES / 'hovernet_metrics.npz')
+TARGETS = np.load(ORACLES / 'hovernet_targets.npz')
 
 METRIC_FUNCTIONS = {
     'dice': dice,
@@ -41,7 +43,7 @@ METRIC_FUNCTIONS = {
 
 def test_fixtures_are_complete() -> None:
     assert METRICS['metric_keys'] == list(METRIC_FUNCTIONS)
-    assert len(METRICS['cases']) == 150
+    assert len(METRICS['cases']) == 150 and len(TARGETS['names']) == 30
     defined = [v for case in METRICS['cases'] for v in case['expected'].values() if not isinstance(v, str)]
     assert len(defined) == 1035  # every defined metric value below is compared
 
@@ -77,3 +79,12 @@ def test_aggregate_is_the_per_image_mean() -> None:
     for (true, pred), expected in zip(pairs, aggregate['expected_per_image'], strict=True):
         assert instance_stats(true, pred) == pytest.approx(expected, rel=0, abs=1e-9)
     assert mean_instance_stats(pairs) == pytest.approx(aggregate['expected_mean'], rel=0, abs=1e-9)
+
+
+@pytest.mark.parametrize('name', TARGETS['names'].tolist())
+def test_targets_match_hovernet(name: str) -> None:
+    inst_map, crop = TARGETS[f'inst_{name}'], tuple(TARGETS[f'crop_{name}'].tolist())
+    targets = hovernet_targets(inst_map, output_size=crop, min_size=int(TARGETS['min_size']))
+    np.testing.assert_array_equal(targets['np'], TARGETS[f'np_{name}'])
+    # The reference stores HV as H x W x (x, y); the zoo as (x, y) x H x W.
+    np.testing.assert_allclose(targets['hv'], TARGETS[f'hv_{name}'].transpose(2, 0, 1), rtol=0, atol=1e-5)

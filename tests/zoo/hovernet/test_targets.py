@@ -25,10 +25,25 @@ def disc_map(shape: tuple[int, int], discs: list[tuple[float, float, float]]) ->
 # Targets
 
 
-def test_hv_map_on_a_rectangle() -> None:
+def test_hv_map_hovernet_centre() -> None:
+    # A 7x7 square at columns 20..26 (exact centre 23). HoVer-Net rounds the centre to 23 and counts
+    # pixels from 1, so the offsets are column - 22: -2..4, i.e. -1, -0.5, 0, 0.25, 0.5, 0.75, 1.
+    inst_map = np.zeros((40, 40), np.int32)
+    inst_map[10:17, 20:27] = 1
+    horizontal, vertical = hv_map(inst_map)
+    np.testing.assert_array_equal(horizontal[12, 20:27], [-1, -0.5, 0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_array_equal(vertical[10:17, 23], [-1, -0.5, 0, 0.25, 0.5, 0.75, 1])
+    # Columns 3..10 (8 px, centre of mass 6.5, rounded up to 7): offsets column - 6 = -3..4.
+    inst_map = np.zeros((4, 14), np.int32)
+    inst_map[1, 3:11] = 2
+    expected = [-1, -2 / 3, -1 / 3, 0, 0.25, 0.5, 0.75, 1]
+    np.testing.assert_allclose(hv_map(inst_map)[0, 1, 3:11], expected, rtol=0, atol=1e-7)
+
+
+def test_hv_map_exact_centre_on_a_rectangle() -> None:
     inst_map = np.zeros((10, 14), np.int32)
     inst_map[2:7, 3:12] = 5  # rows 2..6 (centre row 4), columns 3..11 (centre column 7)
-    hv = hv_map(inst_map)
+    hv = hv_map(inst_map, exact_centre=True)
     assert hv.shape == (2, 10, 14) and hv.dtype == np.float32
     horizontal, vertical = hv
     np.testing.assert_allclose(horizontal[2:7, 3], -1.0)  # left edge
@@ -45,9 +60,20 @@ def test_hv_map_normalises_each_side_and_instance_separately() -> None:
     inst_map = np.zeros((4, 12), np.int32)
     inst_map[1, 0:4] = 1  # columns 0..3, centre 1.5: offsets -1.5, -0.5, 0.5, 1.5
     inst_map[1, 5:12] = 2  # 7 px, centre column 8: offsets -3..3
-    horizontal = hv_map(inst_map)[0, 1]
+    horizontal = hv_map(inst_map, exact_centre=True)[0, 1]
     np.testing.assert_allclose(horizontal[0:4], [-1, -1 / 3, 1 / 3, 1], atol=1e-6)
     np.testing.assert_allclose(horizontal[5:12], np.arange(-3, 4) / 3, atol=1e-6)
+    # HoVer-Net's centre: 1.5 rounds to 2, offsets column - 1 = -1..2; 8 stays 8, offsets column - 7 = -2..4.
+    horizontal = hv_map(inst_map)[0, 1]
+    np.testing.assert_array_equal(horizontal[0:4], [-1, 0, 0.5, 1])
+    np.testing.assert_array_equal(horizontal[5:12], [-1, -0.5, 0, 0.25, 0.5, 0.75, 1])
+
+
+def test_hv_map_accepts_huge_ids() -> None:
+    inst_map = np.zeros((6, 6), np.int64)
+    inst_map[1:4, 1:4] = 2**40
+    # Columns 1..3, centre 2: HoVer-Net's offsets are column - 1 = 0, 1, 2 -> 0, 0.5, 1.
+    np.testing.assert_array_equal(hv_map(inst_map)[0, 2, 1:4], [0, 0.5, 1])
 
 
 def test_hv_map_min_size_counts_in_window() -> None:
@@ -65,8 +91,9 @@ def test_hv_map_min_size_counts_in_window() -> None:
 def test_split_disconnected_instances() -> None:
     inst_map = np.array([[3, 3, 0, 3], [0, 0, 0, 3], [1, 0, 1, 0]], np.int32)
     split = split_disconnected_instances(inst_map)
-    # Ids are visited in ascending order: id 1's second part becomes 4, id 3's becomes 5.
-    np.testing.assert_array_equal(split, [[3, 3, 0, 5], [0, 0, 0, 5], [1, 0, 4, 0]])
+    # Ids are visited in ascending order; part k > 1 gets k + the largest id so far (HoVer-Net's
+    # fix_mirror_padding): id 1's second part becomes 2 + 3 = 5, then id 3's becomes 2 + 5 = 7.
+    np.testing.assert_array_equal(split, [[3, 3, 0, 7], [0, 0, 0, 7], [1, 0, 5, 0]])
 
 
 def test_hovernet_targets_crop() -> None:

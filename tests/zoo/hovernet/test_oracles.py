@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from zoo.hovernet.losses import hovernet_loss
 from zoo.hovernet.metrics import (
     aji,
     aji_plus,
@@ -29,6 +31,17 @@ ORACLES = Path(__file__).parent / 'oracles'
 METRICS = json.loads((ORACLES / 'hovernet_metrics.json').read_text())
 METRIC_MAPS = np.load(ORACLES / 'hovernet_metrics.npz')
 TARGETS = np.load(ORACLES / 'hovernet_targets.npz')
+LOSSES = json.loads((ORACLES / 'hovernet_losses.json').read_text())
+LOSS_INPUTS = np.load(ORACLES / 'hovernet_losses.npz')
+# Reference term name -> zoo term name.
+LOSS_NAMES = {
+    'np_xentropy': 'np_ce',
+    'np_dice': 'np_dice',
+    'hv_mse': 'hv_mse',
+    'hv_msge': 'hv_msge',
+    'tp_xentropy': 'tp_ce',
+    'tp_dice': 'tp_dice',
+}
 
 METRIC_FUNCTIONS = {
     'dice': dice,
@@ -43,7 +56,7 @@ METRIC_FUNCTIONS = {
 
 def test_fixtures_are_complete() -> None:
     assert METRICS['metric_keys'] == list(METRIC_FUNCTIONS)
-    assert len(METRICS['cases']) == 150 and len(TARGETS['names']) == 30
+    assert len(METRICS['cases']) == 150 and len(TARGETS['names']) == 30 and len(LOSSES['cases']) == 20
     defined = [v for case in METRICS['cases'] for v in case['expected'].values() if not isinstance(v, str)]
     assert len(defined) == 1035  # every defined metric value below is compared
 
@@ -88,3 +101,22 @@ def test_targets_match_hovernet(name: str) -> None:
     np.testing.assert_array_equal(targets['np'], TARGETS[f'np_{name}'])
     # The reference stores HV as H x W x (x, y); the zoo as (x, y) x H x W.
     np.testing.assert_allclose(targets['hv'], TARGETS[f'hv_{name}'].transpose(2, 0, 1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('case', LOSSES['cases'], ids=[case['id'] for case in LOSSES['cases']])
+def test_losses_match_hovernet(case: dict) -> None:
+    def tensor(key: str) -> torch.Tensor:
+        return torch.from_numpy(LOSS_INPUTS[f'{case["id"]}_{key}'])
+
+    outputs = {'np': tensor('np_logits'), 'hv': tensor('hv_pred')}
+    targets = {'np': tensor('np_target'), 'hv': tensor('hv_target')}
+    if 'n_types' in case:
+        outputs['tp'], targets['tp'] = tensor('tp_logits'), tensor('tp_target')
+        assert outputs['tp'].shape[1] == case['n_types']
+    assert outputs['np'].dtype == torch.float64
+    total, parts = hovernet_loss(outputs, targets)
+    expected = case['expected']
+    assert set(parts) == {LOSS_NAMES[name] for name in expected if name != 'total'}
+    for name, value in expected.items():
+        got = total if name == 'total' else parts[LOSS_NAMES[name]]
+        assert got.item() == pytest.approx(value, rel=0, abs=1e-5), name

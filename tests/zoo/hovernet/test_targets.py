@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from zoo.hovernet.losses import LOSS_TERMS, hovernet_loss, hv_gradients
+from zoo.hovernet.losses import LOSS_TERMS, cross_entropy_loss, hovernet_loss, hv_gradients, msge_loss
 from zoo.hovernet.metrics import aji, remap_label
 from zoo.hovernet.postprocess import hovernet_postprocess
 from zoo.hovernet.targets import hovernet_targets, hv_map, np_map, split_disconnected_instances
@@ -164,13 +166,43 @@ def test_loss_is_positive_and_differentiable() -> None:
         hovernet_loss(without_types, targets, weights={'hv_sobel': 1.0})
 
 
-def test_msge_gradients_follow_their_axis() -> None:
-    columns = torch.arange(16.0).expand(16, 16)
+def test_msge_gradient_axes() -> None:
+    columns = torch.arange(16.0, dtype=torch.float64).expand(16, 16)
     ramps = torch.stack([columns, columns.T]).unsqueeze(0)  # H grows along x, V along y
-    gradients = hv_gradients(ramps)[0, :, 4:12, 4:12]  # away from the zero padding
-    assert (gradients > 0).all()
-    sideways = hv_gradients(torch.stack([columns.T, columns]).unsqueeze(0))[0, :, 4:12, 4:12]
-    torch.testing.assert_close(sideways, torch.zeros_like(sideways))
+    # On a unit ramp the kernel d / (dx^2 + dy^2) gives Σ d^2 / (dx^2 + dy^2) over the 24 off-centre
+    # cells = 24 / 2 = 12 along the ramp, 0 across it (read away from the zero padding).
+    hovernet = hv_gradients(ramps)[0, :, 4:12, 4:12]  # HoVer-Net's code: H along y, V along x
+    torch.testing.assert_close(hovernet, torch.zeros_like(hovernet))
+    paper = hv_gradients(ramps, paper_axes=True)[0, :, 4:12, 4:12]  # the paper: H along x, V along y
+    torch.testing.assert_close(paper, torch.full_like(paper, 12.0))
+    swapped = hv_gradients(ramps.flip(1))[0, :, 4:12, 4:12]
+    torch.testing.assert_close(swapped, torch.full_like(swapped, 12.0))
+
+
+def test_msge_loss_axes_on_an_x_ramp() -> None:
+    # Prediction 0, target an x-ramp in the horizontal channel, all pixels nuclear: HoVer-Net's MSGE
+    # differentiates that channel along y and sees no error inside; the paper's sees 12^2 there.
+    target = torch.zeros(1, 2, 16, 16, dtype=torch.float64)
+    target[0, 0] = torch.arange(16.0).expand(16, 16)
+    focus = torch.zeros(1, 16, 16)
+    focus[0, 4:12, 4:12] = 1
+    assert msge_loss(torch.zeros_like(target), target, focus).item() == pytest.approx(0.0, abs=1e-20)
+    # 64 focus pixels in each of the 2 channels; only channel 0 has error 144 on its 64.
+    paper = msge_loss(torch.zeros_like(target), target, focus, paper_axes=True).item()
+    assert paper == pytest.approx(64 * 144 / (128 + 1e-8), rel=1e-12)
+
+
+def test_cross_entropy_clamps_probabilities_as_hovernet() -> None:
+    # Two pixels (B=1, H=1, W=2): logits (20, 0) and (0, 0); both are class 1.
+    logits = torch.tensor([[[[20.0, 0.0]], [[0.0, 0.0]]]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[[1, 1]]])
+    # Pixel 0: p(1) = 1 / (1 + e^20) < 1e-7 is clamped: -log(1e-7) = 16.118 (not 20). Pixel 1: log 2.
+    loss = cross_entropy_loss(logits, target)
+    assert loss.item() == pytest.approx((-math.log(1e-7) + math.log(2)) / 2, rel=1e-12)
+    unclamped = torch.nn.functional.cross_entropy(logits, target)
+    assert unclamped.item() == pytest.approx((20 + math.log1p(math.exp(-20)) + math.log(2)) / 2, rel=1e-12)
+    loss.backward()
+    assert (logits.grad[0, :, 0, 0] == 0).all() and (logits.grad[0, :, 0, 1] != 0).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Every value of the HoVer-Net reference fixtures in ``oracles/`` (see ``oracles/README.md``): metrics,
-training targets and losses, against the values github:vqdang/hover_net@67e2ce5e gives for the same inputs.
+training targets and losses, against the values github:vqdang/hover_net@67e2ce5e gives for the same inputs;
+and post-processing against ``hovernet_postprocess.npz``, the output of the same commit's unmodified
+``process()`` (made by ``oracles/make_hovernet_postprocess.py``).
 
 Tolerances are the README's: metrics 1e-9, NP targets exact, HV targets 1e-5, losses 1e-5. Entries where
 the reference divides by zero or crashes (``"nan"``, ``"error: ..."``) carry no reference value; the zoo's
@@ -25,6 +27,7 @@ from zoo.hovernet.metrics import (
     mean_instance_stats,
     panoptic_quality,
 )
+from zoo.hovernet.postprocess import hovernet_postprocess
 from zoo.hovernet.targets import hovernet_targets
 
 ORACLES = Path(__file__).parent / 'oracles'
@@ -33,6 +36,7 @@ METRIC_MAPS = np.load(ORACLES / 'hovernet_metrics.npz')
 TARGETS = np.load(ORACLES / 'hovernet_targets.npz')
 LOSSES = json.loads((ORACLES / 'hovernet_losses.json').read_text())
 LOSS_INPUTS = np.load(ORACLES / 'hovernet_losses.npz')
+POSTPROCESS = np.load(ORACLES / 'hovernet_postprocess.npz')
 # Reference term name -> zoo term name.
 LOSS_NAMES = {
     'np_xentropy': 'np_ce',
@@ -120,3 +124,27 @@ def test_losses_match_hovernet(case: dict) -> None:
     for name, value in expected.items():
         got = total if name == 'total' else parts[LOSS_NAMES[name]]
         assert got.item() == pytest.approx(value, rel=0, abs=1e-5), name
+
+
+@pytest.mark.parametrize('name', POSTPROCESS['names'].tolist())
+def test_postprocess_matches_hovernet(name: str) -> None:
+    def fixture(key: str) -> np.ndarray:
+        return POSTPROCESS[f'{name}_{key}']
+
+    # The reference was given the per-pixel type ids; one-hot "probabilities" have the same argmax.
+    tp_prob = np.eye(5, dtype=np.float32)[fixture('tp_map')].transpose(2, 0, 1)
+    inst_map, inst_info = hovernet_postprocess(fixture('np_prob'), fixture('hv'), tp_prob)
+    # Same instances, renumbered 1..N in the reference's order.
+    reference_ids = fixture('ids')
+    renumber = np.zeros(int(fixture('inst').max()) + 1, dtype=np.int32)
+    renumber[reference_ids] = np.arange(1, reference_ids.size + 1)
+    np.testing.assert_array_equal(inst_map, renumber[fixture('inst')])
+    assert sorted(inst_info) == list(range(1, reference_ids.size + 1))
+    contours = np.split(fixture('contour'), np.cumsum(fixture('contour_len'))[:-1])
+    for index, inst_id in enumerate(range(1, reference_ids.size + 1)):
+        record = inst_info[inst_id]
+        np.testing.assert_array_equal(record['bbox'], fixture('bbox')[index])
+        np.testing.assert_array_equal(record['centroid'], fixture('centroid')[index])
+        np.testing.assert_array_equal(record['contour'], contours[index])
+        assert record['type'] == fixture('type')[index]
+        assert record['type_prob'] == fixture('type_prob')[index]

@@ -10,7 +10,7 @@ import torch
 
 from zoo.hovernet.losses import LOSS_TERMS, cross_entropy_loss, hovernet_loss, hv_gradients, msge_loss
 from zoo.hovernet.metrics import aji, remap_label
-from zoo.hovernet.postprocess import hovernet_postprocess
+from zoo.hovernet.postprocess import hovernet_postprocess, instance_info
 from zoo.hovernet.targets import hovernet_targets, hv_map, np_map, split_disconnected_instances
 
 
@@ -216,17 +216,77 @@ def test_postprocess_separates_touching_nuclei() -> None:
     tp_prob[0] = inst_map == 0
     tp_prob[1] = (inst_map == 1) | (inst_map == 3)
     tp_prob[2] = inst_map == 2
-    predicted, types = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
-    assert predicted.dtype == np.int32 and predicted.max() == 3
+    predicted, info = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
+    assert predicted.dtype == np.int32 and predicted.max() == 3 and sorted(info) == [1, 2, 3]
     assert aji(inst_map, predicted) > 0.9
     # Types follow the majority inside each recovered instance.
-    for inst_id, inst_type in types.items():
+    for inst_id, record in info.items():
         true_id = np.bincount(inst_map[predicted == inst_id]).argmax()
-        assert inst_type == (2 if true_id == 2 else 1)
+        assert record['type'] == (2 if true_id == 2 else 1) and 0.9 < record['type_prob'] <= 1.0
 
     predicted_without_types, no_types = hovernet_postprocess(np_map(inst_map), hv_map(inst_map))
-    assert no_types is None
     np.testing.assert_array_equal(predicted_without_types, predicted)
+    assert all(record['type'] is None and record['type_prob'] is None for record in no_types.values())
+    for inst_id in info:
+        for key in ('bbox', 'centroid', 'contour'):
+            np.testing.assert_array_equal(no_types[inst_id][key], info[inst_id][key])
+
+
+def test_instance_info_of_a_rectangle() -> None:
+    # Rows 10-19, columns 10-21 (HoVer-Net's process() gives exactly these values for this rectangle).
+    inst_map = np.zeros((40, 40), np.int32)
+    inst_map[10:20, 10:22] = 7
+    (record,) = instance_info(inst_map).values()
+    assert list(instance_info(inst_map)) == [7]  # keyed by the map's own ids
+    np.testing.assert_array_equal(record['bbox'], [[10, 10], [20, 22]])  # [[rmin, cmin], [rmax, cmax]], max exclusive
+    np.testing.assert_array_equal(record['centroid'], [15.5, 14.5])  # (x, y)
+    np.testing.assert_array_equal(record['contour'], [[10, 10], [10, 19], [21, 19], [21, 10]])  # (x, y) corners
+    assert record['contour'].dtype == np.int32 and record['type'] is None and record['type_prob'] is None
+
+
+def test_instance_info_type_vote() -> None:
+    inst_map = np.zeros((10, 30), np.int32)
+    inst_map[0:2, 0:5] = 1  # 10 px each
+    inst_map[3:5, 0:5] = 2
+    inst_map[6:8, 0:5] = 3
+    inst_map[0:2, 10:15] = 4
+    type_map = np.zeros_like(inst_map)
+    type_map[0, 0:5] = 4  # nucleus 1: 5 px type 4, 5 px type 2 -> tie, the lower id wins
+    type_map[1, 0:5] = 2
+    type_map[3, 0:3] = 3  # nucleus 2: 7 px background, 3 px type 3 -> background loses to type 3
+    type_map[6:8, 0:5] = 0  # nucleus 3: background only -> type 0
+    type_map[0:2, 10:14] = 1  # nucleus 4: 8 px type 1, 2 px background
+    info = instance_info(inst_map, type_map)
+    assert {inst_id: record['type'] for inst_id, record in info.items()} == {1: 2, 2: 3, 3: 0, 4: 1}
+    # type_prob is the winner's share of the nucleus' pixels: count / (pixels + 1e-6).
+    expected = {1: 5 / (10 + 1e-6), 2: 3 / (10 + 1e-6), 3: 10 / (10 + 1e-6), 4: 8 / (10 + 1e-6)}
+    assert {inst_id: record['type_prob'] for inst_id, record in info.items()} == expected
+    with pytest.raises(ValueError, match='type ids must be >= 0'):
+        instance_info(inst_map, -type_map)
+
+
+def test_instance_info_keeps_every_instance() -> None:
+    # One pixel and a two-pixel line have 1- and 2-point contours; HoVer-Net would drop their records.
+    inst_map = np.zeros((8, 8), np.int32)
+    inst_map[1, 1] = 3
+    inst_map[4, 2:4] = 9
+    info = instance_info(inst_map)
+    assert sorted(info) == [3, 9]
+    np.testing.assert_array_equal(info[3]['contour'], [[1, 1]])
+    np.testing.assert_array_equal(info[9]['contour'], [[2, 4], [3, 4]])
+    np.testing.assert_array_equal(info[9]['centroid'], [2.5, 4.0])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_watershed_instances_have_polygon_contours(seed: int) -> None:
+    # Every watershed instance contains a 5x5 marker, so its contour always has at least 3 points.
+    rng = np.random.default_rng(seed)
+    discs = [(*rng.uniform(0, 80, 2), rng.uniform(3, 10)) for _ in range(25)]
+    inst_map = disc_map((80, 80), discs)
+    np_prob = np.clip(np_map(inst_map) + rng.normal(0, 0.3, inst_map.shape), 0, 1)
+    predicted, info = hovernet_postprocess(np_prob, hv_map(inst_map) + rng.normal(0, 0.2, (2, 80, 80)))
+    assert predicted.max() > 5 and sorted(info) == list(range(1, predicted.max() + 1))
+    assert all(len(record['contour']) >= 3 for record in info.values())
 
 
 def test_postprocess_drops_tiny_blobs_and_handles_empty_input() -> None:
@@ -235,8 +295,8 @@ def test_postprocess_drops_tiny_blobs_and_handles_empty_input() -> None:
     predicted, _ = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map))
     assert predicted.max() == 1 and (predicted[40:43, 40:43] == 0).all()
 
-    empty, types = hovernet_postprocess(np.zeros((32, 32)), np.zeros((2, 32, 32)), np.zeros((3, 32, 32)))
-    assert empty.max() == 0 and types == {}
+    empty, info = hovernet_postprocess(np.zeros((32, 32)), np.zeros((2, 32, 32)), np.zeros((3, 32, 32)))
+    assert empty.max() == 0 and info == {}
 
 
 def test_postprocess_background_type_loses_to_any_nucleus_type() -> None:
@@ -244,13 +304,16 @@ def test_postprocess_background_type_loses_to_any_nucleus_type() -> None:
     type_map = np.zeros_like(inst_map)
     type_map[18:22, 18:22] = 2  # most of the nucleus predicted background, a few pixels type 2
     tp_prob = np.stack([type_map == t for t in range(3)]).astype(np.float32)
-    _, types = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
-    assert types == {1: 2}
+    _, info = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
+    assert list(info) == [1] and info[1]['type'] == 2
+    assert info[1]['type_prob'] == pytest.approx(16 / (inst_map > 0).sum(), rel=1e-6)
 
 
 def test_postprocess_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match='2xHxW'):
         hovernet_postprocess(np.zeros((8, 8)), np.zeros((8, 8)))
+    with pytest.raises(ValueError, match='TxHxW'):
+        hovernet_postprocess(np.zeros((8, 8)), np.zeros((2, 8, 8)), np.zeros((8, 8)))
 
 
 def test_remap_used_by_postprocess_ids_are_contiguous() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.io
@@ -27,8 +28,10 @@ from training.data import (
 from zoo.hovernet import (
     extract_patches,
     geometric_transform,
+    hovernet_targets,
     patch_origins,
     photometric_transform,
+    read_window,
     warp_image_and_labels,
 )
 
@@ -286,6 +289,20 @@ def test_geometric_augmentation_keeps_image_and_masks_aligned() -> None:
         np.testing.assert_array_equal(warped_type, np.where(warped_inst > 0, 4 - warped_inst, 0))
 
 
+def test_blur_kernel_sizes_are_drawn_as_hovernet() -> None:
+    # HoVer-Net: Gaussian width and height each randint(0, 3) * 2 + 1, independently; median the same.
+    gaussian, median = photometric_transform().transforms[0].transforms[:2]
+    gaussian.set_random_seed(0)
+    median.set_random_seed(0)
+    assert {gaussian.get_params()['ksize'] for _ in range(300)} == {(w, h) for w in (1, 3, 5) for h in (1, 3, 5)}
+    assert {median.get_params()['ksize'] for _ in range(100)} == {1, 3, 5}
+    image = random_rgb(5, 16, 16)
+    expected = cv2.GaussianBlur(image, (5, 1), sigmaX=0, sigmaY=0, borderType=cv2.BORDER_REPLICATE)
+    np.testing.assert_array_equal(gaussian.apply(image, ksize=(5, 1)), expected)
+    np.testing.assert_array_equal(median.apply(image, ksize=5), cv2.medianBlur(image, 5))
+    np.testing.assert_array_equal(median.apply(image, ksize=1), image)
+
+
 def test_photometric_augmentation_changes_only_the_image() -> None:
     transform = photometric_transform()
     transform.set_random_seed(0)
@@ -329,6 +346,14 @@ def test_patch_dataset_items() -> None:
 
     plain = NucleiPatchDataset(samples, patch_size=48, step=32, augment=False)
     assert set(plain[0]) == {'image', 'np', 'hv', 'inst'}
+    # Without augmentation an item's targets are hovernet_targets of its window, with either HV centre.
+    top, left = patch_origins(96, 96, 48, 32)[0]
+    window = read_window(samples[0].inst_map, top, left, 48)
+    exact = NucleiPatchDataset(samples, patch_size=48, step=32, augment=False, exact_hv_centre=True)
+    for dataset, exact_centre in ((plain, False), (exact, True)):
+        expected = hovernet_targets(window, exact_centre=exact_centre)['hv']
+        np.testing.assert_array_equal(dataset[0]['hv'].numpy(), expected)
+    assert not torch.equal(plain[0]['hv'], exact[0]['hv'])
     with pytest.raises(ValueError, match='type_map'):
         NucleiPatchDataset([NucleiSample('x', samples[0].image, samples[0].inst_map)], 48, 32, False, num_types=4)
 

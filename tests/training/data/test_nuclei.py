@@ -179,6 +179,55 @@ def test_load_folder_presplit(tmp_path: Path) -> None:
     assert_same_samples(load_folder(tmp_path), train + val)
 
 
+def test_compressed_tiffs(tmp_path: Path) -> None:
+    # cv2.imwrite writes LZW by default; tifffile needs imagecodecs for it (and for most other codecs).
+    image, labels = random_rgb(6, 20, 24), random_labels(6, 20, 24, max_id=40)
+    write_mat_split(tmp_path, 'train', 'A', '.tif', image, inst_map=labels)
+    assert cv2.imwrite(str(tmp_path / 'train' / 'Images' / 'A.tif'), image[..., ::-1])  # BGR on disk
+    assert tifffile.TiffFile(tmp_path / 'train' / 'Images' / 'A.tif').pages[0].compression == 5  # LZW
+    (sample,) = load_kumar(tmp_path)
+    np.testing.assert_array_equal(sample.image, image)
+    for compression in ('lzw', 'zlib', 'zstd', 'lzma', 'packbits'):
+        folder = tmp_path / compression
+        for name in ('images', 'labels'):
+            (folder / name).mkdir(parents=True)
+        tifffile.imwrite(folder / 'images' / 'a.tif', image, compression=compression)
+        tifffile.imwrite(folder / 'labels' / 'a.tif', labels.astype(np.uint16), compression=compression)
+        (sample,) = load_folder(folder)
+        np.testing.assert_array_equal(sample.image, image)
+        np.testing.assert_array_equal(sample.inst_map, labels)
+
+
+def test_extensions_in_any_case(tmp_path: Path) -> None:
+    image, labels = random_rgb(7), random_labels(7)
+    kumar = tmp_path / 'kumar'
+    write_mat_split(kumar, 'train', 'A', '.TIF', image, inst_map=labels)
+    (kumar / 'train' / 'Labels' / 'A.mat').rename(kumar / 'train' / 'Labels' / 'A.MAT')
+    (sample,) = load_kumar(kumar)
+    assert sample.name == 'A'
+    np.testing.assert_array_equal(sample.image, image)
+    np.testing.assert_array_equal(sample.inst_map, labels)
+
+    consep = tmp_path / 'consep'
+    write_mat_split(consep, 'Test', 'test_1', '.Png', image, inst_map=labels, type_map=labels % 8)
+    assert [s.name for s in load_consep(consep, 'test')] == ['test_1']
+
+    folder = tmp_path / 'folder'
+    for name in ('images', 'labels'):
+        (folder / name).mkdir(parents=True)
+    Image.fromarray(image).save(folder / 'images' / 'a.JPEG', format='PNG')  # the content decides, not the name
+    with open(folder / 'labels' / 'a.NPY', 'wb') as file:  # np.save would append '.npy' to the name
+        np.save(file, labels)
+    (sample,) = load_folder(folder)
+    np.testing.assert_array_equal(sample.inst_map, labels)
+
+    (folder / 'images' / '.a.png').write_bytes(b'resource fork')  # hidden files are ignored
+    assert [s.name for s in load_folder(folder)] == ['a']
+    Image.fromarray(image).save(folder / 'images' / 'a.png')  # a second image with the same stem
+    with pytest.raises(DatasetLayoutError, match=r"several files for 'a' in .*images"):
+        load_folder(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout errors name the path and show the expected layout
 
@@ -377,3 +426,98 @@ def test_stardist_sample_and_tiles() -> None:
     assert len(train) == 12 and len(val) == 4
     assert all(tile.inst_map.max() > 0 for tile in train + val)
     assert {tile.name.split('_', 2)[-1] for tile in val} == {'r0_c3', 'r1_c2', 'r2_c1', 'r3_c0'}
+
+
+def mat_v73_header() -> bytes:
+    """The first bytes of a MATLAB v7.3 (HDF5) file, which scipy cannot read."""
+    return b'MATLAB 7.3 MAT-file'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(64)
+
+
+@pytest.mark.parametrize(
+    ('content', 'error'),
+    [
+        (b'', 'MatReadError'),
+        (np.random.default_rng(0).bytes(300), 'ValueError'),
+        (mat_v73_header(), 'v7.3'),
+    ],
+    ids=['empty', 'random-bytes', 'v7.3'],
+)
+def test_corrupt_mat_names_the_file(tmp_path: Path, content: bytes, error: str) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=random_labels(0))
+    label_path = tmp_path / 'train' / 'Labels' / 'A.mat'
+    label_path.write_bytes(content)
+    with pytest.raises(DatasetLayoutError, match='cannot read the MATLAB file') as raised:
+        load_kumar(tmp_path)
+    assert str(label_path) in str(raised.value) and error in str(raised.value)
+
+
+def test_truncated_mat_names_the_file(tmp_path: Path) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=random_labels(0))
+    label_path = tmp_path / 'train' / 'Labels' / 'A.mat'
+    label_path.write_bytes(label_path.read_bytes()[:200])
+    with pytest.raises(DatasetLayoutError, match='cannot read the MATLAB file') as raised:
+        load_kumar(tmp_path)
+    assert str(label_path) in str(raised.value)
+
+
+def test_mat_label_map_of_the_wrong_kind(tmp_path: Path) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=np.array(['not', 'a', 'map']))
+    with pytest.raises(DatasetLayoutError, match="'inst_map' must"):
+        load_kumar(tmp_path)
+
+
+def test_mat_without_image(tmp_path: Path) -> None:
+    write_mat_split(
+        tmp_path, 'Train', 'train_1', '.png', random_rgb(0), inst_map=random_labels(0), type_map=random_labels(0)
+    )
+    scipy.io.savemat(tmp_path / 'Train' / 'Labels' / 'train_2.mat', {'inst_map': random_labels(1)})
+    with pytest.raises(DatasetLayoutError) as raised:
+        load_consep(tmp_path)
+    message = str(raised.value)
+    assert str(tmp_path / 'Train' / 'Labels' / 'train_2.mat') in message and 'has no image' in message
+
+
+def test_folder_label_without_image(tmp_path: Path) -> None:
+    write_folder_sample(tmp_path, 'a', 1, with_types=True)
+    np.save(tmp_path / 'types' / 'b.npy', random_labels(2))
+    with pytest.raises(DatasetLayoutError, match=r'types/b\.npy has no image'):
+        load_folder(tmp_path)
+
+
+@pytest.mark.parametrize('suffix', ['.png', '.tif', '.npy'])
+def test_corrupt_images_and_labels_name_the_file(tmp_path: Path, suffix: str) -> None:
+    write_folder_sample(tmp_path, 'a', 1, with_types=False)  # a PNG image and a PNG label
+    broken = tmp_path / 'labels' / 'a.png'
+    broken.unlink()
+    broken = broken.with_suffix(suffix)
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40) if suffix == '.png' else bytes(40))
+    with pytest.raises(DatasetLayoutError, match='cannot read instance map') as raised:
+        load_folder(tmp_path)
+    assert str(broken) in str(raised.value)
+
+    (tmp_path / 'images' / 'a.png').write_bytes(b'not an image')
+    with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
+        load_folder(tmp_path)
+    assert str(tmp_path / 'images' / 'a.png') in str(raised.value)
+
+
+def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0, 64, 64), inst_map=random_labels(0, 64, 64))
+    image_path = tmp_path / 'train' / 'Images' / 'A.tif'
+    image_path.write_bytes(image_path.read_bytes()[:100])
+    with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
+        load_kumar(tmp_path)
+    assert str(image_path) in str(raised.value)
+
+
+def test_invalid_monuseg_xml(tmp_path: Path) -> None:
+    (tmp_path / 'Tissue Images').mkdir()
+    (tmp_path / 'Annotations').mkdir()
+    tifffile.imwrite(tmp_path / 'Tissue Images' / 'X.TIF', random_rgb(0))
+    (tmp_path / 'Annotations' / 'X.xml').write_text('<Annotations><Annotation>')
+    with pytest.raises(DatasetLayoutError, match='cannot read the XML annotation') as raised:
+        load_monuseg(tmp_path)
+    assert str(tmp_path / 'Annotations' / 'X.xml') in str(raised.value)
+    (tmp_path / 'Annotations' / 'Y.xml').write_text('<Annotations/>')
+    with pytest.raises(DatasetLayoutError, match=r'Y\.xml has no image'):
+        load_monuseg(tmp_path)

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import torch
+import torch.distributed as dist
 from PIL import Image
+from torch.utils.data import Subset
 
 from training.cli import main
 from training.data import NucleiSample, load_consep
@@ -84,6 +89,48 @@ def test_validation_reports_type_statistics() -> None:
     assert swapped['f_d'] == 1.0 and swapped['acc'] == pytest.approx(3 / 7, rel=1e-12)
     assert (swapped['f_c_1'], swapped['f_c_2'], swapped['f_c_3'], swapped['f_c_4']) == (0.0, 0.0, 1.0, 1.0)
     assert swapped['dice'] == perfect['dice']
+
+
+def _evaluate_shard(rank: int, port: int, queue) -> None:
+    """One of two gloo ranks: evaluate a strided shard and reduce the sums as the trainer does."""
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), OMP_NUM_THREADS='1')
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    try:
+        task = NucleiSegmentationTask(dataset='folder', data_dir='unused', num_types=5, tile=64, overlap=16)
+        shard = Subset(NucleiImageDataset(SAMPLES), range(rank, len(SAMPLES), 2))
+        sums = task.evaluate(ReadOffNet(RED_LEVELS[[0, 2, 1, 3, 4]]), shard, torch.device('cpu'), 2)
+        keys = sorted(sums)
+        totals = torch.tensor([sums[key] for key in keys], dtype=torch.float64)
+        dist.all_reduce(totals)
+        totals = dict(zip(keys, totals.tolist()))
+        count = totals.pop('count')
+        queue.put((rank, {name: value / count for name, value in totals.items()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_type_statistics_are_pooled_across_ranks() -> None:
+    # Rank 0 scores image a, rank 1 image b. Per image the accuracy is 2/4 and 1/3 (mean 0.417); pooled,
+    # as HoVer-Net and a single process compute it, 3/7 = 0.429.
+    with socket.socket() as free:
+        free.bind(('127.0.0.1', 0))
+        port = free.getsockname()[1]
+    context = multiprocessing.get_context('spawn')
+    queue = context.Queue()
+    workers = [context.Process(target=_evaluate_shard, args=(rank, port, queue)) for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        results = dict(queue.get(timeout=180) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    task = NucleiSegmentationTask(dataset='folder', data_dir='unused', num_types=5, tile=64, overlap=16)
+    single = evaluate(task, ReadOffNet(RED_LEVELS[[0, 2, 1, 3, 4]]))
+    assert results[0]['acc'] == pytest.approx(3 / 7, rel=1e-12)
+    assert results[0] == pytest.approx(single, rel=1e-12) and results[1] == pytest.approx(single, rel=1e-12)
 
 
 def test_type_statistics_need_a_type_branch() -> None:

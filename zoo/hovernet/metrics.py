@@ -18,7 +18,8 @@ internally, so any integer labelling is accepted.
 IoU is HoVer-Net's in each place: PQ uses ``|g ∩ p| / |g ∪ p|``; AJI and AJI+ choose partners by
 ``|g ∩ p| / (|g ∪ p| + 1e-6)`` and score ``Σ|g ∩ p| / Σ|g ∪ p|``. Hungarian pairings run on the full
 GT x prediction matrix, as there, so ties between equally good pairings resolve the same way. Overlaps
-come from one sparse contingency table of the joint labels; no per-instance mask is ever built.
+come from one sparse contingency table of the joint labels (``skimage.metrics.contingency_table``); no
+per-instance mask is ever built.
 
 Where HoVer-Net divides by zero or crashes (an empty map), one rule applies: both maps empty gives 1.0
 for every score (nothing to find, nothing found); exactly one empty gives 0.0.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
+from skimage.metrics import contingency_table
 from skimage.segmentation import relabel_sequential
 
 __all__ = [
@@ -127,17 +129,15 @@ def _pairwise_overlaps(true: np.ndarray, pred: np.ndarray) -> _Overlaps:
     if true.shape != pred.shape:
         raise ValueError(f'true and pred shapes differ: {true.shape} vs {pred.shape}')
     true, pred = remap_label(true).ravel(), remap_label(pred).ravel()
-    num_true, num_pred = int(true.max(initial=0)), int(pred.max(initial=0))
-    overlapping = (true > 0) & (pred > 0)
-    # One code per (gt, pred) id pair; counting codes gives every intersection at once.
-    codes = true[overlapping].astype(np.int64) * (num_pred + 1) + pred[overlapping]
-    codes, inter = np.unique(codes, return_counts=True)
+    # Pixel counts of every (gt id, pred id) pair, row-major; background rows and columns are dropped.
+    table = contingency_table(true, pred, ignore_labels=[0], sparse_type='array').tocoo()
+    overlapping = (table.row > 0) & (table.col > 0) & (table.data > 0)
     return _Overlaps(
-        true_areas=np.bincount(true, minlength=num_true + 1)[1:].astype(np.float64),
-        pred_areas=np.bincount(pred, minlength=num_pred + 1)[1:].astype(np.float64),
-        true_index=codes // (num_pred + 1) - 1,
-        pred_index=codes % (num_pred + 1) - 1,
-        inter=inter.astype(np.float64),
+        true_areas=np.bincount(true)[1:].astype(np.float64),
+        pred_areas=np.bincount(pred)[1:].astype(np.float64),
+        true_index=table.row[overlapping].astype(np.int64) - 1,
+        pred_index=table.col[overlapping].astype(np.int64) - 1,
+        inter=table.data[overlapping],
     )
 
 

@@ -14,7 +14,7 @@ Marker-controlled watershed, as HoVer-Net's ``__proc_np_hv`` (Graham et al., Med
 
 Components are 4-connected, as ``scipy.ndimage.label`` gives by default in HoVer-Net, and every array has
 the dtype it has there, so the surface and thresholds are the same numbers. Instances are renumbered
-``1..N`` in HoVer-Net's order (its ids have gaps where small markers were removed).
+``1..N`` in HoVer-Net's order (its ids can have gaps where small markers were removed).
 
 :func:`instance_info` then gives HoVer-Net's per-nucleus record (``process()``): bounding box, centroid,
 contour and, with types, the majority type and its pixel fraction. Depends on numpy, scipy, OpenCV and

@@ -434,30 +434,23 @@ def mat_v73_header() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ('content', 'error'),
+    ('relative_path', 'corrupt', 'message'),
     [
-        (b'', 'MatReadError'),
-        (np.random.default_rng(0).bytes(300), 'ValueError'),
-        (mat_v73_header(), 'v7.3'),
+        ('Labels/A.mat', lambda data: b'', 'cannot read the MATLAB file (MatReadError'),
+        ('Labels/A.mat', lambda data: np.random.default_rng(0).bytes(300), 'cannot read the MATLAB file (ValueError'),
+        ('Labels/A.mat', lambda data: mat_v73_header(), 'v7.3'),
+        ('Labels/A.mat', lambda data: data[:200], 'cannot read the MATLAB file'),
+        ('Images/A.tif', lambda data: data[:100], 'cannot read the image'),
     ],
-    ids=['empty', 'random-bytes', 'v7.3'],
+    ids=['empty-mat', 'random-mat', 'v7.3-mat', 'truncated-mat', 'truncated-tif'],
 )
-def test_corrupt_mat_names_the_file(tmp_path: Path, content: bytes, error: str) -> None:
-    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=random_labels(0))
-    label_path = tmp_path / 'train' / 'Labels' / 'A.mat'
-    label_path.write_bytes(content)
-    with pytest.raises(DatasetLayoutError, match='cannot read the MATLAB file') as raised:
+def test_corrupt_file_is_named(tmp_path: Path, relative_path: str, corrupt, message: str) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0, 64, 64), inst_map=random_labels(0, 64, 64))
+    path = tmp_path / 'train' / relative_path
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(DatasetLayoutError) as raised:
         load_kumar(tmp_path)
-    assert str(label_path) in str(raised.value) and error in str(raised.value)
-
-
-def test_truncated_mat_names_the_file(tmp_path: Path) -> None:
-    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=random_labels(0))
-    label_path = tmp_path / 'train' / 'Labels' / 'A.mat'
-    label_path.write_bytes(label_path.read_bytes()[:200])
-    with pytest.raises(DatasetLayoutError, match='cannot read the MATLAB file') as raised:
-        load_kumar(tmp_path)
-    assert str(label_path) in str(raised.value)
+    assert str(raised.value).startswith(f'{path}: ') and message in str(raised.value)
 
 
 def test_mat_label_map_of_the_wrong_kind(tmp_path: Path) -> None:
@@ -499,15 +492,6 @@ def test_corrupt_images_and_labels_name_the_file(tmp_path: Path, suffix: str) ->
     with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
         load_folder(tmp_path)
     assert str(tmp_path / 'images' / 'a.png') in str(raised.value)
-
-
-def test_truncated_tiff_names_the_file(tmp_path: Path) -> None:
-    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0, 64, 64), inst_map=random_labels(0, 64, 64))
-    image_path = tmp_path / 'train' / 'Images' / 'A.tif'
-    image_path.write_bytes(image_path.read_bytes()[:100])
-    with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
-        load_kumar(tmp_path)
-    assert str(image_path) in str(raised.value)
 
 
 def test_invalid_monuseg_xml(tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ Training items are :class:`~training.data.NucleiPatchDataset` patches (HoVer-Net
 sliding windows, augmentation and NP/HV/TP targets) at the network's input size, since the zoo's
 segmentation nets predict at full resolution. Validation runs what inference runs: tiled prediction
 of each *whole* validation image (``zoo.segment.predict_instances``, with HoVer-Net's watershed) and
-HoVer-Net's per-image instance metrics, summed here and averaged over images by the trainer.
+HoVer-Net's per-image instance metrics, summed here and averaged over images by the trainer. With
+``num_types``, HoVer-Net's type statistics (``zoo.hovernet.type_stats``: ``f_d``, ``acc``, ``f_c_<type>``)
+are added; they are pooled over all validation images, not averaged.
 
 Datasets (``dataset=``): ``'kumar'``, ``'consep'``, ``'cpm17'`` (HoVer-Net's layouts under ``data_dir``,
 official train/test splits), ``'folder'`` (``training.data.load_folder``; a deterministic
@@ -18,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zoo.hovernet import STAT_NAMES, hovernet_loss, instance_stats
+from zoo.hovernet import STAT_NAMES, TypeMatches, hovernet_loss, instance_info, instance_stats, match_types, type_stats
 from zoo.segment import overlay, predict_instances
 
 from .data import (
@@ -77,6 +80,8 @@ class NucleiSegmentationTask(Task):
             for a ``'folder'`` dataset without ``train/`` and ``val/``, the share of images in ``val``.
         tile, overlap: tiled inference on validation images (``zoo.segment.predict_maps``).
         num_examples: validation images drawn by :meth:`write_examples`.
+        exact_hv_centre: HV targets from the exact centre of mass (``zoo.hovernet.hv_map``'s option).
+        paper_msge: MSGE along the paper's axes (``zoo.hovernet.hovernet_loss``'s option).
     """
 
     main_metric = 'dice'
@@ -94,6 +99,8 @@ class NucleiSegmentationTask(Task):
         tile: int = 256,
         overlap: int = 64,
         num_examples: int = 4,
+        exact_hv_centre: bool = False,
+        paper_msge: bool = False,
     ):
         if dataset not in DATASETS:
             raise ValueError(f'unknown nuclei dataset {dataset!r}; available: {DATASETS}')
@@ -115,6 +122,7 @@ class NucleiSegmentationTask(Task):
         self.val_fraction = val_fraction
         self.tile, self.overlap = tile, overlap
         self.num_examples = num_examples
+        self.exact_hv_centre, self.paper_msge = exact_hv_centre, paper_msge
 
     def _samples(self) -> tuple[list[NucleiSample], list[NucleiSample]]:
         """``(training images, held-out test images)`` as the dataset is distributed."""
@@ -148,7 +156,13 @@ class NucleiSegmentationTask(Task):
     def datasets(self) -> tuple[Dataset, Dataset]:
         train, val, _ = self._splits()
         patches = NucleiPatchDataset(
-            train, self.patch_size, self.step, self.augment, self.num_types, window_size=self.window_size
+            train,
+            self.patch_size,
+            self.step,
+            self.augment,
+            self.num_types,
+            window_size=self.window_size,
+            exact_hv_centre=self.exact_hv_centre,
         )
         return patches, NucleiImageDataset(val)
 
@@ -190,29 +204,49 @@ class NucleiSegmentationTask(Task):
     ) -> tuple[torch.Tensor, dict]:
         outputs = model(batch['image'].to(device, non_blocking=True))
         if 'tp' in batch and 'tp' not in outputs:
-            raise ValueError(
-                f'task.args.num_types={self.num_types} but the model has no type branch: build it '
-                f'with model.args.num_types={self.num_types}'
-            )
+            raise self._missing_type_branch()
         targets = {key: batch[key].to(device, non_blocking=True) for key in _TARGET_KEYS if key in batch}
-        total, parts = hovernet_loss(outputs, targets)
+        total, parts = hovernet_loss(outputs, targets, paper_msge=self.paper_msge)
         return total, {name: value.detach() for name, value in parts.items()}
 
     @torch.no_grad()
     def evaluate(
         self, model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int
     ) -> dict[str, float]:
-        """Sums over this shard's images of HoVer-Net's per-image ``dice, aji, aji_plus, dq, sq, pq``, and ``count``."""
+        """Sums over this shard's images of HoVer-Net's per-image ``dice, aji, aji_plus, dq, sq, pq``, and ``count``.
+
+        With ``num_types``, also ``f_d``, ``acc`` and ``f_c_1 .. f_c_<num_types - 1>`` of
+        :func:`zoo.hovernet.type_stats`, pooled over every rank's images: the trainer divides each sum by
+        the number of images, so these are returned multiplied by this shard's image count.
+        """
         sums = dict.fromkeys(STAT_NAMES, 0.0) | {'count': 0.0}
+        matches = TypeMatches(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
         for index in range(len(dataset)):
             sample = dataset[index]
-            pred, _ = predict_instances(
+            pred, pred_info = predict_instances(
                 model, sample.image, tile=self.tile, overlap=self.overlap, batch_size=batch_size, device=device
             )
             for name, value in instance_stats(sample.inst_map, pred).items():
                 sums[name] += value
             sums['count'] += 1
+            if self.num_types:
+                matches = matches + self._type_matches(sample, pred_info)
+        if self.num_types:
+            stats = type_stats(_pooled_over_ranks(matches), type_ids=range(1, self.num_types))
+            sums.update({name: value * sums['count'] for name, value in stats.items()})
         return sums
+
+    def _type_matches(self, sample: NucleiSample, pred_info: dict[int, dict]) -> TypeMatches:
+        if any(record['type'] is None for record in pred_info.values()):
+            raise self._missing_type_branch()
+        true_info = instance_info(sample.inst_map, sample.type_map)  # GT type: the majority over its pixels
+        return match_types(*_centroids_and_types(true_info), *_centroids_and_types(pred_info))
+
+    def _missing_type_branch(self) -> ValueError:
+        return ValueError(
+            f'task.args.num_types={self.num_types} but the model has no type branch: build it '
+            f'with model.args.num_types={self.num_types}'
+        )
 
     def write_examples(
         self, model: torch.nn.Module, dataset: Dataset, out_dir: Path, device: torch.device
@@ -229,3 +263,17 @@ class NucleiSegmentationTask(Task):
             Image.fromarray(side_by_side).save(path)
             paths.append(path)
         return paths
+
+
+def _centroids_and_types(info: dict[int, dict]) -> tuple[np.ndarray, list[int]]:
+    centroids = np.array([record['centroid'] for record in info.values()]).reshape(-1, 2)
+    return centroids, [record['type'] for record in info.values()]
+
+
+def _pooled_over_ranks(matches: TypeMatches) -> TypeMatches:
+    """Every rank's type matches together (type statistics are pooled over the whole validation set)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return matches
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, matches)
+    return sum(gathered[1:], gathered[0])

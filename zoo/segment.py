@@ -116,8 +116,8 @@ def predict_maps(
     return {'np': result['np'][0], 'hv': result['hv'], 'tp': result.get('tp')}
 
 
-def predict_instances(model: torch.nn.Module, image: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[int, int] | None]:
-    """``H x W`` int32 instance map (0 = background) and ``{instance id: type}`` (``None`` without TP).
+def predict_instances(model: torch.nn.Module, image: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[int, dict]]:
+    """``H x W`` int32 instance map (0 = background) and ``inst_info`` (see ``hovernet_postprocess``).
 
     ``kwargs`` are those of :func:`predict_maps`; post-processing is HoVer-Net's watershed.
     """

@@ -224,8 +224,8 @@ def test_tiled_close_to_full_forward_for_mrl_seg():
 def test_predict_instances_finds_each_blob():
     centres = [(20, 20), (20, 60), (60, 40), (150, 200), (240, 30)]
     image, _ = _disks(260, 230, centres)
-    inst_map, types = predict_instances(_oracle(), image, tile=128, overlap=32)
-    assert inst_map.dtype == np.int32 and inst_map.shape == (260, 230) and types is None
+    inst_map, info = predict_instances(_oracle(), image, tile=128, overlap=32)
+    assert inst_map.dtype == np.int32 and inst_map.shape == (260, 230) and info[1]['type'] is None
     assert inst_map.max() == len(centres)
 
 

@@ -79,7 +79,8 @@ class NucleiPatchDataset(Dataset):
     * ``inst``: int32 ``O x O`` instance ids (disconnected parts split), for validation metrics.
 
     ``O`` is ``output_size`` (default ``patch_size``). Instances with fewer than
-    ``min_hv_size`` pixels in the output crop get no HV target, as in HoVer-Net.
+    ``min_hv_size`` pixels in the output crop get no HV target, as in HoVer-Net;
+    ``exact_hv_centre`` is :func:`~zoo.hovernet.targets.hv_map`'s ``exact_centre`` option.
     Augmentation seeds are drawn from torch's generator, so ``torch.manual_seed`` makes runs
     repeatable and DataLoader workers (seeded differently by torch) do not repeat each other.
     """
@@ -95,6 +96,7 @@ class NucleiPatchDataset(Dataset):
         window_size: int | None = None,
         output_size: int | None = None,
         min_hv_size: int = 30,
+        exact_hv_centre: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.patch_size = patch_size
@@ -102,6 +104,7 @@ class NucleiPatchDataset(Dataset):
         self.output_size = output_size or patch_size
         self.num_types = num_types
         self.min_hv_size = min_hv_size
+        self.exact_hv_centre = exact_hv_centre
         self.augment = augment
         if not self.output_size <= self.patch_size <= self.window_size:
             raise ValueError(
@@ -152,6 +155,7 @@ class NucleiPatchDataset(Dataset):
             labels[..., 1] if self.num_types is not None else None,
             output_size=self.output_size,
             min_size=self.min_hv_size,
+            exact_centre=self.exact_hv_centre,
         )
         item = {'image': torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32) / 255.0)}
         item.update({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in targets.items()})

@@ -13,19 +13,21 @@ background, optional int32 type map):
 * :func:`load_folder` - a generic ``ROOT/[train|val/]{images,labels[,types]}/<stem>.*`` layout;
 * :func:`load_stardist_sample` - the annotated DSB2018 fluorescence image in the ``stardist`` wheel.
 
-Every layout problem (missing folder, image without label, label without its key, shapes
-that disagree) raises :class:`DatasetLayoutError` naming the offending path and the expected
-layout.
+File extensions match in any letter case (``.TIF``, ``.Png``); hidden files (names starting with
+``.``) are ignored. TIFFs are read with tifffile and imagecodecs, so LZW (what ``cv2.imwrite`` writes),
+Deflate, JPEG, ZSTD and the other common compressions work. Every layout problem (missing folder,
+image without label, label without image, a file that cannot be read, a label without its key,
+shapes that disagree) raises :class:`DatasetLayoutError` naming the offending path.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.io
@@ -74,6 +76,7 @@ _FOLDER_LAYOUT = (
 )
 _FOLDER_IMAGE_SUFFIXES = ('.png', '.tif', '.tiff', '.jpg', '.jpeg')
 _FOLDER_LABEL_SUFFIXES = ('.png', '.tif', '.tiff', '.npy')
+_TIF, _PNG = ('.tif',), ('.png',)
 
 
 class DatasetLayoutError(ValueError):
@@ -136,13 +139,29 @@ def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(array[..., :3], (*array.shape[:2], 3)))
 
 
+def _read(path: Path, what: str, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, turning any failure to parse the file into a DatasetLayoutError naming it."""
+    try:
+        return reader(path)
+    except DatasetLayoutError:
+        raise
+    except Exception as error:  # corrupt files fail in format-specific ways (IndexError, struct.error, ...)
+        raise DatasetLayoutError(f'{path}: cannot read {what} ({type(error).__name__}: {error})') from error
+
+
+def _read_pil(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
 def _read_image(path: Path) -> np.ndarray:
     if path.suffix.lower() in ('.tif', '.tiff'):
-        return _to_rgb(tifffile.imread(path), path)
-    with Image.open(path) as image:
-        if image.mode.startswith(('I', 'F')):  # 16/32-bit: convert("RGB") would clip silently
-            raise DatasetLayoutError(f'{path}: expected 8-bit pixels, got PIL mode {image.mode}')
-        return np.array(image.convert('RGB'))
+        return _to_rgb(_read(path, 'the image', tifffile.imread), path)
+    image = _read(path, 'the image', _read_pil)
+    if image.mode.startswith(('I', 'F')):  # 16/32-bit: convert("RGB") would clip silently
+        raise DatasetLayoutError(f'{path}: expected 8-bit pixels, got PIL mode {image.mode}')
+    return np.array(image.convert('RGB'))
 
 
 def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:
@@ -152,7 +171,11 @@ def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 2:
         raise DatasetLayoutError(f'{path}: {what} must be a single-channel HxW map, got shape {array.shape}')
-    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DatasetLayoutError(f'{path}: {what} must hold integer ids, got {array.dtype} values')
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
         raise DatasetLayoutError(f'{path}: {what} must hold integer ids, got non-integer {array.dtype} values')
     if array.size and array.min() < 0:
         raise DatasetLayoutError(f'{path}: {what} must be >= 0, found {array.min()}')
@@ -160,18 +183,18 @@ def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:
 
 
 def _read_label_file(path: Path, what: str) -> np.ndarray:
-    if path.suffix == '.npy':
-        array = np.load(path)
-    elif path.suffix in ('.tif', '.tiff'):
-        array = tifffile.imread(path)
+    suffix = path.suffix.lower()
+    if suffix == '.npy':
+        array = _read(path, what, np.load)
+    elif suffix in ('.tif', '.tiff'):
+        array = _read(path, what, tifffile.imread)
     else:
-        with Image.open(path) as image:
-            array = np.asarray(image)
+        array = np.asarray(_read(path, what, _read_pil))
     return _as_label_map(array, path, what)
 
 
 def _read_mat(path: Path, keys: Sequence[str]) -> list[np.ndarray]:
-    contents = scipy.io.loadmat(path)
+    contents = _read(path, 'the MATLAB file', scipy.io.loadmat)
     arrays = []
     for key in keys:
         if key not in contents:
@@ -179,6 +202,27 @@ def _read_mat(path: Path, keys: Sequence[str]) -> list[np.ndarray]:
             raise DatasetLayoutError(f"{path} has no key '{key}' (found keys: {found})")
         arrays.append(_as_label_map(contents[key], path, f"'{key}'"))
     return arrays
+
+
+def _files_by_stem(folder: Path, suffixes: Sequence[str], layout: str, root: Path) -> dict[str, Path]:
+    """Files in ``folder`` with one of ``suffixes`` (any letter case, hidden files skipped), by stem."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith('.') or path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        if path.stem in found:
+            names = [found[path.stem].name, path.name]
+            raise _layout_error(f"several files for '{path.stem}' in {folder}: {names}", layout, root)
+        found[path.stem] = path
+    return found
+
+
+def _check_every_label_has_an_image(
+    labels: dict[str, Path], images: dict[str, Path], images_dir: Path, layout: str, root: Path
+) -> None:
+    for stem, label_path in labels.items():
+        if stem not in images:
+            raise _layout_error(f'{label_path} has no image {images_dir / stem}.* to go with it', layout, root)
 
 
 def _check_same_shape(label: np.ndarray, label_path: Path, image: np.ndarray, image_path: Path) -> None:
@@ -189,25 +233,27 @@ def _check_same_shape(label: np.ndarray, label_path: Path, image: np.ndarray, im
 
 
 def _load_mat_split(
-    root: Path, split_dir: str, image_suffix: str, layout: str, with_types: bool = False
+    root: Path, split_dir: str, image_suffixes: Sequence[str], layout: str, with_types: bool = False
 ) -> list[NucleiSample]:
-    """Samples for every ``root/split_dir/Images/*<image_suffix>`` with its ``Labels/<stem>.mat``."""
+    """Samples for every ``root/split_dir/Images/<stem><image suffix>`` with its ``Labels/<stem>.mat``."""
     images_dir, labels_dir = root / split_dir / 'Images', root / split_dir / 'Labels'
     for folder in (root, images_dir, labels_dir):
         _require_dir(folder, layout, root)
-    image_paths = sorted(images_dir.glob(f'*{image_suffix}'))
-    if not image_paths:
-        raise _layout_error(f'no *{image_suffix} images in {images_dir}', layout, root)
+    images = _files_by_stem(images_dir, image_suffixes, layout, root)
+    if not images:
+        raise _layout_error(f'no {"/".join(image_suffixes)} images in {images_dir}', layout, root)
+    labels = _files_by_stem(labels_dir, ('.mat',), layout, root)
+    _check_every_label_has_an_image(labels, images, images_dir, layout, root)
     keys = ['inst_map', 'type_map'] if with_types else ['inst_map']
     samples = []
-    for image_path in image_paths:
-        label_path = labels_dir / f'{image_path.stem}.mat'
-        if not label_path.is_file():
-            raise _layout_error(f'missing label file {label_path} for image {image_path}', layout, root)
-        image, labels = _read_image(image_path), _read_mat(label_path, keys)
-        for label in labels:
+    for stem, image_path in images.items():
+        label_path = labels.get(stem)
+        if label_path is None:
+            raise _layout_error(f'missing label file {labels_dir / stem}.mat for image {image_path}', layout, root)
+        image, arrays = _read_image(image_path), _read_mat(label_path, keys)
+        for label in arrays:
             _check_same_shape(label, label_path, image, image_path)
-        samples.append(NucleiSample(image_path.stem, image, *labels))
+        samples.append(NucleiSample(stem, image, *arrays))
     return samples
 
 
@@ -229,7 +275,7 @@ def load_kumar(
     """
     _check_split(split, ('train', 'test', 'test_same', 'test_diff'))
     split_dirs = ['test_same', 'test_diff'] if split == 'test' else [split]
-    return [sample for name in split_dirs for sample in _load_mat_split(Path(root), name, '.tif', _KUMAR_LAYOUT)]
+    return [sample for name in split_dirs for sample in _load_mat_split(Path(root), name, _TIF, _KUMAR_LAYOUT)]
 
 
 def _rasterize_monuseg_xml(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -240,10 +286,7 @@ def _rasterize_monuseg_xml(path: Path, shape: tuple[int, int]) -> np.ndarray:
     ids are then renumbered 1..N, so a region entirely hidden by later ones (or with fewer than
     three vertices) leaves no id behind.
     """
-    try:
-        document = ElementTree.parse(path).getroot()
-    except ElementTree.ParseError as error:
-        raise DatasetLayoutError(f'{path} is not valid XML: {error}') from error
+    document = _read(path, 'the XML annotation', ElementTree.parse).getroot()
     if document.tag != 'Annotations':
         expected = 'Annotations/Annotation/Regions/Region/Vertices/Vertex'
         raise DatasetLayoutError(f'{path}: expected {expected}, the root element is <{document.tag}>')
@@ -271,17 +314,20 @@ def load_monuseg(root: str | Path) -> list[NucleiSample]:
     _require_dir(root, _MONUSEG_LAYOUT, root)
     _require_dir(images_dir, _MONUSEG_LAYOUT, root)
     _require_dir(annotations_dir, _MONUSEG_LAYOUT, root)
-    image_paths = sorted(images_dir.glob('*.tif'))
-    if not image_paths:
-        raise _layout_error(f'no *.tif images in {images_dir}', _MONUSEG_LAYOUT, root)
+    images = _files_by_stem(images_dir, _TIF, _MONUSEG_LAYOUT, root)
+    if not images:
+        raise _layout_error(f'no .tif images in {images_dir}', _MONUSEG_LAYOUT, root)
+    annotations = _files_by_stem(annotations_dir, ('.xml',), _MONUSEG_LAYOUT, root)
+    _check_every_label_has_an_image(annotations, images, images_dir, _MONUSEG_LAYOUT, root)
     samples = []
-    for image_path in image_paths:
-        xml_path = annotations_dir / f'{image_path.stem}.xml'
-        if not xml_path.is_file():
-            raise _layout_error(f'missing annotation {xml_path} for image {image_path}', _MONUSEG_LAYOUT, root)
+    for stem, image_path in images.items():
+        xml_path = annotations.get(stem)
+        if xml_path is None:
+            missing = f'missing annotation {annotations_dir / stem}.xml for image {image_path}'
+            raise _layout_error(missing, _MONUSEG_LAYOUT, root)
         image = _read_image(image_path)
         inst_map = _rasterize_monuseg_xml(xml_path, image.shape[:2])
-        samples.append(NucleiSample(name=image_path.stem, image=image, inst_map=inst_map))
+        samples.append(NucleiSample(name=stem, image=image, inst_map=inst_map))
     return samples
 
 
@@ -296,7 +342,7 @@ def load_consep(
     """
     _check_split(split, ('train', 'test'))
     split_dir = split.capitalize()
-    samples = _load_mat_split(Path(root), split_dir, '.png', _CONSEP_LAYOUT, with_types=True)
+    samples = _load_mat_split(Path(root), split_dir, _PNG, _CONSEP_LAYOUT, with_types=True)
     for sample in samples:
         if sample.type_map.max(initial=0) >= len(CONSEP_TYPE_NAMES):
             label_path = Path(root) / split_dir / 'Labels' / f'{sample.name}.mat'
@@ -309,43 +355,37 @@ def load_consep(
 def load_cpm17(root: str | Path, split: Literal['train', 'test'] = 'train') -> list[NucleiSample]:
     """CPM-17 (20x and 40x, 500-600 px tiles) in HoVer-Net's ``Images`` / ``Labels`` layout."""
     _check_split(split, ('train', 'test'))
-    return _load_mat_split(Path(root), split, '.png', _CPM17_LAYOUT)
-
-
-def _find_by_stem(folder: Path, stem: str, suffixes: Sequence[str], root: Path) -> Path | None:
-    matches = [folder / f'{stem}{suffix}' for suffix in suffixes if (folder / f'{stem}{suffix}').is_file()]
-    if len(matches) > 1:
-        names = [path.name for path in matches]
-        raise _layout_error(f"several files for '{stem}' in {folder}: {names}", _FOLDER_LAYOUT, root)
-    return matches[0] if matches else None
+    return _load_mat_split(Path(root), split, _PNG, _CPM17_LAYOUT)
 
 
 def _load_folder_split(root: Path, split_root: Path) -> list[NucleiSample]:
     images_dir, labels_dir, types_dir = split_root / 'images', split_root / 'labels', split_root / 'types'
     _require_dir(images_dir, _FOLDER_LAYOUT, root)
     _require_dir(labels_dir, _FOLDER_LAYOUT, root)
-    image_paths = sorted(path for path in images_dir.iterdir() if path.suffix in _FOLDER_IMAGE_SUFFIXES)
-    if not image_paths:
+    images = _files_by_stem(images_dir, _FOLDER_IMAGE_SUFFIXES, _FOLDER_LAYOUT, root)
+    if not images:
         raise _layout_error(f'no images in {images_dir}', _FOLDER_LAYOUT, root)
+    labels = _files_by_stem(labels_dir, _FOLDER_LABEL_SUFFIXES, _FOLDER_LAYOUT, root)
+    _check_every_label_has_an_image(labels, images, images_dir, _FOLDER_LAYOUT, root)
+    types = None
+    if types_dir.is_dir():
+        types = _files_by_stem(types_dir, _FOLDER_LABEL_SUFFIXES, _FOLDER_LAYOUT, root)
+        _check_every_label_has_an_image(types, images, images_dir, _FOLDER_LAYOUT, root)
     samples = []
-    for image_path in image_paths:
-        stem = image_path.stem
-        _find_by_stem(images_dir, stem, _FOLDER_IMAGE_SUFFIXES, root)  # rejects ambiguous stems
-        label_path = _find_by_stem(labels_dir, stem, _FOLDER_LABEL_SUFFIXES, root)
-        if label_path is None:
+    for stem, image_path in images.items():
+        if stem not in labels:
             missing = f'missing label {labels_dir / stem}.{{png,tif,tiff,npy}} for image {image_path}'
             raise _layout_error(missing, _FOLDER_LAYOUT, root)
         image = _read_image(image_path)
-        inst_map = _read_label_file(label_path, 'instance map')
-        _check_same_shape(inst_map, label_path, image, image_path)
+        inst_map = _read_label_file(labels[stem], 'instance map')
+        _check_same_shape(inst_map, labels[stem], image, image_path)
         type_map = None
-        if types_dir.is_dir():
-            type_path = _find_by_stem(types_dir, stem, _FOLDER_LABEL_SUFFIXES, root)
-            if type_path is None:
+        if types is not None:
+            if stem not in types:
                 missing = f'missing type map {types_dir / stem}.{{png,tif,tiff,npy}} for image {image_path}'
                 raise _layout_error(missing, _FOLDER_LAYOUT, root)
-            type_map = _read_label_file(type_path, 'type map')
-            _check_same_shape(type_map, type_path, image, image_path)
+            type_map = _read_label_file(types[stem], 'type map')
+            _check_same_shape(type_map, types[stem], image, image_path)
         samples.append(NucleiSample(stem, image, inst_map, type_map))
     return samples
 
@@ -411,5 +451,5 @@ def load_stardist_sample() -> NucleiSample:
         if not path.is_file():
             raise DatasetLayoutError(f'missing {path}; expected stardist/data/images/{{img2d,mask2d}}.tif')
     image = read_image(image_path)  # uint16 fluorescence, scaled by its 1st/99.8th percentiles
-    inst_map = remap_label(_as_label_map(tifffile.imread(mask_path), mask_path, 'mask'))
+    inst_map = remap_label(_read_label_file(mask_path, 'mask'))
     return NucleiSample('stardist_dsb2018', image, inst_map)

@@ -6,15 +6,17 @@ HoVer-Net (``dataloader/train_loader.py``, imgaug) augments in two stages, mirro
   :func:`warp_image_and_labels`. Nearest-neighbour warping keeps labels integer with no new
   ids; HoVer-Net warps the image with nearest neighbour too (imgaug ``order=0``), so image and
   labels stay pixel-aligned. HV targets must be computed afterwards, from the warped instances.
-* :func:`photometric_transform` - image only: one of blur / median blur / Gaussian noise, then
-  hue, saturation, brightness and contrast shifts in random order.
+* :func:`photometric_transform` - image only: one of Gaussian blur / median blur / Gaussian noise,
+  then hue, saturation, brightness and contrast shifts in random order. The blurs draw their kernel
+  sizes as HoVer-Net's ``gaussian_blur`` / ``median_blur`` do: each from {1, 3, 5} (1 leaves the image,
+  or for the Gaussian that axis, unblurred), the Gaussian's width and height independently, its sigma
+  OpenCV's default for the size, with replicated borders.
 
-Where albumentations differs from HoVer-Net's own implementation:
+Where this differs from HoVer-Net's pipeline:
 
-* Gaussian blur uses a 3x3 kernel with sigma 0.8, the sigma OpenCV derives for ``ksize=3``
-  when given 0 (HoVer-Net's call); albumentations needs an explicit sigma.
 * Gaussian noise is per channel always (imgaug: per channel in half of the images).
-* Contrast blends with the mean grey level (HoVer-Net: the per-channel mean).
+* Contrast is applied, blending with the mean grey level. HoVer-Net's ``add_to_contrast`` computes the
+  blend but returns the clipped input, so its contrast step changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ __all__ = ['geometric_transform', 'photometric_transform', 'warp_image_and_label
 
 # float32 represents every integer up to 2**24 exactly.
 _MAX_FLOAT32_LABEL = 2**24
+# HoVer-Net's blur kernel sizes: randint(0, 3) * 2 + 1.
+_BLUR_SIZES = (1, 3, 5)
+
+
+class _HoVerNetGaussianBlur(A.ImageOnlyTransform):
+    """Gaussian blur with width and height each drawn from {1, 3, 5} and OpenCV's sigma for that size."""
+
+    def get_params(self) -> dict:
+        return {'ksize': (self.py_random.choice(_BLUR_SIZES), self.py_random.choice(_BLUR_SIZES))}
+
+    def apply(self, img: np.ndarray, ksize: tuple[int, int], **params) -> np.ndarray:
+        return cv2.GaussianBlur(img, ksize, sigmaX=0, sigmaY=0, borderType=cv2.BORDER_REPLICATE)
+
+
+class _HoVerNetMedianBlur(A.ImageOnlyTransform):
+    """Median blur with the aperture drawn from {1, 3, 5}."""
+
+    def get_params(self) -> dict:
+        return {'ksize': self.py_random.choice(_BLUR_SIZES)}
+
+    def apply(self, img: np.ndarray, ksize: int, **params) -> np.ndarray:
+        return cv2.medianBlur(img, ksize)
 
 
 def geometric_transform() -> A.Compose:
@@ -55,16 +79,17 @@ def geometric_transform() -> A.Compose:
 def photometric_transform() -> A.Compose:
     """Image-only noise and colour jitter for uint8 RGB images.
 
-    One of: Gaussian blur (3x3), median blur (3x3), additive Gaussian noise with
-    sigma ~ U(0, 0.05 * 255). Then, in random order: hue shift ±8 (OpenCV's 0-179 hue scale),
-    saturation factor 1 ± 0.2, brightness offset ±26 grey levels, contrast factor 0.75-1.25.
+    One of: Gaussian blur, median blur (kernel sizes drawn from {1, 3, 5}, see the module docstring),
+    additive Gaussian noise with sigma ~ U(0, 0.05 * 255). Then, in random order: hue shift ±8 (OpenCV's
+    0-179 hue scale), saturation factor 1 ± 0.2, brightness offset ±26 grey levels, contrast factor
+    0.75-1.25.
     """
     return A.Compose(
         [
             A.OneOf(
                 [
-                    A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.8, 0.8), p=1.0),
-                    A.MedianBlur(blur_limit=(3, 3), p=1.0),
+                    _HoVerNetGaussianBlur(p=1.0),
+                    _HoVerNetMedianBlur(p=1.0),
                     A.GaussNoise(std_range=(0.0, 0.05), p=1.0),
                 ],
                 p=1.0,

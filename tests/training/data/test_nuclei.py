@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import scipy.io
@@ -27,8 +28,10 @@ from training.data import (
 from zoo.hovernet import (
     extract_patches,
     geometric_transform,
+    hovernet_targets,
     patch_origins,
     photometric_transform,
+    read_window,
     warp_image_and_labels,
 )
 
@@ -176,6 +179,55 @@ def test_load_folder_presplit(tmp_path: Path) -> None:
     assert_same_samples(load_folder(tmp_path), train + val)
 
 
+def test_compressed_tiffs(tmp_path: Path) -> None:
+    # cv2.imwrite writes LZW by default; tifffile needs imagecodecs for it (and for most other codecs).
+    image, labels = random_rgb(6, 20, 24), random_labels(6, 20, 24, max_id=40)
+    write_mat_split(tmp_path, 'train', 'A', '.tif', image, inst_map=labels)
+    assert cv2.imwrite(str(tmp_path / 'train' / 'Images' / 'A.tif'), image[..., ::-1])  # BGR on disk
+    assert tifffile.TiffFile(tmp_path / 'train' / 'Images' / 'A.tif').pages[0].compression == 5  # LZW
+    (sample,) = load_kumar(tmp_path)
+    np.testing.assert_array_equal(sample.image, image)
+    for compression in ('lzw', 'zlib', 'zstd', 'lzma', 'packbits'):
+        folder = tmp_path / compression
+        for name in ('images', 'labels'):
+            (folder / name).mkdir(parents=True)
+        tifffile.imwrite(folder / 'images' / 'a.tif', image, compression=compression)
+        tifffile.imwrite(folder / 'labels' / 'a.tif', labels.astype(np.uint16), compression=compression)
+        (sample,) = load_folder(folder)
+        np.testing.assert_array_equal(sample.image, image)
+        np.testing.assert_array_equal(sample.inst_map, labels)
+
+
+def test_extensions_in_any_case(tmp_path: Path) -> None:
+    image, labels = random_rgb(7), random_labels(7)
+    kumar = tmp_path / 'kumar'
+    write_mat_split(kumar, 'train', 'A', '.TIF', image, inst_map=labels)
+    (kumar / 'train' / 'Labels' / 'A.mat').rename(kumar / 'train' / 'Labels' / 'A.MAT')
+    (sample,) = load_kumar(kumar)
+    assert sample.name == 'A'
+    np.testing.assert_array_equal(sample.image, image)
+    np.testing.assert_array_equal(sample.inst_map, labels)
+
+    consep = tmp_path / 'consep'
+    write_mat_split(consep, 'Test', 'test_1', '.Png', image, inst_map=labels, type_map=labels % 8)
+    assert [s.name for s in load_consep(consep, 'test')] == ['test_1']
+
+    folder = tmp_path / 'folder'
+    for name in ('images', 'labels'):
+        (folder / name).mkdir(parents=True)
+    Image.fromarray(image).save(folder / 'images' / 'a.JPEG', format='PNG')  # the content decides, not the name
+    with open(folder / 'labels' / 'a.NPY', 'wb') as file:  # np.save would append '.npy' to the name
+        np.save(file, labels)
+    (sample,) = load_folder(folder)
+    np.testing.assert_array_equal(sample.inst_map, labels)
+
+    (folder / 'images' / '.a.png').write_bytes(b'resource fork')  # hidden files are ignored
+    assert [s.name for s in load_folder(folder)] == ['a']
+    Image.fromarray(image).save(folder / 'images' / 'a.png')  # a second image with the same stem
+    with pytest.raises(DatasetLayoutError, match=r"several files for 'a' in .*images"):
+        load_folder(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout errors name the path and show the expected layout
 
@@ -286,6 +338,20 @@ def test_geometric_augmentation_keeps_image_and_masks_aligned() -> None:
         np.testing.assert_array_equal(warped_type, np.where(warped_inst > 0, 4 - warped_inst, 0))
 
 
+def test_blur_kernel_sizes_are_drawn_as_hovernet() -> None:
+    # HoVer-Net: Gaussian width and height each randint(0, 3) * 2 + 1, independently; median the same.
+    gaussian, median = photometric_transform().transforms[0].transforms[:2]
+    gaussian.set_random_seed(0)
+    median.set_random_seed(0)
+    assert {gaussian.get_params()['ksize'] for _ in range(300)} == {(w, h) for w in (1, 3, 5) for h in (1, 3, 5)}
+    assert {median.get_params()['ksize'] for _ in range(100)} == {1, 3, 5}
+    image = random_rgb(5, 16, 16)
+    expected = cv2.GaussianBlur(image, (5, 1), sigmaX=0, sigmaY=0, borderType=cv2.BORDER_REPLICATE)
+    np.testing.assert_array_equal(gaussian.apply(image, ksize=(5, 1)), expected)
+    np.testing.assert_array_equal(median.apply(image, ksize=5), cv2.medianBlur(image, 5))
+    np.testing.assert_array_equal(median.apply(image, ksize=1), image)
+
+
 def test_photometric_augmentation_changes_only_the_image() -> None:
     transform = photometric_transform()
     transform.set_random_seed(0)
@@ -329,6 +395,14 @@ def test_patch_dataset_items() -> None:
 
     plain = NucleiPatchDataset(samples, patch_size=48, step=32, augment=False)
     assert set(plain[0]) == {'image', 'np', 'hv', 'inst'}
+    # Without augmentation an item's targets are hovernet_targets of its window, with either HV centre.
+    top, left = patch_origins(96, 96, 48, 32)[0]
+    window = read_window(samples[0].inst_map, top, left, 48)
+    exact = NucleiPatchDataset(samples, patch_size=48, step=32, augment=False, exact_hv_centre=True)
+    for dataset, exact_centre in ((plain, False), (exact, True)):
+        expected = hovernet_targets(window, exact_centre=exact_centre)['hv']
+        np.testing.assert_array_equal(dataset[0]['hv'].numpy(), expected)
+    assert not torch.equal(plain[0]['hv'], exact[0]['hv'])
     with pytest.raises(ValueError, match='type_map'):
         NucleiPatchDataset([NucleiSample('x', samples[0].image, samples[0].inst_map)], 48, 32, False, num_types=4)
 
@@ -352,3 +426,82 @@ def test_stardist_sample_and_tiles() -> None:
     assert len(train) == 12 and len(val) == 4
     assert all(tile.inst_map.max() > 0 for tile in train + val)
     assert {tile.name.split('_', 2)[-1] for tile in val} == {'r0_c3', 'r1_c2', 'r2_c1', 'r3_c0'}
+
+
+def mat_v73_header() -> bytes:
+    """The first bytes of a MATLAB v7.3 (HDF5) file, which scipy cannot read."""
+    return b'MATLAB 7.3 MAT-file'.ljust(116) + bytes(8) + b'\x00\x02IM' + bytes(64)
+
+
+@pytest.mark.parametrize(
+    ('relative_path', 'corrupt', 'message'),
+    [
+        ('Labels/A.mat', lambda data: b'', 'cannot read the MATLAB file (MatReadError'),
+        ('Labels/A.mat', lambda data: np.random.default_rng(0).bytes(300), 'cannot read the MATLAB file (ValueError'),
+        ('Labels/A.mat', lambda data: mat_v73_header(), 'v7.3'),
+        ('Labels/A.mat', lambda data: data[:200], 'cannot read the MATLAB file'),
+        ('Images/A.tif', lambda data: data[:100], 'cannot read the image'),
+    ],
+    ids=['empty-mat', 'random-mat', 'v7.3-mat', 'truncated-mat', 'truncated-tif'],
+)
+def test_corrupt_file_is_named(tmp_path: Path, relative_path: str, corrupt, message: str) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0, 64, 64), inst_map=random_labels(0, 64, 64))
+    path = tmp_path / 'train' / relative_path
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.raises(DatasetLayoutError) as raised:
+        load_kumar(tmp_path)
+    assert str(raised.value).startswith(f'{path}: ') and message in str(raised.value)
+
+
+def test_mat_label_map_of_the_wrong_kind(tmp_path: Path) -> None:
+    write_mat_split(tmp_path, 'train', 'A', '.tif', random_rgb(0), inst_map=np.array(['not', 'a', 'map']))
+    with pytest.raises(DatasetLayoutError, match="'inst_map' must"):
+        load_kumar(tmp_path)
+
+
+def test_mat_without_image(tmp_path: Path) -> None:
+    write_mat_split(
+        tmp_path, 'Train', 'train_1', '.png', random_rgb(0), inst_map=random_labels(0), type_map=random_labels(0)
+    )
+    scipy.io.savemat(tmp_path / 'Train' / 'Labels' / 'train_2.mat', {'inst_map': random_labels(1)})
+    with pytest.raises(DatasetLayoutError) as raised:
+        load_consep(tmp_path)
+    message = str(raised.value)
+    assert str(tmp_path / 'Train' / 'Labels' / 'train_2.mat') in message and 'has no image' in message
+
+
+def test_folder_label_without_image(tmp_path: Path) -> None:
+    write_folder_sample(tmp_path, 'a', 1, with_types=True)
+    np.save(tmp_path / 'types' / 'b.npy', random_labels(2))
+    with pytest.raises(DatasetLayoutError, match=r'types/b\.npy has no image'):
+        load_folder(tmp_path)
+
+
+@pytest.mark.parametrize('suffix', ['.png', '.tif', '.npy'])
+def test_corrupt_images_and_labels_name_the_file(tmp_path: Path, suffix: str) -> None:
+    write_folder_sample(tmp_path, 'a', 1, with_types=False)  # a PNG image and a PNG label
+    broken = tmp_path / 'labels' / 'a.png'
+    broken.unlink()
+    broken = broken.with_suffix(suffix)
+    broken.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40) if suffix == '.png' else bytes(40))
+    with pytest.raises(DatasetLayoutError, match='cannot read instance map') as raised:
+        load_folder(tmp_path)
+    assert str(broken) in str(raised.value)
+
+    (tmp_path / 'images' / 'a.png').write_bytes(b'not an image')
+    with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
+        load_folder(tmp_path)
+    assert str(tmp_path / 'images' / 'a.png') in str(raised.value)
+
+
+def test_invalid_monuseg_xml(tmp_path: Path) -> None:
+    (tmp_path / 'Tissue Images').mkdir()
+    (tmp_path / 'Annotations').mkdir()
+    tifffile.imwrite(tmp_path / 'Tissue Images' / 'X.TIF', random_rgb(0))
+    (tmp_path / 'Annotations' / 'X.xml').write_text('<Annotations><Annotation>')
+    with pytest.raises(DatasetLayoutError, match='cannot read the XML annotation') as raised:
+        load_monuseg(tmp_path)
+    assert str(tmp_path / 'Annotations' / 'X.xml') in str(raised.value)
+    (tmp_path / 'Annotations' / 'Y.xml').write_text('<Annotations/>')
+    with pytest.raises(DatasetLayoutError, match=r'Y\.xml has no image'):
+        load_monuseg(tmp_path)

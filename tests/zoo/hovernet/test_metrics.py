@@ -1,4 +1,8 @@
-"""Nuclear instance metrics: hand-computed cases and a randomized check against slow references."""
+"""Nuclear instance and type metrics: hand-computed cases and a randomized check against slow references.
+
+Parity with HoVer-Net's own values is in test_oracles.py; the type statistics have no oracle, so their
+expected values below are worked out by hand from the formulas of ``compute_stats.run_nuclei_type_stat``.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,12 @@ from zoo.hovernet.metrics import (
     dice,
     dice2,
     instance_stats,
+    match_types,
     mean_instance_stats,
+    pair_centroids,
     panoptic_quality,
     remap_label,
+    type_stats,
 )
 
 # GT 1 and GT 2 are 2x2 squares side by side. Prediction 1 covers GT 1 and half of GT 2;
@@ -68,10 +75,6 @@ PRED_THRESHOLD = np.array(
 )
 
 
-def iou_with_eps(inter: float, union: float) -> float:
-    return inter / (union + 1e-6)
-
-
 def test_remap_label_contiguous_and_by_size() -> None:
     labels = np.array([[0, 7, 7], [3, 3, 3], [0, 0, 9]])
     np.testing.assert_array_equal(remap_label(labels), [[0, 2, 2], [1, 1, 1], [0, 0, 3]])
@@ -94,8 +97,8 @@ def test_merged_prediction_aji_differs_from_aji_plus() -> None:
     assert aji_plus(TRUE_MERGED, PRED_MERGED) == pytest.approx(4 / 13)
     # PQ: GT1-P1 matches (0.667 > 0.5); TP 1, FP 1 (P2), FN 1 (GT2): DQ = 1 / (1 + 1) = 0.5.
     dq, sq, pq = panoptic_quality(TRUE_MERGED, PRED_MERGED)
-    expected_sq = iou_with_eps(4, 6) / (1 + 1e-6)
-    assert (dq, sq, pq) == pytest.approx((0.5, expected_sq, 0.5 * expected_sq))
+    expected_sq = (4 / 6) / (1 + 1e-6)  # PQ's IoU has no epsilon, its SQ denominator has
+    assert (dq, sq, pq) == pytest.approx((0.5, expected_sq, 0.5 * expected_sq), rel=1e-15)
     # DICE: |T| = 8, |P| = 9, |T ∩ P| = 6 -> 12 / 17.
     assert dice(TRUE_MERGED, PRED_MERGED) == pytest.approx(12 / 17)
     # DICE2: pairs (GT1, P1) and (GT2, P1): 2 * (4 + 2) / ((4 + 6) + (4 + 6)) = 0.6.
@@ -106,12 +109,12 @@ def test_pq_threshold_excludes_iou_of_one_half() -> None:
     # Pairs: A-P1 IoU 4/8 = 0.5 (excluded: matching needs > 0.5), B-P2 IoU 12/16 = 0.75.
     # TP 1, FP 1 (P1), FN 1 (A): DQ = 1 / (1 + 0.5 + 0.5) = 0.5, SQ = 0.75.
     dq, sq, pq = panoptic_quality(TRUE_THRESHOLD, PRED_THRESHOLD)
-    expected_sq = iou_with_eps(12, 16) / (1 + 1e-6)
-    assert (dq, sq, pq) == pytest.approx((0.5, expected_sq, 0.5 * expected_sq))
+    expected_sq = (12 / 16) / (1 + 1e-6)
+    assert (dq, sq, pq) == pytest.approx((0.5, expected_sq, 0.5 * expected_sq), rel=1e-15)
     # Below 0.5 the Hungarian pairing keeps both pairs: DQ = 1, SQ = (0.5 + 0.75) / 2.
     dq, sq, pq = panoptic_quality(TRUE_THRESHOLD, PRED_THRESHOLD, match_iou=0.4)
-    expected_sq = (iou_with_eps(4, 8) + iou_with_eps(12, 16)) / (2 + 1e-6)
-    assert (dq, sq, pq) == pytest.approx((1.0, expected_sq, expected_sq))
+    expected_sq = (4 / 8 + 12 / 16) / (2 + 1e-6)
+    assert (dq, sq, pq) == pytest.approx((1.0, expected_sq, expected_sq), rel=1e-15)
     # AJI = AJI+ here (one-to-one already): C = 4 + 12, U = 8 + 16.
     assert aji(TRUE_THRESHOLD, PRED_THRESHOLD) == pytest.approx(16 / 24)
     assert aji_plus(TRUE_THRESHOLD, PRED_THRESHOLD) == pytest.approx(16 / 24)
@@ -189,7 +192,7 @@ def reference_aji(true: np.ndarray, pred: np.ndarray, one_to_one: bool) -> float
 
 def reference_pq(true: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     inter, union, true_areas, pred_areas = reference_pairwise(true, pred)
-    matched = [inter[i, j] / (union[i, j] + 1e-6) for i in range(len(true_areas)) for j in range(len(pred_areas))]
+    matched = [inter[i, j] / union[i, j] for i in range(len(true_areas)) for j in range(len(pred_areas))]
     matched = [iou for iou in matched if iou > 0.5]
     tp, fp, fn = len(matched), len(pred_areas) - len(matched), len(true_areas) - len(matched)
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)
@@ -225,3 +228,84 @@ def test_matches_slow_reference(seed: int) -> None:
     assert aji(true, pred) == pytest.approx(reference_aji(true, pred, one_to_one=False), rel=1e-12)
     assert aji_plus(true, pred) == pytest.approx(reference_aji(true, pred, one_to_one=True), rel=1e-12)
     assert panoptic_quality(true, pred) == pytest.approx(reference_pq(true, pred), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Type statistics (compute_stats.py run_nuclei_type_stat). No oracle exists for these: every expected
+# value is derived by hand from HoVer-Net's formulas, as the comments show.
+
+
+def test_pair_centroids_assigns_first_then_applies_the_radius() -> None:
+    # Greedy nearest-neighbour would pair b with p (4 px); the Hungarian pairing minimises the total
+    # distance: a-p 6 + b-q 6 = 12 < b-p 4 + a-q 16 = 20.
+    true, pred = np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[6.0, 0.0], [16.0, 0.0]])
+    pairs, unpaired_true, unpaired_pred = pair_centroids(true, pred, radius=12)
+    assert pairs.tolist() == [[0, 0], [1, 1]] and unpaired_true.size == unpaired_pred.size == 0
+    # With radius 5 both assigned pairs (6 px) are dropped, although b and p are only 4 px apart.
+    pairs, unpaired_true, unpaired_pred = pair_centroids(true, pred, radius=5)
+    assert pairs.shape == (0, 2) and unpaired_true.tolist() == [0, 1] and unpaired_pred.tolist() == [0, 1]
+    # The radius is inclusive: exactly 12 px apart is a pair.
+    assert pair_centroids(np.array([[0.0, 0.0]]), np.array([[0.0, 12.0]]))[0].tolist() == [[0, 0]]
+
+
+# Image 1, centroids (x, y) and types. g0-p0 2 px apart, g1-p1 exactly 12 px (a pair), g2-p2 13 px (the
+# Hungarian assigns them, the radius drops them), g4-p4 1.4 px, g3 and p3 far from everything.
+IMAGE_1 = dict(
+    true_centroids=[[10, 10], [50, 50], [100, 100], [200, 200], [150, 150]],
+    true_types=[1, 2, 1, 3, 3],
+    pred_centroids=[[12, 10], [50, 62], [100, 113], [300, 300], [151, 151]],
+    pred_types=[1, 1, 1, 2, 3],
+)
+# Image 2 has no GT nucleus: HoVer-Net adds a dummy of type 0 at (0, 0), 7.1 px from the prediction.
+IMAGE_2 = dict(true_centroids=np.zeros((0, 2)), true_types=[], pred_centroids=[[5, 5]], pred_types=[2])
+
+
+def test_match_types_per_image() -> None:
+    first = match_types(**IMAGE_1)
+    assert first.paired_true.tolist() == [1, 2, 3] and first.paired_pred.tolist() == [1, 1, 3]
+    assert first.unpaired_true.tolist() == [1, 3] and first.unpaired_pred.tolist() == [1, 2]
+    second = match_types(**IMAGE_2)
+    assert second.paired_true.tolist() == [0] and second.paired_pred.tolist() == [2]
+    assert second.unpaired_true.size == second.unpaired_pred.size == 0
+    with pytest.raises(ValueError, match='2 centroids but 1 types'):
+        match_types([[0, 0], [1, 1]], [1], [[0, 0]], [1])
+
+
+def test_type_stats_pooled_over_images() -> None:
+    matches = [match_types(**IMAGE_1), match_types(**IMAGE_2)]
+    # Pooled pairs (true, pred): (1,1) (2,1) (3,3) (0,2); unpaired GT types [1, 3], predictions [1, 2].
+    stats = type_stats(matches)
+    assert list(stats) == ['f_d', 'acc', 'f_c_0', 'f_c_1', 'f_c_2', 'f_c_3']  # GT types, the dummy's 0 too
+    # F_d = 2*4 / (2*4 + 2 + 2); acc = 2 equal-type pairs / 4 pairs.
+    assert stats['f_d'] == pytest.approx(8 / 12, rel=1e-15) and stats['acc'] == 0.5
+    # Type 0: pairs (0,2): TP 0, FN_c 1 -> 0 / (2*1).
+    assert stats['f_c_0'] == 0.0
+    # Type 1: pairs (1,1) (2,1): TP 1, FP_c 1; unpaired GT of type 1: 1, unpaired predictions: 1
+    # -> 2 / (2 + 2*1 + 1 + 1).
+    assert stats['f_c_1'] == pytest.approx(2 / 6, rel=1e-15)
+    # Type 2: pairs (2,1) (0,2): TP 0, FP_c 1, FN_c 1, one unpaired prediction -> 0 / 5.
+    assert stats['f_c_2'] == 0.0
+    # Type 3: pair (3,3): TP 1; one unpaired GT of type 3 -> 2 / (2 + 1).
+    assert stats['f_c_3'] == pytest.approx(2 / 3, rel=1e-15)
+    # Pooling is concatenation: one TypeMatches of both images gives the same; type_ids selects.
+    assert type_stats(matches[0] + matches[1]) == stats
+    assert type_stats(matches, type_ids=[3]) == {'f_d': stats['f_d'], 'acc': 0.5, 'f_c_3': stats['f_c_3']}
+    with pytest.raises(ValueError, match='at least one image'):
+        type_stats([])
+
+
+def test_type_stats_not_exhaustive() -> None:
+    # GT type -1: a nucleus whose type was not annotated. Pairs (true, pred): (-1, 2) and (1, 1).
+    matches = match_types([[10, 10], [40, 40]], [-1, 1], [[10, 10], [40, 40]], [2, 1])
+    exhaustive = type_stats(matches, type_ids=[1, 2])
+    # acc = 1 / 2; F_c^2: FP_c 1 -> 0 / (2*1); F_c^1: TP 1 -> 2 / 2.
+    assert exhaustive == {'f_d': 1.0, 'acc': 0.5, 'f_c_1': 1.0, 'f_c_2': 0.0}
+    partial = type_stats(matches, type_ids=[1, 2], exhaustive=False)
+    # The (-1, 2) pair is not counted wrong: acc = 1 / (1 + 1 - 1); F_c^2 = 0 / (2*(1 - 1)) is undefined.
+    assert partial['acc'] == 1.0 and partial['f_c_1'] == 1.0 and np.isnan(partial['f_c_2'])
+
+
+def test_type_stats_without_any_pair() -> None:
+    # The only prediction is 30 px away from the only GT nucleus: no pair, accuracy has nothing to count.
+    stats = type_stats(match_types([[0, 0]], [1], [[30, 0]], [1]))
+    assert stats['f_d'] == 0.0 and np.isnan(stats['acc']) and stats['f_c_1'] == 0.0

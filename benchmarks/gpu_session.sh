@@ -14,7 +14,7 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 
-if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+if [[ "${TINY:-0}" != 1 ]] && compgen -G ".gpu/wheels/*.whl" >/dev/null; then  # wheels are for the GPU image
   $PY -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gpu_site .gpu/wheels/*.whl
   export PYTHONPATH=/tmp/gpu_site
 fi

@@ -4,7 +4,6 @@ profiler and the benchmarks."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -30,18 +29,14 @@ def count_macs(model: torch.nn.Module, input_size) -> int:
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, synchronising CUDA around each."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs, timed by ``torch.utils.benchmark.Timer``
+    (which synchronises CUDA around each run) with the process's own thread count."""
+    from torch.utils.benchmark import Timer  # imported when timing: importing it probes for a CUDA toolchain
+
+    timer = Timer(stmt='fn()', globals={'fn': fn}, num_threads=torch.get_num_threads())
+    if warmup:
+        timer.timeit(warmup)
+    return statistics.median(timer.timeit(1).times[0] for _ in range(repeats))
 
 
 def paired_median_seconds(

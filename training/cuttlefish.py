@@ -57,7 +57,8 @@ Where this module deviates from the authors' code, on purpose:
   first step-decay milestone. The authors' CIFAR code restarts at the base rate with a per-epoch warmup,
   also after a milestone (then one epoch at 0.1); their ImageNet code restarts at 0.1 with the original
   absolute milestones (so a switch after epoch 30 goes back to 0.1); their DeiT code starts a new cosine
-  schedule at ``lr·batch/512/3`` whose warmup trains the switch epoch at 1e-6. Here the schedule goes on.
+  schedule at the batch-scaled rate scaled by batch/512 a second time and divided by 3, whose warmup trains
+  the switch epoch at 1e-6. Here the schedule goes on.
 """
 
 from __future__ import annotations

@@ -1,24 +1,64 @@
 """Cuttlefish (Wang et al., MLSys 2023, arXiv:2305.02538): train full-rank, watch every layer's stable
 rank, and switch to low-rank layers once all of them have stopped moving.
 
-The rules, as the authors' code implements them:
+When to switch follows the authors' code (github:hwang595/Cuttlefish@71637aa: ``utils.py`` + ``main.py``
+for CIFAR, ``cuttlefish_imagenet_training.py`` for ImageNet, ``cuttlefish_deit/main.py`` for DeiT);
+``SwitchRule`` reproduces the switch epoch of their code on reference stable-rank histories exactly
+(tests/training/test_cuttlefish_oracle.py), and ``CuttlefishSwitch`` runs that rule inside training:
 
-* stable rank ``sr(W) = floor(Σσᵢ² / σ_max²)`` of the ``(C_out, C_in·k·k)`` weight matrix;
-* scaled rank ``r = min(full, ceil(ξ · sr(W)))`` with ``ξ = min(m, n) / sr(W at initialisation)``,
-  so a random matrix maps to full rank; optionally at least ``floor · full``;
-* a layer has converged when the mean of the last ``N`` values of ``|d/dt EMA(sr)|`` (EMA span ``w``,
-  the pandas ``ewm(span=w)`` average) is at most ``ε`` rank per epoch; ``ε`` is relaxed when only a few
-  layers are still moving; once converged a layer stays converged;
-* when every tracked layer has converged at the end of epoch ``e``, the network is factorized by
-  truncated SVD at the scaled ranks and trains low-rank from epoch ``e + 1``: a fresh optimizer
-  (momentum reset), a warmup restart if the learning rate has not been decayed yet, and Frobenius
-  decay (λ = 1e-4 on the product ``U Vᵀ``) instead of weight decay on the factors.
+* stable rank ``sr(W) = floor(Σσᵢ² / σ_max²)`` of the ``(C_out, C_in·k·k)`` weight matrix; a layer's
+  history starts with its stable rank at initialisation (entry ``k`` = after ``k`` training epochs);
+* smoothing: the authors' recursive EMA seeded with the first entry, ``ema[0] = sr[0]``,
+  ``ema[i] = sr[i]·α + ema[i−1]·(1−α)``, ``α = 2/(w+1)``;
+* a layer is stable when the mean of the last ``N`` values of ``|np.gradient(ema)|`` is at most ``ε``;
+  ``ε`` is relaxed while only a few layers are not yet stable (counted once per estimate, before any
+  layer is examined); a stable layer stays stable; every tracked layer stable means switch;
+* timing: an estimate belongs to a training epoch ``e`` and finds nothing stable while ``e < w``; when
+  it finds every layer stable the network trains low-rank from epoch ``e + 1``. ``cifar``
+  (``estimate_at='epoch_start'``) estimates at the start of epoch ``e`` on the weights after ``e``
+  epochs, so epoch ``e`` still trains full-rank (earliest switch: epoch 16); ``imagenet`` and ``vit``
+  (``'epoch_end'``) estimate after training epoch ``e`` (earliest switch: epoch 6);
+* ranks, from the weights at the switch: ``r = min(full, ceil(ξ·sr))`` with ``ξ = min(m, n) / sr(W at
+  initialisation)``, so a random matrix maps to full rank, and at least ``floor·full`` (``imagenet`` 1/5,
+  ``vit`` 1/2); ``scale=False`` takes the plain stable rank without a floor (the authors'
+  ``vanilla-stable-rank``);
+* at the switch each layer is factorized by truncated SVD (``√Σ`` in both factors) and training goes on
+  with a fresh optimizer; the CIFAR recipes add Frobenius decay (λ = 1e-4 on ``U Vᵀ``) on the factors
+  instead of weight decay, the ImageNet ResNet recipe a BatchNorm between the factors.
 
-Where the original hard-codes which layers to factorize ("K"), ``CuttlefishSwitch`` measures it:
-each candidate layer is timed dense and factorized (forward + backward, at the rank it would get, on
-the training device and per-rank batch, median of repeats) and stays dense unless factorizing is
-faster. The decision table is logged, saved in the checkpoint and written next to a CSV and a PNG
-plot of every layer's scaled stable rank per epoch.
+Presets: ``cifar`` w=15, N=11, ε=0.1 (0.1·2.5 with exactly 2 layers not yet stable, 0.1·5 with 1), no
+floor; ``imagenet`` w=5, N=5, ε=0.33 (0.33·2.5 with 4-6, 0.33·5 with 0-3), floor 1/5; ``vit`` w=5, N=5,
+ε=0.411 (0.411·2.5 with 5-9, 0.411·5 with 0-4), floor 1/2. ``short`` is ours, not the paper's: the same
+rule with numbers that let the bundled ten-epoch Fashion-MNIST recipes switch.
+
+Where this module deviates from the authors' code, on purpose:
+
+* which layers are factorized: ``profile`` times each candidate dense and factorized (forward + backward,
+  at the rank it would get, on the training device and per-rank batch, median of repeats; the decision
+  table is logged, checkpointed and written next to a CSV and PNG of every layer's rank per epoch) and
+  keeps it dense unless it is at least ``min_speedup`` faster; a layer whose factorization would not be
+  smaller always stays dense. The authors factorize a hard-coded set regardless of size or speed
+  (``layers='paper', profile=False`` is that set, less any layer that would not get smaller);
+* ξ is paired with its own layer. The authors' ImageNet ResNet and DeiT code pairs it with a shifted
+  layer (a bug): in ResNet-50's layer4, every conv of blocks 1 and 2 uses the ξ of the conv before it in
+  state-dict order, and the downsample and ``layer4.0.conv3`` get each other's cap and floor; in DeiT,
+  the i-th of the factorized qkv/fc1/fc2 layers uses the ξ of the i-th of qkv/proj/fc1/fc2, so only
+  ``blocks.0.attn.qkv`` gets its own;
+* Frobenius decay goes on every factorized layer; the authors' CIFAR ResNet-18 gives it to the 10
+  tracked layers only and plain weight decay (1e-4 per factor) to the factors of ``layer2.0``;
+* ``low_rank_bn`` also puts a BatchNorm between the factors of ResNet-50's downsample (the authors'
+  has none there), whose stride sits on the first factor (theirs: on the second; the same function);
+* DeiT's first factor has no bias (the authors': a trainable bias, initialised to zero);
+* SVD and stable rank in float64 (the authors': float32 singular values; the stable rank can differ only
+  at an exactly integer ratio);
+* ranks are capped at full rank; the authors' cap compares ``int(ξ·sr)`` and can return full rank + 1;
+  their CIFAR ``vanilla-stable-rank`` returns the full rank when ``int(ξ·sr)`` exceeds it, ours ``sr``;
+* the learning rate at the switch: ``rewarm`` restarts the recipe's warmup (per step) only before its
+  first step-decay milestone. The authors' CIFAR code restarts at the base rate with a per-epoch warmup,
+  also after a milestone (then one epoch at 0.1); their ImageNet code restarts at 0.1 with the original
+  absolute milestones (so a switch after epoch 30 goes back to 0.1); their DeiT code starts a new cosine
+  schedule at the batch-scaled rate scaled by batch/512 a second time and divided by 3, whose warmup trains
+  the switch epoch at 1e-6. Here the schedule goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +66,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,25 +88,64 @@ from zoo.layers import (
 from zoo.profile import paired_median_seconds
 
 from .callbacks import Callback
+from .recipe import RecipeError
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ['PRESETS', 'stable_rank', 'scaled_rank', 'ema', 'has_converged', 'profile_layers', 'CuttlefishSwitch']
+__all__ = [
+    'PRESETS',
+    'SwitchRule',
+    'stable_rank',
+    'scaled_rank',
+    'ema',
+    'is_stable',
+    'profile_layers',
+    'CuttlefishSwitch',
+]
 
 _log = logging.getLogger('training.cuttlefish')
 
-# (window w, last N, epsilon, [(at most this many layers still moving, relaxed epsilon), ...], rank floor)
+# relaxed: [(at most this many tracked layers not yet stable, ε), ...], the values computed as the authors do.
 PRESETS = {
-    # ResNet-18 / VGG-19 on CIFAR (utils.py of the authors' code)
-    'cifar': dict(window=15, last_n=11, epsilon=0.1, relaxed=[[2, 0.25], [1, 0.5]], floor=0.0),
-    # ResNet-50 / WRN-50-2 on ImageNet
-    'imagenet': dict(window=5, last_n=5, epsilon=0.33, relaxed=[[6, 0.825], [3, 1.65]], floor=0.2),
-    # DeiT / ResMLP
-    'vit': dict(window=5, last_n=5, epsilon=0.411, relaxed=[[9, 1.03], [4, 2.06]], floor=0.5),
-    # Ours, for runs of a few epochs on a CPU (the bundled Fashion-MNIST recipes); not from the paper.
-    'short': dict(window=3, last_n=3, epsilon=1.0, relaxed=[[2, 2.0], [1, 3.0]], floor=0.0),
+    # CIFAR ResNet-18 / VGG-19: utils.py (layer_rank_stable_detector, rank_estimation) and main.py
+    'cifar': dict(
+        window=15,
+        last_n=11,
+        epsilon=0.1,
+        relaxed=[[2, 0.1 * 2.5], [1, 0.1 * (2.5 * 2)]],
+        estimate_at='epoch_start',
+        floor=0.0,
+    ),
+    # ImageNet ResNet-50 / WRN-50-2: cuttlefish_imagenet_training.py
+    'imagenet': dict(
+        window=5,
+        last_n=5,
+        epsilon=0.33,
+        relaxed=[[6, 0.33 * 2.5], [3, 0.33 * (2.5 * 2)]],
+        estimate_at='epoch_end',
+        floor=1 / 5,
+    ),
+    # DeiT / ResMLP: cuttlefish_deit/main.py
+    'vit': dict(
+        window=5,
+        last_n=5,
+        epsilon=0.411,
+        relaxed=[[9, 0.411 * 2.5], [4, 0.411 * (2.5 * 2)]],
+        estimate_at='epoch_end',
+        floor=0.5,
+    ),
+    # Ours, not the paper's: for the bundled ten-epoch Fashion-MNIST recipes on a CPU.
+    'short': dict(
+        window=3,
+        last_n=3,
+        epsilon=2.0,
+        relaxed=[[2, 2.0 * 2.5], [1, 2.0 * (2.5 * 2)]],
+        estimate_at='epoch_end',
+        floor=0.0,
+    ),
 }
+_RULE_KEYS = ('window', 'last_n', 'epsilon', 'relaxed', 'estimate_at')
 
 
 @torch.no_grad()
@@ -86,30 +166,85 @@ def scaled_rank(sr: int, xi: float, full: int, floor: float = 0.0) -> int:
 
 
 def ema(values: Sequence[float], span: int) -> np.ndarray:
-    """Exponentially weighted mean with α = 2/(span+1), normalised by the weights seen so far
-    (pandas ``Series.ewm(span=span).mean()``, ``adjust=True``)."""
+    """The authors' exponential moving average: seeded with the first value, then
+    ``ema[i] = values[i]·α + ema[i−1]·(1−α)`` with ``α = 2/(span+1)`` (pandas ``ewm(adjust=False)``)."""
     alpha = 2 / (span + 1)
-    out, num, den = [], 0.0, 0.0
-    for v in values:
-        num = num * (1 - alpha) + v
-        den = den * (1 - alpha) + 1
-        out.append(num / den)
-    return np.asarray(out)
+    out = np.empty(len(values))
+    out[0] = values[0]
+    for i in range(1, len(values)):
+        out[i] = values[i] * alpha + out[i - 1] * (1 - alpha)
+    return out
 
 
-def has_converged(history: Sequence[float], window: int, last_n: int, epsilon: float) -> bool:
-    """Mean |gradient| of the EMA-smoothed history over its last ``last_n`` points is ≤ ``epsilon``."""
-    if len(history) < max(window, last_n, 2):
-        return False
-    slope = np.abs(np.gradient(ema(history, window)))
-    return float(slope[-last_n:].mean()) <= epsilon
+def is_stable(history: Sequence[float], window: int, last_n: int, threshold: float) -> bool:
+    """The mean of the last ``last_n`` values of ``|gradient(ema(history, window))|`` is at most ``threshold``."""
+    slope = np.absolute(np.gradient(ema(history, window)))
+    return bool(np.mean(slope[-last_n:]) <= threshold)
 
 
-def _relaxed_epsilon(epsilon: float, relaxed: Iterable[Sequence[float]], still_moving: int) -> float:
-    for at_most, value in sorted(relaxed, key=lambda r: -r[0]):
-        if still_moving <= at_most:
-            epsilon = max(epsilon, value)
-    return epsilon
+@dataclass(frozen=True)
+class SwitchRule:
+    """When the authors' code switches to low rank, as a pure function of the stable-rank histories.
+
+    Args:
+        window: EMA span ``w``, also the first training epoch whose estimate may find a layer stable.
+        last_n: how many of the last smoothed slopes are averaged.
+        epsilon: the largest mean slope (rank per epoch) of a stable layer.
+        relaxed: ``[(k, ε_k), ...]``: ε_k applies while at most ``k`` tracked layers are not yet stable
+            (the smallest such ``k`` wins).
+        estimate_at: ``'epoch_start'`` (CIFAR: the estimate in epoch ``e`` runs before training it, on
+            entries ``0..e``) or ``'epoch_end'`` (ImageNet, DeiT: after training it, on entries ``0..e+1``).
+    """
+
+    window: int
+    last_n: int
+    epsilon: float
+    relaxed: tuple[tuple[int, float], ...] = ()
+    estimate_at: str = 'epoch_end'
+
+    def __post_init__(self):
+        if self.estimate_at not in ('epoch_start', 'epoch_end'):
+            raise RecipeError(f"cuttlefish.estimate_at must be 'epoch_start' or 'epoch_end', got {self.estimate_at!r}")
+        if self.window < 1 or self.last_n < 1:
+            raise RecipeError(f'cuttlefish.window and last_n must be at least 1, got {self.window} and {self.last_n}')
+        object.__setattr__(self, 'relaxed', tuple(sorted((int(k), float(e)) for k, e in self.relaxed)))
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> SwitchRule:
+        return cls(**{key: settings[key] for key in _RULE_KEYS})
+
+    def threshold(self, not_stable: int) -> float:
+        return next((eps for at_most, eps in self.relaxed if not_stable <= at_most), self.epsilon)
+
+    def estimate(self, histories: Mapping[Hashable, Sequence[float]], stable: set) -> int | None:
+        """One of the authors' rank estimates, once entries ``0..k`` of every tracked layer are known.
+
+        Adds the layers it finds stable to ``stable`` and returns the first epoch to train low-rank once
+        every layer is stable, else ``None``. Call it once per new entry, from entry 0 on.
+        """
+        k = len(next(iter(histories.values()))) - 1
+        epoch = k if self.estimate_at == 'epoch_start' else k - 1  # the training epoch this estimate belongs to
+        threshold = self.threshold(len(histories) - len(stable))
+        if epoch >= self.window:
+            stable.update(
+                name
+                for name, history in histories.items()
+                if name not in stable and is_stable(history, self.window, self.last_n, threshold)
+            )
+        return epoch + 1 if len(stable) == len(histories) else None
+
+    def switch_epoch(self, stable_ranks: Sequence[Sequence[float]]) -> int | None:
+        """The first low-rank epoch for ``stable_ranks[k][i]`` (layer ``i`` after ``k`` epochs; ``k = 0`` is
+        the network at initialisation), or ``None`` if these entries do not decide a switch."""
+        histories: dict[int, list[float]] = {i: [] for i in range(len(stable_ranks[0]))}
+        stable: set[int] = set()
+        for entry in stable_ranks:
+            for i, sr in enumerate(entry):
+                histories[i].append(sr)
+            switch = self.estimate(histories, stable)
+            if switch is not None:
+                return switch
+        return None
 
 
 def profile_layers(
@@ -159,7 +294,9 @@ class CuttlefishSwitch(Callback):
     """The stable-rank tracker and automatic full-to-low-rank switch, as a trainer callback.
 
     Args:
-        preset: ``'cifar'``, ``'imagenet'``, ``'vit'`` or ``'short'``; the other arguments override it.
+        preset: ``'cifar'``, ``'imagenet'``, ``'vit'`` (the authors' settings) or ``'short'`` (ours); the
+            next six arguments override it (see ``SwitchRule``; ``floor`` is the rank floor as a fraction
+            of full rank).
         layers: the layers that may be factorized: ``'all'`` (every dense conv/linear except the stem
             and the classifier), ``'paper'`` (the model's ``low_rank_candidates()``, the original
             hand-picked set) or a list of names or shell-style patterns (``'blocks.*.mlp.fc*'``).
@@ -173,8 +310,12 @@ class CuttlefishSwitch(Callback):
             keeps ordinary weight decay on them).
         low_rank_bn: BatchNorm between the factors (the paper's alternative to Frobenius decay).
         rewarm: restart the recipe's warmup at the switch, if the schedule has not passed its first
-            step-decay milestone (the authors' CIFAR rule); a switch that factorizes nothing changes nothing.
+            step-decay milestone; a switch that factorizes nothing changes nothing.
         scale: ``True`` uses the scaled stable rank ξ·sr (the paper's default), ``False`` plain sr.
+
+    ``history[name][k]`` is the layer's stable rank after ``k`` epochs (``k = 0``: at initialisation);
+    ``switch_epoch`` is the first low-rank epoch once decided (with ``estimate_at='epoch_start'`` that is
+    one epoch before it happens), ``switched`` whether the network has been factorized.
     """
 
     def __init__(
@@ -184,6 +325,7 @@ class CuttlefishSwitch(Callback):
         last_n: int | None = None,
         epsilon: float | None = None,
         relaxed: list | None = None,
+        estimate_at: str | None = None,
         floor: float | None = None,
         layers: str | Sequence[str] = 'all',
         track: str | Sequence[str] | None = None,
@@ -196,16 +338,16 @@ class CuttlefishSwitch(Callback):
         scale: bool = True,
     ):
         if preset not in PRESETS:
-            raise ValueError(f'unknown Cuttlefish preset {preset!r}; available: {sorted(PRESETS)}')
+            raise RecipeError(f'unknown Cuttlefish preset {preset!r}; available: {sorted(PRESETS)}')
         if frobenius_decay and low_rank_bn:
-            raise ValueError(
+            raise RecipeError(
                 'Frobenius decay and a BatchNorm between the factors are mutually exclusive '
                 '(as in the original code): set frobenius_decay: 0 or low_rank_bn: false'
             )
-        settings = dict(PRESETS[preset])
-        for key, value in dict(window=window, last_n=last_n, epsilon=epsilon, relaxed=relaxed, floor=floor).items():
-            if value is not None:
-                settings[key] = value
+        overrides = dict(
+            window=window, last_n=last_n, epsilon=epsilon, relaxed=relaxed, estimate_at=estimate_at, floor=floor
+        )
+        settings = dict(PRESETS[preset]) | {key: value for key, value in overrides.items() if value is not None}
         self.settings = dict(
             settings,
             preset=preset,
@@ -218,12 +360,14 @@ class CuttlefishSwitch(Callback):
             rewarm=rewarm,
             scale=scale,
         )
+        self.rule = SwitchRule.from_settings(self.settings)
         self.profile_repeats = profile_repeats
         self.xi: dict[str, float] = {}
         self.full: dict[str, int] = {}
         self.history: dict[str, list[int]] = {}
-        self.converged_at: dict[str, int] = {}
+        self.converged_at: dict[str, int] = {}  # layer -> the entry whose estimate found it stable
         self.switch_epoch: int | None = None
+        self.switched = False
         self.decisions: list[dict] = []
         self._input_shapes: dict[str, tuple] = {}
         self._hooks: list = []
@@ -276,20 +420,19 @@ class CuttlefishSwitch(Callback):
                 f'Cuttlefish needs an architecture that takes per-layer ranks (the cf_* models); '
                 f'{trainer.model_name} does not: {e}'
             ) from e
-        # "Epoch -1": ξ from the initial weights, so that a random matrix maps to full rank.
-        for name, layer in self._tracked(trainer.model).items():
-            self.full[name] = full_rank(layer)
-            self.xi[name] = self.full[name] / max(stable_rank(weight_matrix(layer)), 1)
-            self.history[name] = []
+        if not self._deciders(trainer.model):
+            raise RecipeError(f'cuttlefish: no layer of {trainer.model_name} to track; set cuttlefish.track')
+        layers = self._tracked(trainer.model)
+        self.full = {name: full_rank(layer) for name, layer in layers.items()}
+        self.history = {name: [] for name in layers}
+        # Entry 0 is the network at initialisation (the authors' "epoch -1" estimate); ξ comes from it, so
+        # that a random matrix maps to full rank.
+        self._estimate(trainer)
+        self.xi = {name: self.full[name] / max(self.history[name][0], 1) for name in layers}
         self._record_input_shapes(trainer.model)
 
-    def _rank(self, name: str, sr: int) -> int:
-        xi = self.xi[name] if self.settings['scale'] else 1.0
-        return scaled_rank(sr, xi, self.full[name], self.settings['floor'])
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
-        if self.switch_epoch is not None:
-            return
+    def _estimate(self, trainer: Trainer) -> None:
+        """Append every tracked layer's stable rank and, until the switch is decided, run the rule on it."""
         layers = self._tracked(trainer.model)
         # Rank 0 measures and every rank takes its numbers, so all ranks decide the switch identically.
         ranks = torch.tensor(
@@ -298,14 +441,23 @@ class CuttlefishSwitch(Callback):
         )
         for name, sr in zip(layers, trainer.ctx.broadcast_tensor(ranks).tolist()):
             self.history[name].append(int(sr))
-        deciders = list(self._deciders(trainer.model))
-        still_moving = [n for n in deciders if n not in self.converged_at]
-        epsilon = _relaxed_epsilon(self.settings['epsilon'], self.settings['relaxed'], len(still_moving))
-        for name in still_moving:
-            if has_converged(self.history[name], self.settings['window'], self.settings['last_n'], epsilon):
-                self.converged_at[name] = epoch
-        metrics['cf_converged'] = len(self.converged_at) / max(len(deciders), 1)
-        if len(self.converged_at) == len(deciders):
+        if self.switch_epoch is None:
+            entry = len(self.history[next(iter(layers))]) - 1
+            stable = set(self.converged_at)
+            self.switch_epoch = self.rule.estimate({n: self.history[n] for n in self._deciders(trainer.model)}, stable)
+            self.converged_at |= {name: entry for name in stable - set(self.converged_at)}
+
+    def _rank(self, name: str, sr: int) -> int:
+        if not self.settings['scale']:
+            return max(sr, 1)
+        return scaled_rank(sr, self.xi[name], self.full[name], self.settings['floor'])
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
+        if self.switched:
+            return
+        self._estimate(trainer)  # entry epoch + 1: the weights after this epoch
+        metrics['cf_converged'] = len(self.converged_at) / len(self._deciders(trainer.model))
+        if self.switch_epoch == epoch + 1:
             self._switch(trainer, epoch, self._candidates(trainer.model))
             metrics['cf_switched'] = 1
         if trainer.ctx.is_main:
@@ -355,14 +507,15 @@ class CuttlefishSwitch(Callback):
         decision = trainer.ctx.broadcast_tensor(decision)
         chosen = {n: int(r) for n, r in zip(names, decision.tolist()) if r > 0}
         self._remove_hooks()
-        self.switch_epoch = epoch + 1
+        self.switched = True
+        stable_after = max(self.converged_at.values())
         if not chosen:
             # Nothing to factorize: the network and its training go on exactly as before.
             if trainer.ctx.is_main:
                 _log.info(
-                    'Cuttlefish: the tracked layers converged after epoch %d; no factorization of the %d '
+                    'Cuttlefish: every tracked layer was stable after %d epochs; no factorization of the %d '
                     'candidates is smaller and faster, so the network stays dense',
-                    epoch,
+                    stable_after,
                     len(layers),
                 )
             return
@@ -380,9 +533,10 @@ class CuttlefishSwitch(Callback):
         )
         if trainer.ctx.is_main:
             _log.info(
-                'Cuttlefish: the tracked layers converged after epoch %d; factorized %d of %d candidates, '
-                'params %s -> %s (%.2fx smaller); learning-rate warmup %s',
-                epoch,
+                'Cuttlefish: every tracked layer was stable after %d epochs; from epoch %d on, %d of %d '
+                'candidates are factorized, params %s -> %s (%.2fx smaller); learning-rate warmup %s',
+                stable_after,
+                epoch + 1,
                 len(chosen),
                 len(layers),
                 f'{before:,}',
@@ -393,7 +547,7 @@ class CuttlefishSwitch(Callback):
 
     def after_backward(self, trainer: Trainer) -> None:
         strength = self.settings['frobenius_decay']
-        if self.switch_epoch is None or not strength:
+        if not self.switched or not strength:
             return
         for module in trainer.model.modules():
             if isinstance(module, LowRankLayer):
@@ -409,19 +563,27 @@ class CuttlefishSwitch(Callback):
             history=self.history,
             converged_at=self.converged_at,
             switch_epoch=self.switch_epoch,
+            switched=self.switched,
             decisions=self.decisions,
             input_shapes={k: list(v) for k, v in self._input_shapes.items()},
         )
 
     def load_state_dict(self, state: dict) -> None:
+        if 'switched' not in state:
+            raise ValueError(
+                'this checkpoint was written by an older Cuttlefish switch, whose stable-rank history lacks '
+                'the entry at initialisation; train into a new --run-dir'
+            )
         self.settings = state['settings']
+        self.rule = SwitchRule.from_settings(self.settings)
         self.xi, self.full, self.history = state['xi'], state['full'], state['history']
         self.converged_at, self.switch_epoch = state['converged_at'], state['switch_epoch']
+        self.switched = state['switched']
         self.decisions = state['decisions']
         self._input_shapes = {k: tuple(v) for k, v in state['input_shapes'].items()}
 
     def on_resume(self, trainer: Trainer) -> None:
-        if self.switch_epoch is None:
+        if not self.switched:
             self._record_input_shapes(trainer.model)
 
     def write_report(self, folder: Path) -> None:
@@ -429,11 +591,11 @@ class CuttlefishSwitch(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / 'stable_ranks.csv', 'w', newline='') as f:
             writer = csv.writer(f)
-            writer.writerow(['epoch', 'layer', 'stable_rank', 'scaled_rank', 'full_rank', 'converged'])
+            writer.writerow(['epochs_trained', 'layer', 'stable_rank', 'rank', 'full_rank', 'stable'])
             for name, history in self.history.items():
-                for epoch, sr in enumerate(history):
-                    converged = name in self.converged_at and epoch >= self.converged_at[name]
-                    writer.writerow([epoch, name, sr, self._rank(name, sr), self.full[name], int(converged)])
+                for trained, sr in enumerate(history):
+                    stable = name in self.converged_at and trained >= self.converged_at[name]
+                    writer.writerow([trained, name, sr, self._rank(name, sr), self.full[name], int(stable)])
         if self.decisions:
             keys = list(dict.fromkeys(k for row in self.decisions for k in row))
             with open(folder / 'decisions.csv', 'w', newline='') as f:
@@ -454,9 +616,9 @@ class CuttlefishSwitch(Callback):
                 ax.plot(
                     range(len(history)), [self._rank(name, sr) / self.full[name] for sr in history], lw=1, label=name
                 )
-        if self.switch_epoch is not None:
-            ax.axvline(self.switch_epoch - 0.5, color='k', ls='--', lw=1.2, label=f'switch (epoch {self.switch_epoch})')
-        ax.set_xlabel('epoch')
+        if self.switched:
+            ax.axvline(self.switch_epoch, color='k', ls='--', lw=1.2, label=f'low rank from epoch {self.switch_epoch}')
+        ax.set_xlabel('epochs trained (0: initialisation)')
         ax.set_ylabel('scaled stable rank / full rank' if self.settings['scale'] else 'stable rank / full rank')
         ax.set_ylim(0, 1.05)
         ax.set_title('Cuttlefish: per-layer rank estimates')

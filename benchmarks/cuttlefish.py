@@ -107,13 +107,14 @@ def main() -> None:
         metavar='NAME=RUN_DIR',
         help="use the ranks a training run's switch chose for model NAME",
     )
+    parser.add_argument('--repeats', type=int, help='timed repeats per model (default 7, 3 with --quick)')
     parser.add_argument('--out', type=Path, help='where the table is written (default: results/cuttlefish[_cuda].md)')
     args = parser.parse_args()
     device = torch.device(args.device)
     amp = args.amp or ('bf16' if device.type == 'cuda' else 'off')
     amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'off': None}[amp]
     runs = {name: Path(run) for name, _, run in (item.partition('=') for item in args.ranks_from)}
-    repeats = 3 if args.quick else 7
+    repeats = args.repeats or (3 if args.quick else 7)
     models = MODELS[:3] if args.quick else MODELS
     out = args.out or Path(__file__).parent / 'results' / f'cuttlefish{"_cuda" if device.type == "cuda" else ""}.md'
     header = (
@@ -157,6 +158,9 @@ def main() -> None:
             ]
         lines.append('| ' + ' | '.join(row) + ' |')
         print(lines[-1], flush=True)
+        if not args.quick:  # row by row: a run stopped early keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text('\n'.join(lines) + '\n')
         del dense, low
         if device.type == 'cuda':
             torch.cuda.empty_cache()

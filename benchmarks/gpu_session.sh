@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One session on a lent NVIDIA GPU (see README, "Cuttlefish at full width on a GPU"). From the repository root:
-#   STAGES="probe tests bench" bash benchmarks/gpu_session.sh   # epoch time, CUDA smoke tests, benchmark
-#   STAGES="train" bash benchmarks/gpu_session.sh                # the two 60-epoch runs, side by side
+#   bash benchmarks/gpu_session.sh               # CUDA smoke tests, the two runs side by side, packing, benchmark
+#   STAGES="probe" bash benchmarks/gpu_session.sh  # only the seconds per epoch of the real recipe
 #   TINY=1 bash benchmarks/gpu_session.sh                        # every stage in seconds, on a CPU, to try it
 # Everything lands in $OUT (default /tmp/gpu_session): logs, the CUDA benchmark table and the two run
 # directories (best weights in float16, no checkpoints) packed in 15 MB parts. Nothing is downloaded: packages
@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
-STAGES=${STAGES:-probe tests bench train}
+STAGES=${STAGES:-tests train pack bench}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 
 RUN_ARGS=(log.progress=false log.tensorboard=false)
-TRAIN_LIMIT=${TRAIN_LIMIT:-480}
+TRAIN_LIMIT=${TRAIN_LIMIT:-300}  # one command may run 10 minutes on the lent machine
 if [[ "${TINY:-0}" == 1 ]]; then  # the same stages at toy size, to check the script before renting a GPU
   RUN_ARGS+=(epochs=2 task.args.train_subset=1024 task.args.holdout=512 'batch.stages=[[0,128]]'
              'model.args.widths=[8,16,32,64]')
@@ -47,24 +47,25 @@ for stage in $STAGES; do
       mkdir -p runs && train fmnist_resnet18_full_width_cuttlefish runs/gpu_probe epochs=3
       grep -o 'epoch_seconds [0-9.]*' runs/gpu_probe.log ;;
     tests)
-      timeout 300 $PY -m pytest -q -s -p no:cacheprovider tests/training/test_cuda.py > "$OUT/cuda_tests.log" 2>&1
+      timeout 90 $PY -m pytest -q -s -p no:cacheprovider tests/training/test_cuda.py > "$OUT/cuda_tests.log" 2>&1
       echo "CUDA tests: exit $?"; tail -3 "$OUT/cuda_tests.log" ;;
     bench)
       ranks=(); [[ -f runs/gpu_cuttlefish/best/run.json ]] && ranks=(--ranks-from cf_resnet18=runs/gpu_cuttlefish)
-      timeout 420 $PY benchmarks/cuttlefish.py --device "$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" \
+      timeout 150 $PY benchmarks/cuttlefish.py --repeats 5 --device "$($PY -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" \
         "${ranks[@]}" "${BENCH[@]}" --out "$OUT/cuttlefish_cuda.md"
       echo "benchmark: exit $?" ;;
     train)  # the Cuttlefish run and its full-rank twin at once: each alone leaves the GPU partly idle
       mkdir -p runs
       train fmnist_resnet18_full_width_cuttlefish runs/gpu_cuttlefish ${EPOCHS:+epochs=$EPOCHS} &
       train fmnist_resnet18_full_width runs/gpu_full_rank ${EPOCHS:+epochs=$EPOCHS} &
-      wait
-      for run in runs/gpu_cuttlefish runs/gpu_full_rank; do  # float16 best weights: small enough to bring back
+      wait ;;
+    pack)  # float16 best weights (small enough to bring back), logs, no checkpoints, in 15 MB parts
+      for run in runs/gpu_cuttlefish runs/gpu_full_rank; do
         [[ -f $run/best/model.safetensors ]] && $PY -c "
 import sys; from safetensors.torch import load_file, save_file
 path = sys.argv[1]; save_file({k: v.half() if v.is_floating_point() else v for k, v in load_file(path).items()}, path, metadata={'format': 'pt'})" \
           "$run/best/model.safetensors"
-        mv "$run.log" "$run/train.log"
+        [[ -f $run.log ]] && mv "$run.log" "$run/train.log"
       done
       tar czf - --exclude=checkpoints runs/gpu_cuttlefish runs/gpu_full_rank | split -b 15m - "$OUT/runs.tar.gz.part-"
       ls -la "$OUT" ;;

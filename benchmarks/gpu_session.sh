@@ -25,6 +25,8 @@ $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__ver
 
 RUN_ARGS=(log.progress=false log.tensorboard=false)
 TRAIN_LIMIT=${TRAIN_LIMIT:-300}  # one command may run 10 minutes on the lent machine
+# EPOCHS=90 MILESTONES=45,68 lengthen both runs alike (the 60-epoch recipe stopped before its switch fired).
+SCHEDULE=(${EPOCHS:+epochs=$EPOCHS} ${MILESTONES:+schedule.milestones=[$MILESTONES]})
 if [[ "${TINY:-0}" == 1 ]]; then  # the same stages at toy size, to check the script before renting a GPU
   RUN_ARGS+=(epochs=2 task.args.train_subset=1024 task.args.holdout=512 'batch.stages=[[0,128]]'
              'model.args.widths=[8,16,32,64]')
@@ -56,9 +58,9 @@ for stage in $STAGES; do
       echo "benchmark: exit $?" ;;
     train)  # the Cuttlefish run and its full-rank twin at once: each alone leaves the GPU partly idle
       mkdir -p runs
-      train fmnist_resnet18_full_width_cuttlefish runs/gpu_cuttlefish ${EPOCHS:+epochs=$EPOCHS} &
-      train fmnist_resnet18_full_width runs/gpu_full_rank ${EPOCHS:+epochs=$EPOCHS} &
-      wait ;;
+      train fmnist_resnet18_full_width_cuttlefish runs/gpu_cuttlefish "${SCHEDULE[@]}" & first=$!
+      train fmnist_resnet18_full_width runs/gpu_full_rank "${SCHEDULE[@]}" & second=$!
+      wait "$first" "$second" ;;  # by PID: a bare `wait` would also wait for the log's tee
     pack)  # float16 best weights (small enough to bring back), logs, no checkpoints, in 15 MB parts
       for run in runs/gpu_cuttlefish runs/gpu_full_rank; do
         [[ -f $run/best/model.safetensors ]] && $PY -c "

@@ -35,7 +35,7 @@ def test_amp_training_on_cuda(tmp_path, amp):
     rows = trainer.history
     print(f'{amp}: ' + '; '.join(f'epoch {r["epoch"]} loss {r["train_loss"]:.3f} top1 {r["top1"]:.1f}' for r in rows))
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r['train_loss'])) for r in rows)
-    assert rows[1]['train_loss'] < rows[0]['train_loss'] and best['top1'] > 30  # it learns
+    assert rows[1]['train_loss'] < rows[0]['train_loss'] and best['top1'] > 15  # it learns (chance: 10 %)
     assert next(trainer.model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
 
 

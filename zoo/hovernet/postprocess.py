@@ -44,8 +44,11 @@ def _minmax(array: np.ndarray) -> np.ndarray:
     return cv2.normalize(array, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
 
 
-def _instance_types(inst_map: np.ndarray, num_instances: int, type_map: np.ndarray, num_types: int) -> dict[int, int]:
-    """Majority type of each instance; background (0) wins only if nothing else is present.
+def _instance_types(
+    inst_map: np.ndarray, num_instances: int, type_map: np.ndarray, num_types: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Majority type of each instance and the fraction of its pixels of that type (HoVer-Net's
+    ``type_prob``); background (0) wins only if nothing else is present.
 
     Ties go to the lower type id, as in HoVer-Net's stable sort by pixel count.
     """
@@ -57,15 +60,40 @@ def _instance_types(inst_map: np.ndarray, num_instances: int, type_map: np.ndarr
     has_foreground_type = counts[:, 1:].sum(axis=1) > 0
     majority_foreground = counts[:, 1:].argmax(axis=1) + 1
     majority = np.where((majority == 0) & has_foreground_type, majority_foreground, majority)
-    return {inst_id: int(inst_type) for inst_id, inst_type in enumerate(majority, start=1)}
+    chosen = np.take_along_axis(counts, majority[:, None], axis=1)[:, 0]
+    return majority, chosen / np.maximum(counts.sum(axis=1), 1)
+
+
+def _instance_info(inst_map: np.ndarray, types: np.ndarray | None, type_probs: np.ndarray | None) -> dict[int, dict]:
+    """Bounding box, centroid and contour of every instance, as HoVer-Net's ``process`` reports them.
+
+    The contour is the first outer contour of ``cv2.findContours`` (``CHAIN_APPROX_SIMPLE``) as ``[x, y]``
+    points and the centroid the ``cv2.moments`` centre of the instance's pixels, both in image coordinates.
+    """
+    info = {}
+    for inst_id, window in enumerate(ndimage.find_objects(inst_map), start=1):
+        if window is None:
+            continue
+        mask = (inst_map[window] == inst_id).astype(np.uint8)
+        offset = np.array([window[1].start, window[0].start])  # x, y
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        moments = cv2.moments(mask, binaryImage=True)
+        info[inst_id] = {
+            'bbox': np.array([[window[0].start, window[1].start], [window[0].stop, window[1].stop]]),
+            'centroid': np.array([moments['m10'] / moments['m00'], moments['m01'] / moments['m00']]) + offset,
+            'contour': contours[0][:, 0].astype(np.int64) + offset,
+            'type': None if types is None else int(types[inst_id - 1]),
+            'type_prob': None if type_probs is None else float(type_probs[inst_id - 1]),
+        }
+    return info
 
 
 def hovernet_postprocess(
     np_prob: np.ndarray,
     hv: np.ndarray,
     tp_prob: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[int, int] | None]:
-    """Instance map (and per-instance types) from HoVer-Net's NP, HV and optional TP outputs.
+) -> tuple[np.ndarray, dict[int, dict]]:
+    """Instance map and per-instance information from HoVer-Net's NP, HV and optional TP outputs.
 
     Args:
         np_prob: ``H x W`` nuclear-pixel probability (softmax channel 1).
@@ -74,8 +102,10 @@ def hovernet_postprocess(
 
     Returns:
         ``inst_map``: ``H x W`` int32, 0 = background, instances numbered ``1..N``;
-        ``inst_types``: ``{instance id: type}`` by majority vote of the per-pixel TP argmax,
-        or ``None`` without ``tp_prob``.
+        ``inst_info``: ``{instance id: {'bbox': [[rmin, cmin], [rmax, cmax]] (max exclusive),
+        'centroid': [x, y], 'contour': N x 2 [x, y] points, 'type': int, 'type_prob': float}}``; the type is
+        the majority vote of the per-pixel TP argmax and ``type_prob`` its share of the instance's pixels,
+        both ``None`` without ``tp_prob``.
     """
     np_prob = np.asarray(np_prob, dtype=np.float32)
     hv = np.asarray(hv, dtype=np.float32)
@@ -109,7 +139,7 @@ def hovernet_postprocess(
     inst_map = np.searchsorted(kept_ids, inst_map).astype(np.int32)
     num_instances = int(inst_map.max(initial=0))
 
-    if tp_prob is None:
-        return inst_map, None
-    type_map = tp_prob.argmax(axis=0)
-    return inst_map, _instance_types(inst_map, num_instances, type_map, tp_prob.shape[0])
+    types = type_probs = None
+    if tp_prob is not None:
+        types, type_probs = _instance_types(inst_map, num_instances, tp_prob.argmax(axis=0), tp_prob.shape[0])
+    return inst_map, _instance_info(inst_map, types, type_probs)

@@ -157,16 +157,20 @@ def test_postprocess_separates_touching_nuclei() -> None:
     tp_prob[0] = inst_map == 0
     tp_prob[1] = (inst_map == 1) | (inst_map == 3)
     tp_prob[2] = inst_map == 2
-    predicted, types = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
+    predicted, info = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
     assert predicted.dtype == np.int32 and predicted.max() == 3
     assert aji(inst_map, predicted) > 0.9
     # Types follow the majority inside each recovered instance.
-    for inst_id, inst_type in types.items():
+    for inst_id, inst in info.items():
         true_id = np.bincount(inst_map[predicted == inst_id]).argmax()
-        assert inst_type == (2 if true_id == 2 else 1)
+        assert inst['type'] == (2 if true_id == 2 else 1) and 0.5 < inst['type_prob'] <= 1
+        rows, cols = np.nonzero(predicted == inst_id)
+        np.testing.assert_array_equal(inst['bbox'], [[rows.min(), cols.min()], [rows.max() + 1, cols.max() + 1]])
+        np.testing.assert_allclose(inst['centroid'], [cols.mean(), rows.mean()])
+        assert (predicted[inst['contour'][:, 1], inst['contour'][:, 0]] == inst_id).all()  # [x, y] on the instance
 
     predicted_without_types, no_types = hovernet_postprocess(np_map(inst_map), hv_map(inst_map))
-    assert no_types is None
+    assert {inst['type'] for inst in no_types.values()} == {None}
     np.testing.assert_array_equal(predicted_without_types, predicted)
 
 
@@ -176,8 +180,8 @@ def test_postprocess_drops_tiny_blobs_and_handles_empty_input() -> None:
     predicted, _ = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map))
     assert predicted.max() == 1 and (predicted[40:43, 40:43] == 0).all()
 
-    empty, types = hovernet_postprocess(np.zeros((32, 32)), np.zeros((2, 32, 32)), np.zeros((3, 32, 32)))
-    assert empty.max() == 0 and types == {}
+    empty, info = hovernet_postprocess(np.zeros((32, 32)), np.zeros((2, 32, 32)), np.zeros((3, 32, 32)))
+    assert empty.max() == 0 and info == {}
 
 
 def test_postprocess_background_type_loses_to_any_nucleus_type() -> None:
@@ -185,8 +189,8 @@ def test_postprocess_background_type_loses_to_any_nucleus_type() -> None:
     type_map = np.zeros_like(inst_map)
     type_map[18:22, 18:22] = 2  # most of the nucleus predicted background, a few pixels type 2
     tp_prob = np.stack([type_map == t for t in range(3)]).astype(np.float32)
-    _, types = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
-    assert types == {1: 2}
+    _, info = hovernet_postprocess(np_map(inst_map).astype(np.float32), hv_map(inst_map), tp_prob)
+    assert info[1]['type'] == 2 and info[1]['type_prob'] == pytest.approx(16 / (inst_map == 1).sum())
 
 
 def test_postprocess_rejects_bad_shapes() -> None:

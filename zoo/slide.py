@@ -113,13 +113,18 @@ class Slide:
         raise NotImplementedError
 
     def thumbnail(self, max_side: int) -> np.ndarray:
-        """The whole slide as RGB, its longer side at most ``max_side`` pixels."""
+        """The whole slide as RGB, its longer side at most ``max_side`` pixels: means of ``f x f`` blocks of the
+        smallest level, read in bands of rows so that a slide without a pyramid is never held whole."""
         level = len(self.level_dimensions) - 1
         width, height = self.level_dimensions[level]
-        image = self.read(level, 0, 0, width, height)
-        scale = min(1.0, max_side / max(width, height))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
+        factor = max(1, math.ceil(max(width, height) / max_side))
+        band = factor * max(1, 64 // factor)
+        rows = []
+        for top in range(0, height - factor + 1, band):
+            image = self.read(level, 0, top, width - width % factor, min(band, height - top) // factor * factor)
+            blocks = image.reshape(image.shape[0] // factor, factor, image.shape[1] // factor, factor, 3)
+            rows.append(blocks.mean(axis=(1, 3), dtype=np.float32).round().astype(np.uint8))
+        return np.concatenate(rows)
 
     def close(self) -> None:
         pass
@@ -309,6 +314,9 @@ def _open(path: Path) -> Slide:
             tif = tifffile.TiffFile(path)
         except (tifffile.TiffFileError, ValueError) as e:
             raise SlideError(f'{path}: unreadable TIFF ({e})') from None
+        if not tif.series:
+            tif.close()
+            raise SlideError(f'{path}: unreadable TIFF (no image in it)')
         if tif.is_ome or _openslide_vendor(path) is None:
             return TiffSlide(path, tif)
         tif.close()
@@ -397,12 +405,14 @@ def read_working(slide: Slide, resolution: Resolution, left: int, top: int, widt
         return slide.read(resolution.level, left, top, width, height)
     scale = resolution.scale
     level_width, level_height = slide.level_dimensions[resolution.level]
-    x0, y0 = max(math.floor(left * scale) - 2, 0), max(math.floor(top * scale) - 2, 0)
-    x1 = min(math.ceil((left + width) * scale) + 2, level_width)
-    y1 = min(math.ceil((top + height) * scale) + 2, level_height)
+    sigma = 0.5 * math.sqrt(scale**2 - 1) if scale > 1 else 0.0
+    margin = 2 + math.ceil(4 * sigma)  # the blur's reach: tile borders see real neighbours, not reflections
+    x0, y0 = max(math.floor(left * scale) - margin, 0), max(math.floor(top * scale) - margin, 0)
+    x1 = min(math.ceil((left + width) * scale) + margin, level_width)
+    y1 = min(math.ceil((top + height) * scale) + margin, level_height)
     region = slide.read(resolution.level, x0, y0, x1 - x0, y1 - y0)
-    if scale > 1:
-        region = cv2.GaussianBlur(region, (0, 0), sigmaX=0.5 * math.sqrt(scale**2 - 1))
+    if sigma:
+        region = cv2.GaussianBlur(region, (0, 0), sigmaX=sigma)
     to_level = np.array([[scale, 0, (left + 0.5) * scale - 0.5 - x0], [0, scale, (top + 0.5) * scale - 0.5 - y0]])
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(region, to_level, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)

@@ -35,6 +35,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -782,7 +783,7 @@ def run_tiles(
     model.eval()
     pool = ThreadPoolExecutor(workers) if workers > 0 else None
     try:
-        pending = {}
+        pending, found = {}, 0
         for position, batch in enumerate(todo):
             for ahead in todo[position : position + 2] if pool else ():  # read up to two batches ahead
                 if ahead not in pending:
@@ -794,8 +795,9 @@ def run_tiles(
                 tile_maps = {name: None if value is None else value[i] for name, value in maps.items()}
                 nuclei += _timed(timings, 'postprocess', tile_nuclei, grid, index, tile_maps)
             _timed(timings, 'postprocess', store.add_batch, batch, nuclei)
+            found += len(nuclei)
+            bar.set_postfix_str(f'{found} nuclei', refresh=False)
             bar.update(len(batches[batch]))
-            bar.set_postfix_str(f'{bar.format_dict["rate"] or 0:.2f} tile/s, {len(nuclei)} nuclei', refresh=False)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -938,7 +940,7 @@ def _write_tables(
                 properties['measurements'] = measurements
                 feature = {
                     'type': 'Feature',
-                    'id': f'nucleus-{count}',
+                    'id': str(uuid.uuid5(uuid.NAMESPACE_URL, f'{Path(slide.path).name}#{count}')),  # QuPath reads UUIDs
                     'geometry': {'type': 'Polygon', 'coordinates': [np.round(ring, 2).tolist()]},
                     'properties': properties,
                 }

@@ -1,5 +1,7 @@
 """Tiled inference on images (zoo.segment): blended maps, streaming instance segmentation, overlays."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import tifffile
@@ -116,7 +118,7 @@ def test_read_image_converts_grey_and_16_bit(tmp_path):
 
 
 @pytest.mark.parametrize('suffix', ['.png', '.tif'])
-def test_predict_to_overlay_writes_files(tmp_path, suffix):
+def test_predict_to_overlay_writes_files(tmp_path, suffix, capsys):
     image, _ = disks(96, 96, [(30, 30), (64, 60)])
     path = tmp_path / f'cells{suffix}'
     if suffix == '.tif':  # 16-bit, as microscopes write it
@@ -129,15 +131,23 @@ def test_predict_to_overlay_writes_files(tmp_path, suffix):
     assert np.asarray(Image.open(result['overlay'])).shape == (96, 96, 3)
     instances = tifffile.imread(result['instances'])
     assert instances.dtype == np.int32 and instances.max() == 2
+    assert '4/4' in capsys.readouterr().err  # the progress bar counted the 2x2 tiles
 
 
 def test_a_2000_pixel_image_runs_tile_by_tile():
-    """A 2000x2000 tile (a slide region) is segmented with the network only ever seeing tile batches."""
+    """A 2000x2000 image is segmented with the network only ever seeing tile batches, and without whole-image
+    float maps: numpy's peak is the int32 instance map plus a batch, under two maps' worth."""
     centres = [(row, col) for row in range(40, 2000, 160) for col in range(40, 2000, 160)]
     image, inst_map = disks(2000, 2000, centres)
     model, seen = oracle(), []
     model.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape)))
-    pred, info = predict_instances(model, image, tile=256, overlap=64, batch_size=4)
-    assert pred.shape == (2000, 2000) and pred.max() == len(centres)
+    tracemalloc.start()
+    try:
+        pred, info = predict_instances(model, image, tile=256, overlap=64, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert pred.shape == (2000, 2000) and pred.max() == len(centres) == len(info)
     assert max(seen) <= (4, 3, 256, 256) and len(seen) == -(-(len(tile_starts(2000, 256, 64)) ** 2) // 4)
     assert aji(inst_map, pred) > 0.95
+    assert peak < 2 * pred.nbytes, f'peak {peak / 2**20:.1f} MiB'  # blended NP + HV maps alone were 3 float maps

@@ -318,7 +318,8 @@ def _open(path: Path) -> Slide:
         if not tif.series:
             tif.close()
             raise SlideError(f'{path}: unreadable TIFF (no image in it)')
-        if tif.is_ome or _openslide_vendor(path) is None:
+        vendor_tiff = any(getattr(tif, f'is_{vendor}') for vendor in ('svs', 'ndpi', 'scn', 'bif', 'philips'))
+        if tif.is_ome or (_openslide_vendor(path) is None and not vendor_tiff):
             return TiffSlide(path, tif)
         tif.close()
     openslide = _import_openslide(path)
@@ -1070,16 +1071,18 @@ def segment_slide(
         device: where to run; the model is moved there.
         progress: show a progress bar with ETA on stderr.
     """
-    if isinstance(model, str):
-        import zoo  # the package itself, for create_model; zoo.slide is imported by it lazily
-
-        model = zoo.create_model(model, pretrained=True)
-    if device is not None:
-        model.to(device)
-    device = next(model.parameters()).device
     owned = not isinstance(slide, Slide)
-    slide = open_slide(slide, mpp=slide_mpp) if owned else slide
+    slide = open_slide(slide) if owned else slide  # a bad slide fails before the model loads
+    if slide_mpp is not None:
+        slide.mpp = float(slide_mpp)
     try:
+        if isinstance(model, str):
+            import zoo  # the package, for create_model (zoo does not import zoo.slide)
+
+            model = zoo.create_model(model, pretrained=True)
+        if device is not None:
+            model.to(device)
+        device = next(model.parameters()).device
         return _segment_open_slide(
             model,
             slide,

@@ -110,7 +110,7 @@ def test_svs_is_read_through_openslide():
         assert region.shape == (48, 64, 3) and region.dtype == np.uint8 and region.std() > 10  # tissue, not blank
 
 
-def test_unreadable_slides_are_one_line_errors(tmp_path, capsys):
+def test_unreadable_slides_are_one_line_errors(tmp_path, capsys, monkeypatch):
     (tmp_path / 'notes.svs').write_text('not a slide')
     (tmp_path / 'broken.tif').write_bytes(b'II*\0' + b'\xff' * 20)
     with pytest.raises(FileNotFoundError, match='no such slide file'):
@@ -131,6 +131,10 @@ def test_unreadable_slides_are_one_line_errors(tmp_path, capsys):
             code = exit_info.code
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith('zoo segment-slide: error:') and message in err and '\n' not in err
+    monkeypatch.setitem(sys.modules, 'openslide', None)  # as if openslide-python were not installed
+    with pytest.raises(SlideError, match='needs OpenSlide.*pip install openslide-python openslide-bin'):
+        open_slide(SVS)
+    monkeypatch.undo()
     with pytest.raises(SystemExit) as exit_info:
         main(['segment-slide', 'mrl_seg_nano.stardist', str(SVS), '--overlap', '300'])
     assert exit_info.value.code == 2 and '--overlap must be' in capsys.readouterr().err

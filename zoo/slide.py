@@ -786,7 +786,7 @@ def run_tiles(
     try:
         pending, found = {}, 0
         for position, batch in enumerate(todo):
-            for ahead in todo[position : position + 2] if pool else ():  # read up to two batches ahead
+            for ahead in todo[position : position + 1 + workers] if pool else ():  # `workers` batches ahead
                 if ahead not in pending:
                     pending[ahead] = pool.submit(read_batch, ahead)
             images = _timed(timings, 'read_wait', pending.pop(batch).result) if pool else read_batch(batch)

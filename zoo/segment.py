@@ -1,20 +1,22 @@
-"""Nuclei segmentation inference: tiled prediction, HoVer-Net post-processing and overlays.
+"""Nuclei segmentation inference on images: tiled prediction, HoVer-Net post-processing and overlays.
 
-:func:`predict_maps` runs a segmentation net (``mrl_seg_*``: ``[0, 1]`` RGB in, ``np``/``hv``/``tp`` maps
-out) over overlapping tiles and blends them, so images of any size (a 2000x2000 tile, a slide region)
-are processed with memory proportional to one batch of tiles plus the ``H x W`` output maps.
-:func:`predict_instances` adds :func:`zoo.hovernet.postprocess.hovernet_postprocess`, :func:`overlay` draws the
-instance contours and :func:`predict_to_overlay` does all of it for an image file.
+:func:`predict_instances` segments an image of any size with the whole-slide machinery of :mod:`zoo.slide`:
+overlapping tiles stream through the network in batches, each tile is post-processed with HoVer-Net's
+watershed on its own, and nuclei are merged across tile borders exactly once. Memory is the image, its
+``H x W`` int32 instance map and one batch of tiles; an 8000x8000 image never has whole-image float maps.
+:func:`overlay` draws the instance contours and :func:`predict_to_overlay` does all of it for an image file.
 
-Blending: every tile's predictions are weighted by a separable window that is 1 in the tile's interior
-and falls along a raised cosine over the ``overlap`` pixels at each border, but never to 0. Each pixel
-is the weighted mean of the tiles covering it (a convex combination), so seams get no visible step
-and pixels covered by a single tile keep that tile's prediction.
+:func:`predict_maps` returns the network's blended NP / HV / TP maps of a whole image, for inspection and
+for images small enough to hold ``H x W`` float maps: every tile's predictions are weighted by a separable
+window that is 1 in the tile's interior and falls along a raised cosine over the ``overlap`` pixels at each
+border, but never to 0. Each pixel is the weighted mean of the tiles covering it (a convex combination), so
+seams get no visible step and pixels covered by a single tile keep that tile's prediction.
 """
 
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 from pathlib import Path
 
@@ -24,19 +26,22 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from .hovernet.postprocess import hovernet_postprocess
-from .io import read_image
+from .io import atomic_write_bytes, read_image
+from .slide import (
+    ArraySlide,
+    NucleusStore,
+    TileGrid,
+    atomic_file,
+    forward_tiles,
+    paint_labels,
+    resolve_duplicates,
+    run_tiles,
+    tile_starts,
+)
 
 __all__ = ['predict_maps', 'predict_instances', 'overlay', 'predict_to_overlay', 'tile_starts', 'blend_window']
 
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile offsets along one axis: stride ``tile - overlap``, the last tile flush with the far edge."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+OVERLAY_BAND = 1024  # rows per band when drawing overlays
 
 
 def blend_window(size: int, overlap: int) -> np.ndarray:
@@ -54,7 +59,6 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
     return weights
 
 
-@torch.inference_mode()
 def predict_maps(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -98,13 +102,12 @@ def predict_maps(
         for first in range(0, len(origins), batch_size):
             batch_origins = origins[first : first + batch_size]
             tiles = np.stack([image[top : top + tile_h, left : left + tile_w] for top, left in batch_origins])
-            batch = torch.from_numpy(tiles.transpose(0, 3, 1, 2).copy()).to(device).float().div_(255)
-            outputs = model(batch)
-            maps = {'np': outputs['np'].float().softmax(1)[:, 1:], 'hv': outputs['hv'].float()}
-            if 'tp' in outputs:
-                maps['tp'] = outputs['tp'].float().softmax(1)
+            maps = forward_tiles(model, tiles, device)
+            maps['np'] = maps['np'][:, None]
             for name, value in maps.items():
-                value = value.cpu()
+                if value is None:
+                    continue
+                value = torch.from_numpy(value)
                 total = sums.setdefault(name, torch.zeros(value.shape[1], height, width))
                 for (top, left), tile_value in zip(batch_origins, value):
                     total[:, top : top + tile_h, left : left + tile_w] += tile_value * window
@@ -116,13 +119,54 @@ def predict_maps(
     return {'np': result['np'][0], 'hv': result['hv'], 'tp': result.get('tp')}
 
 
-def predict_instances(model: torch.nn.Module, image: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[int, dict]]:
-    """``H x W`` int32 instance map (0 = background) and ``inst_info`` (see ``hovernet_postprocess``).
+def predict_instances(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    tile: int = 256,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[int, dict]]:
+    """Instance map and per-instance information of an image, tile by tile (see :mod:`zoo.slide`).
 
-    ``kwargs`` are those of :func:`predict_maps`; post-processing is HoVer-Net's watershed.
+    Args:
+        model: a segmentation net as for :func:`predict_maps`; it runs in eval mode, its mode restored after.
+        image: ``H x W x 3`` uint8 RGB.
+        tile, overlap, batch_size, device: as for :func:`predict_maps`; a nucleus is found whole when it is
+            smaller than ``overlap``. An image that fits one tile is post-processed whole.
+        progress: show a progress bar with ETA on stderr.
+
+    Returns:
+        ``inst_map``: ``H x W`` int32, 0 = background, nuclei ``1..N`` in tile order; ``inst_info``:
+        ``{id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}`` as
+        :func:`zoo.hovernet.postprocess.hovernet_postprocess` reports them, in image coordinates.
     """
-    maps = predict_maps(model, image, **kwargs)
-    return hovernet_postprocess(maps['np'], maps['hv'], maps['tp'])
+    slide = ArraySlide(image)
+    if device is not None:
+        model.to(device)
+    grid = TileGrid(image.shape[1], image.shape[0], tile, overlap)
+    store = NucleusStore()
+    try:
+        read_tile = lambda left, top, width, height: slide.read(0, left, top, width, height)  # noqa: E731
+        run_tiles(model, read_tile, grid, range(len(grid)), store, batch_size=batch_size, progress=progress)
+        resolve_duplicates(store, grid)
+        nuclei = [nucleus for index in range(len(grid)) for nucleus in store.nuclei(index)]
+        ids = {nucleus.id: inst_id for inst_id, nucleus in enumerate(nuclei, start=1)}
+        inst_map = paint_labels(store, grid, ids, 0, 0, image.shape[:2])
+    finally:
+        store.close()
+    inst_info = {
+        inst_id: {
+            'bbox': np.array([nucleus.bbox[:2], nucleus.bbox[2:]]),
+            'centroid': nucleus.centroid,
+            'contour': nucleus.contour,
+            'type': nucleus.type,
+            'type_prob': nucleus.type_prob,
+        }
+        for inst_id, nucleus in enumerate(nuclei, start=1)
+    }
+    return inst_map, inst_info
 
 
 def _instance_colours(count: int) -> np.ndarray:
@@ -138,25 +182,32 @@ def overlay(image: np.ndarray, inst_map: np.ndarray) -> np.ndarray:
     if image.shape[:2] != inst_map.shape:
         raise ValueError(f'image {image.shape[:2]} and instance map {inst_map.shape} differ in size')
     result = np.array(image[..., :3], dtype=np.uint8)
-    contour = find_boundaries(inst_map, mode='inner')
     colours = _instance_colours(int(inst_map.max(initial=0))).astype(np.uint8)
-    result[contour] = colours[inst_map[contour]]
+    height = inst_map.shape[0]
+    for top in range(0, height, OVERLAY_BAND):  # in bands (plus a row of context): no whole-image temporaries
+        above, bottom = max(top - 1, 0), min(top + OVERLAY_BAND, height)
+        band = inst_map[above : bottom + 1]
+        contour = find_boundaries(band, mode='inner')[top - above : top - above + bottom - top]
+        result[top:bottom][contour] = colours[band[top - above : top - above + bottom - top][contour]]
     return result
 
 
 def predict_to_overlay(
-    model: torch.nn.Module, image_path: str | Path, out_dir: str | Path, **kwargs
+    model: torch.nn.Module, image_path: str | Path, out_dir: str | Path, progress: bool = True, **kwargs
 ) -> dict[str, int | Path]:
     """Segment an image file; write ``<stem>_overlay.png`` and ``<stem>_instances.tif`` (int32 ids) to ``out_dir``.
 
-    ``kwargs`` are those of :func:`predict_maps`. Returns ``num_instances`` and both paths.
+    ``kwargs`` are those of :func:`predict_instances`; ``progress`` shows a bar with ETA on stderr. Both files
+    are written atomically. Returns ``num_instances`` and both paths.
     """
     image_path, out_dir = Path(image_path), Path(out_dir)
     image = read_image(image_path)
-    inst_map, _ = predict_instances(model, image, **kwargs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    inst_map, _ = predict_instances(model, image, progress=progress, **kwargs)
     overlay_path = out_dir / f'{image_path.stem}_overlay.png'
     instances_path = out_dir / f'{image_path.stem}_instances.tif'
-    Image.fromarray(overlay(image, inst_map)).save(overlay_path)
-    tifffile.imwrite(instances_path, inst_map, compression='zlib')
+    png = io.BytesIO()
+    Image.fromarray(overlay(image, inst_map)).save(png, format='png')
+    atomic_write_bytes(overlay_path, png.getvalue())
+    with atomic_file(instances_path) as file:
+        tifffile.imwrite(file, inst_map, compression='zlib', tile=(256, 256))
     return dict(num_instances=int(inst_map.max(initial=0)), overlay=overlay_path, instances=instances_path)

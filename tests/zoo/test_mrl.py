@@ -1,4 +1,4 @@
-"""MRL block properties, the mrl_seg nets, tiled inference and the nuclei segmentation task.
+"""MRL block properties, the mrl_seg nets and the nuclei segmentation task (tiled inference: test_segment.py).
 
 The timm API matrix of the mrl_* classifiers runs in tests/test_models.py; these tests cover what is
 specific to MRL and to segmentation, on small inputs so they stay fast on two cores.
@@ -6,28 +6,17 @@ specific to MRL and to segmentation, on small inputs so they stay fast on two co
 
 import numpy as np
 import pytest
-import tifffile
 import timm
 import torch
 import torch.nn as nn
+from _segment_oracle import disks, oracle
 from PIL import Image
 
 import zoo
 from training.data import NucleiPatchDataset, NucleiSample, split_stardist_sample
 from training.segmentation import NucleiImageDataset, NucleiSegmentationTask
-from zoo.hovernet import hv_map
 from zoo.hovernet.losses import hovernet_loss
-from zoo.hovernet.metrics import aji
-from zoo.io import read_image
 from zoo.models.mrl import MRLBlock
-from zoo.segment import (
-    blend_window,
-    overlay,
-    predict_instances,
-    predict_maps,
-    predict_to_overlay,
-    tile_starts,
-)
 
 SEG_MODELS = [n for n in zoo.list_models('mrl_seg_*')]
 
@@ -131,152 +120,17 @@ def test_seg_gradients_reach_every_parameter():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Tiled inference
-
-
-class PointwiseNet(nn.Module):
-    """A 1x1-conv stand-in for a segmentation net: each output pixel depends on its input pixel only,
-    so tiled inference must reproduce the full-image forward exactly."""
-
-    def __init__(self, num_types: int = 0):
-        super().__init__()
-        self.num_types = num_types
-        self.conv = nn.Conv2d(3, 4 + num_types, 1)
-
-    def forward(self, x):
-        out = self.conv(x)
-        maps = dict(np=out[:, :2], hv=out[:, 2:4])
-        return maps | (dict(tp=out[:, 4:]) if self.num_types else {})
-
-
-def _oracle() -> PointwiseNet:
-    """Reads the answer off a :func:`_disks` image: NP from red, HV from green and blue."""
-    model = PointwiseNet()
-    with torch.no_grad():
-        model.conv.weight.zero_()
-        model.conv.bias.zero_()
-        model.conv.weight[0, 0], model.conv.bias[0] = -20.0, 10.0
-        model.conv.weight[1, 0], model.conv.bias[1] = 20.0, -10.0
-        model.conv.weight[2, 1], model.conv.bias[2] = 2.0, -1.0
-        model.conv.weight[3, 2], model.conv.bias[3] = 2.0, -1.0
-    return model
-
-
-def _disks(height: int, width: int, centres, radius: int = 6) -> tuple[np.ndarray, np.ndarray]:
-    """Disk nuclei; red is bright inside them, green and blue hold their HoVer-Net HV maps in [0, 1]."""
-    rows, cols = np.mgrid[:height, :width]
-    inst_map = np.zeros((height, width), np.int32)
-    for inst_id, (row, col) in enumerate(centres, start=1):
-        inst_map[(rows - row) ** 2 + (cols - col) ** 2 <= radius**2] = inst_id
-    red = np.where(inst_map > 0, 230, 20)
-    green, blue = np.round((hv_map(inst_map) + 1) * 127.5)
-    return np.stack([red, green, blue], axis=-1).astype(np.uint8), inst_map
-
-
-def _full_forward(model, image):
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-    with torch.no_grad():
-        out = model.eval()(x)
-    return dict(
-        np=out['np'].softmax(1)[0, 1].numpy(),
-        hv=out['hv'][0].numpy(),
-        tp=out['tp'].softmax(1)[0].numpy() if 'tp' in out else None,
-    )
-
-
-def test_tiles_cover_image_and_blend_weights_are_complementary():
-    assert tile_starts(300, 128, 32) == [0, 96, 172]
-    assert tile_starts(100, 128, 32) == [0]
-    window = blend_window(128, 32)
-    assert window.min() > 0 and window.max() == 1
-    # Two tiles overlapping by exactly `overlap`: the weights of the shared pixels sum to 1.
-    np.testing.assert_allclose(window[-32:] + window[:32], 1, atol=1e-6)
-
-
-def test_tiled_equals_full_forward_when_image_fits_one_tile():
-    model = timm.create_model('mrl_seg_nano', num_types=3).eval()
-    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    tiled, full = predict_maps(model, image, tile=128, overlap=32), _full_forward(model, image)
-    for key in ('np', 'hv', 'tp'):
-        np.testing.assert_allclose(tiled[key], full[key], rtol=0, atol=1e-5)
-
-
-def test_stitching_is_exact_for_a_pointwise_model():
-    model = PointwiseNet(num_types=3)
-    image = np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)
-    tiled, full = predict_maps(model, image, tile=128, overlap=32, batch_size=3), _full_forward(model, image)
-    for key in ('np', 'hv', 'tp'):
-        np.testing.assert_allclose(tiled[key], full[key], rtol=0, atol=1e-5)
-
-
-def test_tiled_close_to_full_forward_for_mrl_seg():
-    # Not exact: a tile's border pixels see zero padding instead of their neighbours and its regional
-    # attention sees only the tile. Blending is convex, so the stitched maps stay close.
-    model = timm.create_model('mrl_seg_nano').eval()
-    image = np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)
-    tiled, full = predict_maps(model, image, tile=128, overlap=32), _full_forward(model, image)
-    assert tiled['np'].shape == (300, 260) and tiled['hv'].shape == (2, 300, 260) and tiled['tp'] is None
-    for key in ('np', 'hv'):
-        difference = np.abs(tiled[key] - full[key])
-        assert difference.mean() < 1e-3 and difference.max() < 0.05
-
-
-def test_predict_instances_finds_each_blob():
-    centres = [(20, 20), (20, 60), (60, 40), (150, 200), (240, 30)]
-    image, _ = _disks(260, 230, centres)
-    inst_map, info = predict_instances(_oracle(), image, tile=128, overlap=32)
-    assert inst_map.dtype == np.int32 and inst_map.shape == (260, 230) and info[1]['type'] is None
-    assert inst_map.max() == len(centres)
-
-
-def test_overlay_draws_coloured_contours():
-    image, inst_map = _disks(64, 64, [(20, 20), (44, 44)])
-    drawn = overlay(image, inst_map)
-    assert drawn.shape == (64, 64, 3) and drawn.dtype == np.uint8
-    changed = (drawn != image).any(axis=2)
-    assert changed.any() and (inst_map[changed] > 0).all()  # contours lie on the instances
-    assert not np.array_equal(drawn[20, 14], drawn[44, 38])  # left edges of the two disks differ in colour
-    assert overlay(image[..., 0], inst_map).shape == (64, 64, 3)  # grey input
-
-
-def test_read_image_converts_grey_and_16_bit(tmp_path):
-    grey = np.arange(48 * 40, dtype=np.uint16).reshape(48, 40)
-    tifffile.imwrite(tmp_path / 'grey16.tif', grey)
-    Image.fromarray((grey % 256).astype(np.uint8)).save(tmp_path / 'grey8.png')
-    scaled = read_image(tmp_path / 'grey16.tif')
-    assert scaled.shape == (48, 40, 3) and scaled.dtype == np.uint8
-    assert scaled[0, 0, 0] == 0 and scaled[-1, -1, 0] == 255  # stretched to the 1st-99.8th percentiles
-    np.testing.assert_array_equal(read_image(tmp_path / 'grey8.png'), np.repeat((grey % 256)[..., None], 3, 2))
-
-
-@pytest.mark.parametrize('suffix', ['.png', '.tif'])
-def test_predict_to_overlay_writes_files(tmp_path, suffix):
-    image, _ = _disks(96, 96, [(30, 30), (64, 60)])
-    path = tmp_path / f'cells{suffix}'
-    if suffix == '.tif':  # 16-bit, as microscopes write it
-        tifffile.imwrite(path, image.astype(np.uint16) * 200)
-    else:
-        Image.fromarray(image).save(path)
-    result = predict_to_overlay(_oracle(), path, tmp_path / 'out', tile=64, overlap=16)
-    assert result['num_instances'] == 2
-    assert result['overlay'].name == 'cells_overlay.png' and result['instances'].name == 'cells_instances.tif'
-    assert np.asarray(Image.open(result['overlay'])).shape == (96, 96, 3)
-    instances = tifffile.imread(result['instances'])
-    assert instances.dtype == np.int32 and instances.max() == 2
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Training task
 
 
 def test_task_evaluate_returns_sums_and_count(tmp_path):
-    image, inst_map = _disks(80, 96, [(20, 20), (50, 70)])
+    image, inst_map = disks(80, 96, [(20, 20), (50, 70)])
     samples = NucleiImageDataset([NucleiSample('a', image, inst_map), NucleiSample('b', image, inst_map)])
     task = NucleiSegmentationTask('stardist', tile=64, overlap=16)
-    sums = task.evaluate(_oracle(), samples, torch.device('cpu'), batch_size=2)
+    sums = task.evaluate(oracle(), samples, torch.device('cpu'), batch_size=2)
     assert set(sums) == {'dice', 'aji', 'aji_plus', 'dq', 'sq', 'pq', 'count'}
     assert sums['count'] == 2 and sums['dice'] == pytest.approx(2.0, abs=0.05) and sums['pq'] > 1.5
-    paths = task.write_examples(_oracle(), samples, tmp_path, torch.device('cpu'))
+    paths = task.write_examples(oracle(), samples, tmp_path, torch.device('cpu'))
     assert [p.name for p in paths] == ['a_overlay.png', 'b_overlay.png']
     assert np.asarray(Image.open(paths[0])).shape == (80, 192, 3)  # ground truth | prediction
 
@@ -311,15 +165,3 @@ def test_mrl_seg_nano_overfits_two_stardist_tiles():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0], losses
-
-
-def test_a_2000_pixel_image_runs_tile_by_tile():
-    """A 2000x2000 tile (a slide region) is segmented with the network only ever seeing tile batches."""
-    centres = [(row, col) for row in range(40, 2000, 160) for col in range(40, 2000, 160)]
-    image, inst_map = _disks(2000, 2000, centres)
-    model, seen = _oracle(), []
-    model.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape)))
-    pred, _ = predict_instances(model, image, tile=256, overlap=64, batch_size=4)
-    assert pred.shape == (2000, 2000) and pred.max() == len(centres)
-    assert max(seen) <= (4, 3, 256, 256) and len(seen) == -(-(len(tile_starts(2000, 256, 64)) ** 2) // 4)
-    assert aji(inst_map, pred) > 0.95

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import models, publish, train
+from . import models, publish, slide, train
 
 __all__ = ['main']
 
@@ -19,7 +19,7 @@ __all__ = ['main']
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='zoo', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='subcommand', required=True)
-    for group in (models, publish, train):
+    for group in (models, publish, slide, train):
         group.add_commands(sub)
     return parser
 

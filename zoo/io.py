@@ -7,10 +7,12 @@ killed process leaves no half-written file behind.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +21,37 @@ import torch
 from PIL import Image
 from safetensors.torch import save as safetensors_bytes
 
-__all__ = ['atomic_write_bytes', 'fsync_dir', 'replace_dir', 'save_safetensors', 'read_image']
+__all__ = ['atomic_file', 'atomic_write_bytes', 'fsync_dir', 'replace_dir', 'save_safetensors', 'read_image']
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
+    """A binary file that replaces ``path`` only once completely written: readers see the old file or the new
+    one, never a mix, even after a crash (temporary file in the same folder, fsync, rename, fsync of the folder).
+    For outputs written piece by piece; :func:`atomic_write_bytes` for bytes in hand."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    os.close(fd)  # reopened by name: tifffile wants a file object whose name is a path
+    try:
+        with open(tmp, 'wb') as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix, even after
-    a crash: temporary file in the same folder, fsync, rename, fsync of the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', delete=False)
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600 files
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as file:
+        file.write(data)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -26,12 +26,11 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from .io import atomic_write_bytes, read_image
+from .io import atomic_file, atomic_write_bytes, read_image
 from .slide import (
     ArraySlide,
     NucleusStore,
     TileGrid,
-    atomic_file,
     forward_tiles,
     paint_labels,
     resolve_duplicates,

@@ -24,7 +24,6 @@ per slide, the list of tissue tiles and the few nuclei seen twice where tiles ov
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -32,7 +31,6 @@ import json
 import math
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -53,7 +51,7 @@ from skimage.measure import find_contours
 from tqdm import tqdm
 
 from .hovernet.postprocess import hovernet_postprocess
-from .io import fsync_dir, read_image
+from .io import atomic_file, read_image
 
 __all__ = [
     'Slide',
@@ -69,7 +67,6 @@ __all__ = [
     'resolve_duplicates',
     'tile_starts',
     'forward_tiles',
-    'atomic_file',
 ]
 
 RESOLUTION_TOLERANCE = 0.1  # a level within 10 % of the target microns per pixel is used as it is
@@ -809,28 +806,6 @@ def run_tiles(
 
 # ---------------------------------------------------------------------------------------------------------
 # Outputs
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
-    """A binary file that replaces ``path`` only once fully written and synced (``zoo.io.atomic_write_bytes``
-    for outputs too large to hold in memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    os.close(fd)  # reopened by name: tifffile wants a file object with a path for a name
-    try:
-        with open(tmp, 'wb') as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def nucleus_polygon(nucleus: Nucleus) -> np.ndarray:

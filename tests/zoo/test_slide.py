@@ -235,10 +235,11 @@ def test_seams_do_not_change_the_score_of_real_nuclei(stardist_mosaic, tmp_path)
     whole, _ = predict_instances(oracle(), encoded, tile=672)  # one tile: no seam at all
     tiled, result = _slide_labels(oracle(), encoded, tmp_path, 'masks', progress=False)
     assert result.tissue_tiles == result.tiles == 16 and result.duplicates > 0
-    # Each tile's watershed normalises by that tile's maps, so a few small nuclei come and go with the context
-    # (a dozen of 160 either way), but the score does not move.
+    # Each tile's watershed normalises by that tile's maps (HoVer-Net min-max normalises the HV maps and their
+    # Sobel gradients per input), so a few small nuclei come and go with the context (a dozen of 160 either way)
+    # and the score moves by half a point (0.975 tiled, 0.980 whole with HoVer-Net's post-processing).
     assert abs(result.num_nuclei - whole.max()) <= 0.05 * whole.max()
-    assert aji(truth, tiled) == pytest.approx(aji(truth, whole), abs=0.005) and aji(truth, tiled) > 0.97
+    assert aji(truth, tiled) == pytest.approx(aji(truth, whole), abs=0.01) and aji(truth, tiled) > 0.97
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from zoo.cards import ModelCard
 from zoo.hub import ConfigError, Weights
 from zoo.publish import publish
 
+from .recipe import bundled_recipes
 from .tasks import build_task
 
 __all__ = ['evaluate_weights', 'publish_run']
@@ -65,9 +66,8 @@ def publish_run(
     test = {k: round(v, 4) for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
     task = build_task(recipe['task']['name'], recipe['task']['args'])
     split = task.test_description()
-    source = Path(recipe['source']).resolve()
-    repo = Path(__file__).resolve().parents[1]
-    recipe_path = source.relative_to(repo) if source.is_relative_to(repo) else source.name
+    # A bundled recipe is named by its place in the package (the run may come from another checkout).
+    recipe_path = f'training/recipes/{recipe["name"]}.yaml' if recipe['name'] in bundled_recipes() else recipe['source']
     figures = [p for p in (run_dir / 'cuttlefish' / 'stable_ranks.png',) if p.exists()]
     figures += sorted((run_dir / 'best').glob('*_overlay.png'))
     extra = {}
@@ -155,14 +155,14 @@ def _switch_summary(run_dir: Path, info: dict) -> str:
     state_rows = list(csv.DictReader(open(run_dir / 'metrics.csv')))
     switched = next((r['epoch'] for r in state_rows if r.get('cf_switched') == '1'), None)
     outcome = (
-        f'from epoch {int(switched) + 1} on, {len(factorized)} of the {len(rows)} tracked layers trained low-rank'
+        f'from epoch {int(switched) + 1} on, {len(factorized)} of the {len(rows)} candidate layers trained low-rank'
         if factorized
         else 'no layer was factorized'
     )
     lines = [
-        f"All tracked layers' stable ranks had converged after epoch {switched}; {outcome}. A layer stays "
-        f'dense when its factorization at the chosen rank is not smaller or (when profiling) not faster on '
-        f'the training device.',
+        f'The switch came after epoch {switched} (the recipe\'s rule on the tracked layers\' stable ranks, see '
+        f'Training); {outcome}. A layer stays dense when its factorization at the chosen rank is not smaller or (when '
+        f'profiling) not faster on the training device.',
         '',
         '| layer | full rank | chosen rank | factorized | dense ms | low-rank ms |',
         '|---|---|---|---|---|---|',

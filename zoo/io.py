@@ -195,7 +195,9 @@ def _read_with_pillow(path: Path, limit: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageReadError(f'{path}: not an image file (neither Pillow nor tifffile can read it)') from None
     except _DECODE_ERRORS as e:
-        raise ImageReadError(f'{path}: cannot decode this image ({_one_line(e)}); the file is damaged') from None
+        raise ImageReadError(
+            f'{path}: cannot decode this image ({_one_line(e)}); the file is damaged or incomplete'
+        ) from None
     with file:
         if getattr(file, 'n_frames', 1) > 1:
             raise ImageReadError(

@@ -393,3 +393,34 @@ def test_a_bad_command_line_is_one_line(capsys):
     assert capsys.readouterr().err == (
         'zoo predict: error: the following arguments are required: name, images (see zoo predict --help)\n'
     )
+
+
+TINY_TRAIN = ['epochs=1', 'task.args.train_subset=128', 'task.args.val_subset=64', 'batch.stages=[[0, 64]]']
+TINY_TRAIN += ['model.args.widths=[4,8,16,32]', 'log.progress=false', 'log.tensorboard=false']
+
+
+def test_train_into_a_read_only_directory(capsys, tmp_path, monkeypatch):
+    _read_only(tmp_path / 'locked', monkeypatch)
+    run_dir = tmp_path / 'locked' / 'run'
+    assert main(['train', '--recipe', 'fmnist_resnet18', '--run-dir', str(run_dir), *TINY_TRAIN]) == 2
+    assert _one_error_line(capsys, 'train') == (
+        f'zoo train: error: {run_dir}: Permission denied; check the permissions or write elsewhere'
+    )
+    assert list((tmp_path / 'locked').iterdir()) == []
+
+
+def test_train_onto_a_full_disk_leaves_nothing_half_written(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, 'fsync', full)  # where a full disk reports itself at the latest
+    run_dir = tmp_path / 'run'
+    assert main(['train', '--recipe', 'fmnist_resnet18', '--run-dir', str(run_dir), *TINY_TRAIN]) == 2
+    assert (
+        _one_error_line(capsys, 'train')
+        == 'zoo train: error: No space left on device; free some space or write elsewhere'
+    )
+    assert [p.name for p in run_dir.rglob('*') if p.is_file()] == []  # no partial recipe.yaml, no temporary file

@@ -3,8 +3,8 @@
 A recipe names the model (any ``zoo`` architecture and its arguments), the task and its data, the
 schedule (epochs, optimizer, learning rate, batch-size control), the distributed settings (2D-torus
 or ring all-reduce, grid, timeouts) and the optional Cuttlefish switch. ``zoo train --recipe R
-key.path=value ...`` overrides single values; values are parsed as YAML 1.2 scalars and structures
-(``optim.lr=1e-3`` is a number, ``batch.stages=[[0,128],[10,256]]`` a list).
+key.path=value ...`` overrides single values; values are parsed as YAML (``batch.stages=[[0,128],[10,256]]``
+is a list), with ``1e-3`` read as a number as YAML 1.2 does (PyYAML's YAML 1.1 reads it as a string).
 
 :class:`Recipe` holds the types, defaults and ranges of every fixed key. The free-form sections are
 checked against what will consume them, so no list of their arguments is kept here: ``task.args``
@@ -130,7 +130,8 @@ class Recipe(_Section):
     schedule: ScheduleSection = ScheduleSection()
     amp: Literal['auto', 'off', 'fp16', 'bf16'] = 'auto'  # auto: fp16/bf16 on CUDA, off on CPU
     distributed: DistributedSection = DistributedSection()
-    cuttlefish: dict[str, Any] | None = None  # a mapping enables the stable-rank switch (training.cuttlefish)
+    # One section per training.callbacks.CALLBACKS entry: a mapping enables that callback with these arguments.
+    cuttlefish: dict[str, Any] | None = None  # the stable-rank switch (training.cuttlefish)
     data: DataSection = DataSection()
     log: LogSection = LogSection()
     checkpoint: CheckpointSection = CheckpointSection()
@@ -205,10 +206,10 @@ def _describe(error: dict, path: str) -> str:
     return f'{path}: {message[0].lower()}{message[1:]}, got {value!r}'
 
 
-def _first_error(e: ValidationError, prefix: str = '') -> RecipeError:
+def _first_error(e: ValidationError) -> RecipeError:
     errors = e.errors(include_url=False)
     first = errors[0]
-    message = _describe(first, _dotted((*prefix.split('.'), *first['loc']) if prefix else first['loc']))
+    message = _describe(first, _dotted(first['loc']))
     more = len({tuple(err['loc']) for err in errors}) - 1
     return RecipeError(message + (f' (and {more} more problem{"s" * (more > 1)})' if more else ''))
 
@@ -226,7 +227,7 @@ def _annotation_text(annotation: Any) -> str:
     return re.sub(r'\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])', '', text)  # collections.abc.Sequence -> Sequence
 
 
-def check_arguments(cls: type, args: Mapping[str, Any], where: str) -> None:
+def _check_arguments(cls: type, args: Mapping[str, Any], where: str) -> None:
     """Check ``args`` against the constructor of ``cls``: every key a parameter (with a suggestion when
     not), every required parameter given, every value of its annotated type. Nothing is built."""
     raw = inspect.signature(cls).parameters
@@ -271,8 +272,8 @@ def _check_model(section: Mapping[str, Any], task: str) -> None:
     except (TypeError, ValueError) as e:
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(e))
         if unexpected:
-            raise RecipeError(f'model.args.{unexpected[1]}: {name} takes no such argument') from None
-        raise RecipeError(f'model.args of {name} ({", ".join(args) or "none given"}): {e}') from None
+            raise RecipeError(f'model.args.{unexpected[1]}: {name} takes no such argument') from e
+        raise RecipeError(f'model.args of {name} ({", ".join(args) or "none given"}): {e}') from e
     architecture = model.pretrained_cfg.get('architecture', name)
     trains = MODEL_TASKS[task]
     if zoo.model_task(architecture) != trains:
@@ -307,11 +308,11 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
     task = checked['task']['name']
     if task not in TASKS:
         raise RecipeError(f'task.name: unknown task {task!r}; available: {sorted(TASKS)}{_did_you_mean(task, TASKS)}')
-    check_arguments(_import(TASKS[task]), checked['task']['args'], 'task.args')
+    _check_arguments(_import(TASKS[task]), checked['task']['args'], 'task.args')
     for section, target in CALLBACKS.items():
-        if checked[section] is not None:
+        if checked.get(section) is not None:
             callback = _import(target)
-            check_arguments(callback, checked[section], section)
+            _check_arguments(callback, checked[section], section)
             try:
                 callback(**checked[section])  # its own checks (choices, conflicts); building it does no work
             except (TypeError, ValueError) as e:

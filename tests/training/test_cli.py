@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import png_header_only
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -105,19 +106,6 @@ def _one_error_line(capsys, command: str) -> str:
     return err.strip()
 
 
-def _png_header_only(path, width, height):
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-
-    ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b'')
-    )
-
-
 def _bad_image(tmp_path, kind):
     """A file of each kind the issue lists, and the end of the message it must give."""
     import tifffile
@@ -150,7 +138,7 @@ def _bad_image(tmp_path, kind):
         tifffile.imwrite(path, values)
         return path, '1 of 4,096 values are NaN or infinite; replace them (e.g. with 0) and save it again'
     assert kind == 'bomb'
-    _png_header_only(path, 20_000, 20_000)
+    png_header_only(path, 20_000, 20_000)
     return path, 'set ZOO_MAX_IMAGE_PIXELS to a larger number to read it'
 
 

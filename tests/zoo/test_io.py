@@ -1,11 +1,9 @@
 """``zoo.io.read_image``: the one image reader decodes deliberately and refuses what it cannot read faithfully."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import tifffile
+from _helpers import png_header_only
 from PIL import Image
 
 from zoo.io import ImageReadError, max_image_pixels, read_image, to_grey
@@ -144,20 +142,8 @@ def test_unsupported_layouts_are_refused(tmp_path):
     assert _error(tmp_path / 'cmyk.tif').endswith(': a SEPARATED TIFF; save it as RGB or grey')
 
 
-def _png_header_only(path, width, height):
-    """A PNG whose header claims ``width x height`` (a decompression bomb's header; the data never matters)."""
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-
-    ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b'')
-    )
-
-
 def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
-    _png_header_only(tmp_path / 'bomb.png', 20_000, 20_000)
+    png_header_only(tmp_path / 'bomb.png', 20_000, 20_000)
     assert _error(tmp_path / 'bomb.png') == (
         f'{tmp_path / "bomb.png"}: 20,000 x 20,000 = 400,000,000 pixels is above the limit of 100,000,000 '
         '(a guard against decompression bombs); set ZOO_MAX_IMAGE_PIXELS to a larger number to read it'

@@ -116,7 +116,7 @@ class CheckpointSection(_Section):
 
 
 class Recipe(_Section):
-    """A training run. Cross-field rules (batch stages and milestones within ``epochs``, the model fitting
+    """A training run. Cross-field rules (batch stages in order, milestones within ``epochs``, the model fitting
     the task) and the free-form sections are checked by :func:`validate_recipe`."""
 
     name: str | None = None  # default: the recipe file's stem
@@ -295,10 +295,10 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
     epochs = checked['epochs']
     stages = checked['batch']['stages']
     starts = [start for start, _ in stages]
+    # A stage may start after the last epoch: a finished run can be resumed with more epochs (its batch
+    # schedule may not change), so a recipe can train the first part of a longer schedule.
     if starts[0] != 0 or starts != sorted(set(starts)):
         raise RecipeError(f'batch.stages: must start at epoch 0 with increasing epochs, got {stages}')
-    if starts[-1] >= epochs:
-        raise RecipeError(f'batch.stages: every stage must start before the last epoch ({epochs - 1}), got {stages}')
     milestones = checked['schedule']['milestones']
     if milestones != sorted(set(milestones)) or (milestones and milestones[-1] >= epochs):
         raise RecipeError(

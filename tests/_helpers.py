@@ -1,5 +1,8 @@
 """Shared by several test modules."""
 
+import struct
+import zlib
+
 import zoo
 from training.callbacks import Callback
 
@@ -33,3 +36,15 @@ def input_size(model, cap):
     if model.pretrained_cfg.get('fixed_input_size'):
         return c, h, w
     return c, min(h, cap), min(w, cap)
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width x height`` over almost no data: a decompression bomb's header."""
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(
+        b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b'')
+    )

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
-__all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS']
+__all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS', 'MODEL_TASKS']
 
 
 class Task:
@@ -256,6 +256,11 @@ class ClassificationTask(Task):
 TASKS: dict[str, str] = {
     'classification': 'training.tasks:ClassificationTask',
     'nuclei-segmentation': 'training.segmentation:NucleiSegmentationTask',
+}
+# The kind of zoo model (``zoo.model_task``) each task trains; recipes pairing another kind are refused.
+MODEL_TASKS: dict[str, str] = {
+    'classification': 'image-classification',
+    'nuclei-segmentation': 'nuclei-segmentation',
 }
 
 

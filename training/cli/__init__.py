@@ -1,38 +1,102 @@
 """``zoo`` command line: list, info, predict, publish, train and finetune.
 
-Each command group lives in its own module and adds its sub-commands with ``add_commands``. Every
-command turns the zoo's own errors (unknown model, missing or tampered weights, bad layout, bad recipe)
-into a one-line message and exit status 2 instead of a traceback.
+Each command group lives in its own module and adds its sub-commands with ``add_commands``.
+
+Exit status:
+
+* ``0``: done.
+* ``2``: a user error: bad arguments, an unknown model or tag, missing or tampered weights, a recipe or
+  override that does not validate, a dataset in the wrong layout, an image that cannot be decoded, or a
+  file that cannot be read or written (missing, permission denied, disk full). One line on stderr,
+  ``zoo <command>: error: <what is wrong and what to do>``, and no traceback; ``--debug`` shows it.
+* ``130``: interrupted (Ctrl-C). ``zoo train`` and ``zoo finetune`` resume from their last complete
+  epoch when the same command is run again.
+* ``1``: anything else is a bug: Python's traceback, please report it.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
 from . import models, publish, slide, train
 
-__all__ = ['main']
+__all__ = ['main', 'user_errors']
+
+# Commands that continue where they stopped when run again (checkpoints), which Ctrl-C's message says.
+_RESUMABLE = {'train', 'finetune'}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad command line in one line (exit status 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='zoo', description=__doc__.splitlines()[0])
+    parser = _Parser(prog='zoo', description=__doc__.splitlines()[0])
+    parser.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     sub = parser.add_subparsers(dest='subcommand', required=True)
     for group in (models, publish, slide, train):
         group.add_commands(sub)
+    for command in sub.choices.values():  # `zoo train --debug ...` as well as `zoo --debug train ...`
+        command.add_argument(
+            '--debug', action='store_true', default=argparse.SUPPRESS, help='show tracebacks of user errors'
+        )
     return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean the input is wrong (exit 2, one line), not that the zoo has a bug."""
+    import zoo
+    from training.data import DatasetLayoutError
+    from training.recipe import RecipeError
+    from zoo.io import ImageReadError
+
+    return zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, ImageReadError
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split())
+
+
+def _describe_os_error(error: OSError) -> str:
+    """A filesystem error in one line, with what to do about the common ones."""
+    where = f'{error.filename}: ' if error.filename else ''
+    what = error.strerror or _one_line(error)
+    advice = {
+        errno.ENOSPC: 'free some space or write elsewhere',
+        errno.EDQUOT: 'free some space or write elsewhere',
+        errno.EACCES: 'check the permissions or write elsewhere',
+        errno.EPERM: 'check the permissions or write elsewhere',
+        errno.EROFS: 'write elsewhere',
+        errno.ENOENT: 'check the path',
+    }.get(error.errno)
+    return f'{where}{what}' + (f'; {advice}' if advice else '')
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    import zoo
-    from training.data import DatasetLayoutError
-    from training.recipe import RecipeError
-
+    command = f'zoo {args.subcommand}'
     try:
         args.func(args)
-    except (zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, FileNotFoundError) as e:
-        print(f'zoo {args.subcommand}: error: {e}', file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        resume = '; run the same command again to resume from the last complete epoch'
+        print(f'{command}: interrupted{resume if args.subcommand in _RESUMABLE else ""}', file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        if args.debug:
+            raise
+        print(f'{command}: error: {_one_line(e)}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug or e.errno is None:  # no errno: not the filesystem (e.g. a decoder's message), a bug
+            raise
+        print(f'{command}: error: {_describe_os_error(e)}', file=sys.stderr)
         return 2
     return 0

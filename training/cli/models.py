@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -19,9 +21,19 @@ def add_commands(sub) -> None:
     p = sub.add_parser('predict', help='classify images (or segment nuclei) with published weights')
     p.add_argument('name')
     p.add_argument('images', nargs='+')
-    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--topk', type=_positive_int, default=5, help='how many classes to print (default 5)')
     p.add_argument('--out-dir', type=Path, default=Path('predictions'), help='where segmentation overlays go')
     p.set_defaults(func=cmd_predict)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be a whole number >= 1, got {text!r}')
+    return value
 
 
 def _format_metrics(metrics) -> str:
@@ -61,21 +73,26 @@ def cmd_info(args) -> None:
     print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
 
 
-def _load_image(path: str, in_chans: int):
-    from PIL import Image
+def _read_checked(path: str, model):
+    """The image as ``H x W x 3`` uint8 RGB; a one-line warning on stderr when it is plainly not the kind of
+    image the model was trained on (``model.input_domain``); the prediction still runs."""
+    from zoo.domain import domain_warning
+    from zoo.io import read_image
 
-    try:
-        image = Image.open(path)
-    except (FileNotFoundError, OSError) as e:
-        raise SystemExit(f'zoo predict: cannot read image {path}: {e}')
-    return image.convert('L' if in_chans == 1 else 'RGB')
+    image = read_image(path)
+    warning = domain_warning(image, getattr(model, 'input_domain', None))
+    if warning:
+        print(f'zoo predict: warning: {path}: {warning}', file=sys.stderr)
+    return image
 
 
 def cmd_predict(args) -> None:
     import torch
+    from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
     import zoo
+    from zoo.io import to_grey
 
     model = zoo.create_model(args.name, pretrained=True).eval()
     if zoo.model_task(model.pretrained_cfg['architecture']) == 'nuclei-segmentation':
@@ -85,7 +102,8 @@ def cmd_predict(args) -> None:
     transform = create_transform(**config)
     labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
     for path in args.images:
-        image = _load_image(path, config['input_size'][0])
+        image = _read_checked(path, model)
+        image = Image.fromarray(to_grey(image) if config['input_size'][0] == 1 else image)
         with torch.inference_mode():
             probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
         top = probs.topk(min(args.topk, probs.numel()))
@@ -98,5 +116,6 @@ def _segment(model, args) -> None:
     from zoo.segment import predict_to_overlay
 
     for path in args.images:
+        _read_checked(path, model)  # read again by predict_to_overlay: its check comes first
         result = predict_to_overlay(model, path, args.out_dir)
         print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

@@ -18,7 +18,9 @@ def add_commands(sub) -> None:
     p.add_argument('--model', default='mrl_seg_tiny')
     p.add_argument('--dataset', default='stardist', choices=['stardist', 'kumar', 'consep', 'cpm17', 'folder'])
     p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
-    p.add_argument('--epochs', type=int)
+    p.add_argument(
+        '--epochs', type=int, help="train this many epochs; a step schedule's milestones keep their share of the run"
+    )
     p.add_argument('--recipe', default='histology_finetune')
     p.add_argument('--run-dir')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
@@ -37,6 +39,19 @@ def cmd_finetune(args) -> None:
     overrides = [f'model.name={args.model}', f'task.args.dataset={args.dataset}', *args.overrides]
     if args.data_dir:
         overrides.append(f'task.args.data_dir={args.data_dir}')
-    if args.epochs:
-        overrides.append(f'epochs={args.epochs}')
+    if args.epochs is not None:
+        overrides += _epochs_overrides(args.recipe, overrides, args.epochs)
     run(args.recipe, overrides, args.run_dir or f'runs/finetune-{args.model}-{args.dataset}')
+
+
+def _epochs_overrides(recipe: str, overrides: list[str], epochs: int) -> list[str]:
+    """``epochs=N``, and the recipe's step-decay milestones moved to the same fractions of N epochs (the
+    fine-tuning recipe decays at epoch 25 of 50: at epoch 5 of 10), unless the overrides set them."""
+    from training.recipe import load_recipe
+
+    if epochs < 1 or any(item.startswith('schedule.milestones=') for item in overrides):
+        return [f'epochs={epochs}']  # an invalid count is refused by the recipe's validation, naming it
+    base = load_recipe(recipe, overrides)
+    moved = sorted({round(m * epochs / base['epochs']) for m in base['schedule']['milestones']} - {0})
+    moved = [m for m in moved if m < epochs]
+    return [f'epochs={epochs}', f'schedule.milestones={moved}']

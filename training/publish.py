@@ -160,7 +160,7 @@ def _switch_summary(run_dir: Path, info: dict) -> str:
         else 'no layer was factorized'
     )
     lines = [
-        f'The switch came after epoch {switched} (the recipe\'s rule on the tracked layers\' stable ranks, see '
+        f"The switch came after epoch {switched} (the recipe's rule on the tracked layers' stable ranks, see "
         f'Training); {outcome}. A layer stays dense when its factorization at the chosen rank is not smaller or (when '
         f'profiling) not faster on the training device.',
         '',

@@ -55,8 +55,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from training.data import DatasetLayoutError
     from training.recipe import RecipeError
     from zoo.io import ImageReadError
+    from zoo.slide import SlideError
 
-    return zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, ImageReadError
+    return zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, ImageReadError, SlideError
 
 
 def _one_line(error: BaseException) -> str:

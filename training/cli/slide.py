@@ -33,12 +33,13 @@ def add_commands(sub) -> None:
 
 
 def _fail(message: str) -> None:
-    print(f'zoo segment-slide: error: {message}', file=sys.stderr)
-    raise SystemExit(2)
+    from zoo.slide import SlideError
+
+    raise SlideError(message)  # one line and exit 2, as every user error (training.cli.main)
 
 
 def cmd_segment_slide(args) -> None:
-    from zoo.slide import SlideError, SlideWarning, segment_slide
+    from zoo.slide import SlideWarning, segment_slide
 
     for name in ('tile', 'batch_size'):
         if getattr(args, name) < 1:
@@ -55,24 +56,21 @@ def cmd_segment_slide(args) -> None:
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         warnings.simplefilter('always', SlideWarning)
-        try:
-            result = segment_slide(
-                args.name,
-                args.slide,
-                args.out,
-                mpp=args.mpp,
-                slide_mpp=args.slide_mpp,
-                tile=args.tile,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                detect_tissue=not args.all_tiles,
-                label_image=args.label_image,
-                device=args.device,
-                progress=not args.no_progress,
-            )
-        except SlideError as e:
-            _fail(str(e))
+        result = segment_slide(
+            args.name,
+            args.slide,
+            args.out,
+            mpp=args.mpp,
+            slide_mpp=args.slide_mpp,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            detect_tissue=not args.all_tiles,
+            label_image=args.label_image,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     res, t = result.resolution, result.timings
     mpp = f'{res.mpp:.3g} µm/px' if res.mpp else 'unknown µm/px'
     print(

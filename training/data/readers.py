@@ -36,7 +36,7 @@ from PIL import Image
 from skimage.draw import polygon as polygon_pixels
 
 from zoo.hovernet.metrics import remap_label
-from zoo.io import read_image
+from zoo.io import ImageReadError, read_image
 
 __all__ = [
     'CONSEP_MERGED_TYPE_NAMES',
@@ -126,19 +126,6 @@ def _require_dir(path: Path, layout: str, root: Path) -> None:
         raise _layout_error(f'missing directory {path}', layout, root)
 
 
-def _to_rgb(array: np.ndarray, path: Path) -> np.ndarray:
-    """HxW grey, HxWx3 RGB or HxWx4 RGBA (alpha dropped), also channel-first, as HxWx3 uint8."""
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DatasetLayoutError(f'{path}: expected a grey, RGB or RGBA image, got shape {array.shape}')
-    if array.dtype != np.uint8:
-        raise DatasetLayoutError(f'{path}: expected 8-bit pixels, got {array.dtype}')
-    return np.ascontiguousarray(np.broadcast_to(array[..., :3], (*array.shape[:2], 3)))
-
-
 def _read(path: Path, what: str, reader: Callable[[Path], Any]) -> Any:
     """``reader(path)``, turning any failure to parse the file into a DatasetLayoutError naming it."""
     try:
@@ -156,12 +143,12 @@ def _read_pil(path: Path) -> Image.Image:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    if path.suffix.lower() in ('.tif', '.tiff'):
-        return _to_rgb(_read(path, 'the image', tifffile.imread), path)
-    image = _read(path, 'the image', _read_pil)
-    if image.mode.startswith(('I', 'F')):  # 16/32-bit: convert("RGB") would clip silently
-        raise DatasetLayoutError(f'{path}: expected 8-bit pixels, got PIL mode {image.mode}')
-    return np.array(image.convert('RGB'))
+    """The one image reader (``zoo.io.read_image``: 8-bit as stored, more bits scaled, what it cannot read
+    faithfully refused), its refusals reported as layout errors naming the file."""
+    try:
+        return read_image(path)
+    except ImageReadError as error:
+        raise DatasetLayoutError(str(error)) from error
 
 
 def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:

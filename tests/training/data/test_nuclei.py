@@ -440,7 +440,7 @@ def mat_v73_header() -> bytes:
         ('Labels/A.mat', lambda data: np.random.default_rng(0).bytes(300), 'cannot read the MATLAB file (ValueError'),
         ('Labels/A.mat', lambda data: mat_v73_header(), 'v7.3'),
         ('Labels/A.mat', lambda data: data[:200], 'cannot read the MATLAB file'),
-        ('Images/A.tif', lambda data: data[:100], 'cannot read the image'),
+        ('Images/A.tif', lambda data: data[:100], 'cannot decode this TIFF'),
     ],
     ids=['empty-mat', 'random-mat', 'v7.3-mat', 'truncated-mat', 'truncated-tif'],
 )
@@ -489,7 +489,7 @@ def test_corrupt_images_and_labels_name_the_file(tmp_path: Path, suffix: str) ->
     assert str(broken) in str(raised.value)
 
     (tmp_path / 'images' / 'a.png').write_bytes(b'not an image')
-    with pytest.raises(DatasetLayoutError, match='cannot read the image') as raised:
+    with pytest.raises(DatasetLayoutError, match='not an image file') as raised:
         load_folder(tmp_path)
     assert str(tmp_path / 'images' / 'a.png') in str(raised.value)
 

@@ -81,7 +81,7 @@ def _check_layout(grid: TorusGrid) -> None:
 def _check_all_reduce(grid: TorusGrid) -> None:
     cases = [((size,), torch.float32, 'sum') for size in FLAT_SIZES]
     cases += [(shape, torch.float32, 'sum') for shape in SHAPES]
-    # avg is sum-then-divide and float64 only changes the dtype: a few shapes suffice.
+    # avg (divide, then sum) and float64 only change the arithmetic: a few shapes suffice.
     for dtype, op in ((torch.float32, 'avg'), (torch.float64, 'sum'), (torch.float64, 'avg')):
         cases += [(shape, dtype, op) for shape in ((1,), (3,), (97,), (3, 5, 7))]
     cases += [((size,), torch.int64, 'sum') for size in (1, 3, 1001)]  # exact integer sums

@@ -28,11 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import zoo
     from training.data import DatasetLayoutError
+    from training.errors import RunError
     from training.recipe import RecipeError
 
     try:
         args.func(args)
-    except (zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, FileNotFoundError) as e:
+    except (zoo.UnknownModelError, zoo.WeightsError, RecipeError, DatasetLayoutError, RunError, FileNotFoundError) as e:
         print(f'zoo {args.subcommand}: error: {e}', file=sys.stderr)
         return 2
     return 0

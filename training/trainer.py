@@ -28,6 +28,8 @@ Safety of a run directory:
   ``distributed.timeout_s`` may change, ``epochs`` only where the learning-rate schedule is the same under
   both values (step or constant decay; cosine spans all epochs and is refused); or when the job has another
   number of ranks than the checkpoint's.
+* With several ranks, BatchNorm running statistics are averaged over the ranks before each evaluation, so
+  the metrics reported are those of the weights that checkpoints and ``best/`` save.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from timm.utils import distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -394,7 +397,13 @@ class Trainer:
         )
 
     def evaluate(self) -> dict:
-        """Metrics on the validation set, each rank evaluating a strided shard of it."""
+        """Metrics on the validation set, each rank evaluating a strided shard of it.
+
+        With several ranks, each rank's BatchNorm running statistics have seen only its own batches; they are
+        first averaged over the ranks, in place (timm's ``distribute_bn``, as its train.py does by default), so
+        every rank evaluates the same model, the one that checkpoints and ``best/`` then save."""
+        if self.ctx.distributed:
+            distribute_bn(self.model, self.ctx.world_size, reduce=True)
         shard = Subset(self.val_set, range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
         self.model.eval()
         sums = self.task.evaluate(self.model, shard, self.device, self.recipe['data']['eval_batch'])

@@ -164,7 +164,7 @@ def test_two_rank_run_reports_the_metrics_of_the_weights_it_saves(tmp_path, caps
     from training.cli import main
     from training.tasks import build_task
 
-    extra = ['epochs=1', 'distributed.grid=[2,1]', 'task.args.train_subset=512', 'task.args.val_subset=512']
+    extra = ['epochs=1', 'distributed.grid=[2,1]', 'task.args.train_subset=512', 'task.args.holdout=512']
     run = _torchrun(tmp_path / 'run', 2, extra)
     out = run.communicate(timeout=900)[0]
     assert run.returncode == 0, out

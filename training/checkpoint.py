@@ -2,21 +2,22 @@
 
 A checkpoint is a folder ``checkpoints/epoch-NNNN/`` holding ``model.safetensors``, ``state.safetensors``
 + ``state.json`` (optimizer, trainer and callback state) and one ``rng-rank{R}.safetensors`` +
-``rng-rank{R}.json`` per rank. It is assembled under a temporary name and renamed into place, then
-the text file ``checkpoints/latest`` is atomically replaced to point at it, so a run killed at any
-moment leaves either the previous checkpoint or the new one, never half of one. Files are fsynced
-before each rename, and if the machine itself crashes with ``latest`` pointing at an incomplete folder,
-the newest complete one is used.
+``rng-rank{R}.json`` per rank. Every rank writes its files into one staging folder, which rank 0 then
+renames into place (``zoo.io.replace_dir``: files fsynced first), so the run directory must be on a
+filesystem that all nodes share (the trainer checks). The text file ``checkpoints/latest`` is then
+atomically replaced to point at the new folder, so a run killed at any moment leaves either the previous
+checkpoint or the new one, never half of one. A folder damaged all the same (a crash of the machine, a full
+disk, a file overwritten by hand) is detected when it is read: the trainer warns and resumes from the
+previous one, which ``checkpoint.keep`` (default 2) keeps.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from zoo.io import atomic_write_bytes, fsync_dir, save_safetensors
+from zoo.io import atomic_write_bytes, replace_dir, save_safetensors
 
-__all__ = ['flatten', 'unflatten', 'rng_state', 'set_rng_state', 'CheckpointDir']
-
-_log = logging.getLogger('training.checkpoint')
+__all__ = ['flatten', 'unflatten', 'rng_state', 'set_rng_state', 'Checkpoint', 'CheckpointDir', 'UnreadableCheckpoint']
 
 _TENSOR, _TUPLE, _NDARRAY = '__tensor__', '__tuple__', '__ndarray__'
 
@@ -94,17 +93,36 @@ def _save(folder: Path, name: str, obj: Any) -> None:
     (folder / f'{name}.json').write_text(json.dumps(structure))
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file is missing or damaged; the message names the file and the problem."""
+
+
+def _read(path: Path, parse: Callable[[Path], Any]) -> Any:
+    try:
+        return parse(path)
+    except Exception as e:  # whatever a missing, truncated or overwritten file makes the parser raise
+        raise UnreadableCheckpoint(f'{path.name}: {" ".join(str(e).split())}') from e
+
+
 def _load(folder: Path, name: str) -> Any:
-    tensors = load_file(str(folder / f'{name}.safetensors'))
-    return unflatten(json.loads((folder / f'{name}.json').read_text()), tensors)
+    tensors = _read(folder / f'{name}.safetensors', lambda p: load_file(str(p)))
+    structure = _read(folder / f'{name}.json', lambda p: json.loads(p.read_text()))
+    return _read(folder / f'{name}.json', lambda _: unflatten(structure, tensors))
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / f).exists() for f in ('model.safetensors', 'state.safetensors', 'state.json'))
+@dataclass
+class Checkpoint:
+    """One epoch folder as read back: trainer ``state``, ``model`` weights and this rank's ``rng`` state (None
+    for a rank beyond the checkpoint's world size)."""
+
+    folder: Path
+    state: Any
+    model: dict[str, torch.Tensor]
+    rng: dict | None
 
 
 class CheckpointDir:
-    """``run_dir/checkpoints``: writing epoch folders atomically and finding the latest one."""
+    """``run_dir/checkpoints``: writing epoch folders atomically and reading them back."""
 
     def __init__(self, run_dir: Path, keep: int = 2):
         if keep < 1:
@@ -112,23 +130,23 @@ class CheckpointDir:
         self.root = Path(run_dir) / 'checkpoints'
         self.keep = keep
 
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint (``latest``'s target, or the newest complete folder if that is
-        missing, as after a crash of the machine rather than of the process)."""
+    def candidates(self) -> list[Path]:
+        """The epoch folders to resume from, in order of preference: the one ``latest`` names, then the others,
+        newest first (the next one to try when a folder turns out to be damaged)."""
+        folders = sorted((p for p in self.root.glob('epoch-*') if p.is_dir()), reverse=True)
         pointer = self.root / 'latest'
-        if not pointer.exists():
-            return None
-        folder = self.root / pointer.read_text().strip()
-        if _complete(folder):
-            return folder
-        complete = sorted(p for p in self.root.glob('epoch-*') if _complete(p))
-        if not complete:
-            raise FileNotFoundError(
-                f'{pointer} points at {folder}, which is incomplete, and no other complete '
-                f'checkpoint exists in {self.root}'
-            )
-        _log.warning('%s is incomplete; resuming from %s instead', folder, complete[-1])
-        return complete[-1]
+        named = pointer.read_bytes().decode(errors='replace').strip() if pointer.is_file() else None
+        return sorted(folders, key=lambda folder: folder.name != named)
+
+    @staticmethod
+    def read(folder: Path, rank: int) -> Checkpoint:
+        """Everything rank ``rank`` restores from ``folder``. Raises :class:`UnreadableCheckpoint` if a file is
+        missing or does not parse (as a truncated or overwritten one does)."""
+        state = _load(folder, 'state')
+        model = _read(folder / 'model.safetensors', lambda p: load_file(str(p)))
+        world_size = _read(folder / 'state.json', lambda _: int(state['world_size']))
+        rng = _load(folder, f'rng-rank{rank}') if rank < world_size else None
+        return Checkpoint(folder, state, model, rng)
 
     def staging(self, epoch: int) -> Path:
         """The temporary folder all ranks write epoch ``epoch`` into (created by rank 0)."""
@@ -140,6 +158,11 @@ class CheckpointDir:
         folder.mkdir(parents=True)
         return folder
 
+    def remove_leftovers(self) -> None:
+        """Delete what runs killed while writing left behind: staging folders and folders being replaced."""
+        for folder in self.root.glob('.epoch-*'):
+            shutil.rmtree(folder, ignore_errors=True)
+
     @staticmethod
     def write_rank(folder: Path, rank: int) -> None:
         _save(folder, f'rng-rank{rank}', rng_state())
@@ -150,33 +173,12 @@ class CheckpointDir:
         _save(folder, 'state', state)
 
     def commit(self, epoch: int) -> Path:
-        """Rename the staged folder into place, move ``latest`` to it, prune old epochs (rank 0)."""
+        """Move the staged folder into place (durably, replacing one a run killed before ``latest`` moved may
+        have left), point ``latest`` at it and prune old epochs (rank 0)."""
         final = self.root / f'epoch-{epoch:04d}'
-        if final.exists():  # written by a run killed after the rename but before `latest` moved
-            shutil.rmtree(final)
-        staging = self.staging(epoch)
-        for file in staging.iterdir():  # durable contents before the rename makes them visible
-            with open(file, 'rb') as f:
-                os.fsync(f.fileno())
-        fsync_dir(staging)
-        os.replace(staging, final)
-        fsync_dir(self.root)
+        replace_dir(self.staging(epoch), final)
         atomic_write_bytes(self.root / 'latest', final.name.encode())
         epochs = sorted(p for p in self.root.glob('epoch-*') if p.is_dir())
         for old in epochs[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
-
-    @staticmethod
-    def read_state(folder: Path) -> Any:
-        return _load(folder, 'state')
-
-    @staticmethod
-    def read_model(folder: Path) -> dict[str, torch.Tensor]:
-        return load_file(str(folder / 'model.safetensors'))
-
-    @staticmethod
-    def read_rank(folder: Path, rank: int) -> dict | None:
-        if not (folder / f'rng-rank{rank}.safetensors').exists():
-            return None
-        return _load(folder, f'rng-rank{rank}')

@@ -52,6 +52,16 @@ class DistContext:
         dist.all_reduce(tensor)
         return dict(zip(keys, tensor.tolist()))
 
+    def ranks_where(self, condition: bool) -> list[int]:
+        """The ranks whose ``condition`` is true, known to every rank (collective), so that all ranks take the
+        same branch, e.g. all stop when one cannot read a file."""
+        if not self.distributed:
+            return [0] if condition else []
+        flags = torch.zeros(self.world_size, dtype=torch.int32, device=self.device)
+        flags[self.rank] = int(condition)
+        dist.all_reduce(flags)
+        return flags.nonzero().flatten().tolist()
+
     def broadcast_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.distributed:
             tensor = tensor.to(self.device)

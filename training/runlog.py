@@ -1,22 +1,76 @@
 """What a run leaves behind besides checkpoints: ``metrics.csv``, TensorBoard scalars, the epoch lines on
-stdout and ``best/`` (the best weights and ``run.json``, everything ``zoo publish`` needs)."""
+stdout and ``best/`` (the best weights and ``run.json``, everything ``zoo publish`` needs); and the lock that
+keeps a second run out of a run directory while one uses it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import platform
+import shutil
+import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zoo.io import atomic_write_bytes, save_safetensors
+from zoo.io import atomic_write_bytes, replace_dir, save_safetensors
 
-__all__ = ['RunLog', 'code_version', 'describe_device']
+__all__ = ['RunLog', 'RunDirLock', 'code_version', 'describe_device']
+
+
+class RunDirLock:
+    """``run_dir/.lock``, locked with ``flock`` while a run uses the directory. The kernel releases the lock
+    when the process ends, however it ends, so a killed run never blocks the next one. The file names its
+    holder (``pid@host``) and a token that lets the other ranks check that they see the same directory."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / '.lock'
+        self._file = None
+
+    def acquire(self, token: int) -> bool:
+        """Lock the directory (creating it) and record this process and ``token``; False if another run holds
+        it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, 'a+')
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        # Written in place: replacing the file would put the lock on an inode other runs no longer open.
+        file.seek(0)
+        file.truncate()
+        file.write(f'{os.getpid()}@{socket.gethostname()} {token}\n')
+        file.flush()
+        self._file = file
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the lock
+            self._file = None
+
+    def _fields(self) -> list[str]:
+        try:
+            return self.path.read_text().split()
+        except (OSError, UnicodeDecodeError):
+            return []
+
+    def holder(self) -> str:
+        """``pid@host`` of the process that last locked the directory ('' if unknown)."""
+        fields = self._fields()
+        return fields[0] if fields else ''
+
+    def token(self) -> int | None:
+        """The token the holder recorded, as this process sees the file (None if it cannot read it)."""
+        fields = self._fields()
+        return int(fields[1]) if len(fields) == 2 and fields[1].isdigit() else None
+
 
 _log = logging.getLogger('training')
 
@@ -40,12 +94,27 @@ class RunLog:
         shown = ', '.join(f'{k} {_fmt(v)}' for k, v in row.items() if k != 'epoch')
         print(f'epoch {row["epoch"]}: {shown}', flush=True)
 
-    def save_best(self, state_dict: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Path:
-        """``best/model.safetensors`` and ``best/run.json``; returns the folder."""
+    def save_best(
+        self,
+        state_dict: Mapping[str, torch.Tensor],
+        info: Mapping[str, Any],
+        extras: Callable[[Path], list[Path]] | None = None,
+    ) -> list[Path]:
+        """Replace ``best/`` as a whole (so its weights and ``run.json`` always belong together) with
+        ``model.safetensors``, ``run.json`` and what ``extras(folder)`` writes; returns the paths of the extras."""
+        staging = self.run_dir / '.best.partial'  # the run directory is locked: no other writer uses this name
+        shutil.rmtree(staging, ignore_errors=True)
+        save_safetensors(state_dict, staging / 'model.safetensors', metadata={'format': 'pt'})
+        atomic_write_bytes(staging / 'run.json', json.dumps(dict(info), indent=1, default=str).encode())
+        written = extras(staging) if extras else []
         folder = self.run_dir / 'best'
-        save_safetensors(state_dict, folder / 'model.safetensors', metadata={'format': 'pt'})
-        atomic_write_bytes(folder / 'run.json', json.dumps(dict(info), indent=1, default=str).encode())
-        return folder
+        replace_dir(staging, folder)
+        return [folder / path.relative_to(staging) for path in written]
+
+    def remove_leftovers(self) -> None:
+        """Delete what runs killed while writing ``best/`` left behind (its staging folder, an old copy)."""
+        for folder in self.run_dir.glob('.best.*'):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _tensorboard(self, row: dict) -> None:
         if self._writer is None:

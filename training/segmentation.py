@@ -30,6 +30,7 @@ from zoo.segment import overlay, predict_instances
 from .data import (
     CONSEP_MERGED_TYPE_NAMES,
     CONSEP_TYPE_NAMES,
+    DatasetLayoutError,
     NucleiPatchDataset,
     NucleiSample,
     load_consep,
@@ -146,8 +147,9 @@ class NucleiSegmentationTask(Task):
         if self.dataset == 'folder':
             return train, test, test
         if len(train) < 2:
-            raise ValueError(
-                f'{self.dataset}: {len(train)} training image(s); at least 2 are needed to hold one out for validation'
+            raise DatasetLayoutError(
+                f'{self.data_dir or self.dataset}: {len(train)} training image(s); at least 2 are needed to hold one '
+                f'out for validation; add images'
             )
         count = min(len(train) - 1, max(1, round(len(train) * self.val_fraction)))
         val_index = set(np.linspace(0, len(train) - 1, count).round().astype(int).tolist())

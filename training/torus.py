@@ -199,8 +199,9 @@ def torus_all_reduce(tensor: torch.Tensor, grid: TorusGrid, op: Literal['sum', '
 
     Any shape, size (including sizes below X) or dtype the backend supports; it runs on
     the tensor's device. Collective: every rank of the world must call it. ``"avg"``
-    sums and then divides, because older gloo builds lack ``ReduceOp.AVG``, and is
-    only defined for floating-point and complex tensors.
+    divides by the world size and then sums (older gloo builds lack ``ReduceOp.AVG``), so
+    an fp16 average does not overflow where the sum would; it is only defined for
+    floating-point and complex tensors.
     """
     if op not in ('sum', 'avg'):
         raise ValueError(f"op must be 'sum' or 'avg', got {op!r}")
@@ -210,9 +211,9 @@ def torus_all_reduce(tensor: torch.Tensor, grid: TorusGrid, op: Literal['sum', '
         return tensor
     contiguous = tensor.contiguous()  # a no-op unless the tensor is strided
     flat = contiguous.view(-1)
-    _torus_sum_(flat, grid)
     if op == 'avg':
         flat.div_(grid.world_size)
+    _torus_sum_(flat, grid)
     if contiguous is not tensor:
         tensor.copy_(contiguous)
     return tensor

@@ -13,12 +13,30 @@ schedule position, batch-size stage, callback state and every rank's RNG are res
 that was interrupted is run again from its start, so a killed run ends where an uninterrupted one does
 (bit for bit on CPU; on CUDA only with deterministic kernels, and a Cuttlefish switch decided by timing
 layers may choose differently if the kill falls in the epoch that decides it).
+
+Safety of a run directory:
+
+* One run at a time: rank 0 locks ``.lock`` in it (``flock``, released when the process ends, however it
+  ends); a second run into the directory stops with a :class:`~training.errors.RunError` naming the holder.
+* All ranks write into the same checkpoint folders, so the run directory must be on a filesystem shared by
+  all nodes, at the same path. At start every rank must read back the token rank 0 wrote into ``.lock``;
+  a rank that cannot stops the job with a ``RunError``.
+* A damaged newest checkpoint (a file missing or not parsing) is passed over with a warning and the previous
+  one resumed (``checkpoint.keep``, default 2); if none can be read, a ``RunError`` says so.
+* A resume is refused (``RunError``, nothing restored or rewritten) when the recipe differs in anything that
+  changes what is computed (``_recipe_changes``): ``log``, ``data``, ``description`` and
+  ``distributed.timeout_s`` may change, ``epochs`` only where the learning-rate schedule is the same under
+  both values (step or constant decay; cosine spans all epochs and is refused); or when the job has another
+  number of ranks than the checkpoint's.
+* With several ranks, BatchNorm running statistics are averaged over the ranks before each evaluation, so
+  the metrics reported are those of the weights that checkpoints and ``best/`` save.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from timm.utils import distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -34,11 +53,12 @@ from zoo.io import atomic_write_bytes
 
 from .batch_control import BatchSchedule, LRSchedule, per_rank_batch
 from .callbacks import Callback, build_callbacks
-from .checkpoint import CheckpointDir, set_rng_state
+from .checkpoint import Checkpoint, CheckpointDir, UnreadableCheckpoint, set_rng_state
 from .data.on_device import OnDeviceImages
 from .distributed import DistContext
-from .recipe import load_recipe
-from .runlog import RunLog, code_version, describe_device
+from .errors import RunError
+from .recipe import RecipeError, load_recipe
+from .runlog import RunDirLock, RunLog, code_version, describe_device
 from .tasks import build_task
 
 __all__ = ['Trainer', 'main']
@@ -83,19 +103,8 @@ class Trainer:
         self.model = zoo.create_model(self.model_name, pretrained=published is not None, **self.model_args)
         self._place_model()
         _seed_all(recipe['seed'] + self.ctx.rank)  # then a different augmentation stream per rank
-        b, s = recipe['batch'], recipe['schedule']
-        self.batch_schedule = BatchSchedule([tuple(x) for x in b['stages']], b['base'], b['rule'])
-        self.lr_schedule = LRSchedule(
-            recipe['optim']['lr'],
-            recipe['epochs'],
-            s['decay'],
-            s['milestones'],
-            s['gamma'],
-            s['min_factor'],
-            s['warmup_epochs'],
-            s['warmup_start'],
-            self.batch_schedule,
-        )
+        self.lr_schedule = _lr_schedule(recipe)
+        self.batch_schedule = self.lr_schedule.batch
         self.epoch = 0
         self.warmup_from = 0  # moved by callbacks that restart warmup (the Cuttlefish switch)
         self.code_version = code_version()  # at start: the checkout may change while a run trains
@@ -107,6 +116,7 @@ class Trainer:
         self.amp_dtype = self._amp_dtype(recipe['amp'])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.checkpoints = CheckpointDir(self.run_dir, keep=recipe['checkpoint']['keep'])
+        self.lock = RunDirLock(self.run_dir)
         self.runlog = RunLog(self.run_dir, recipe['log']['tensorboard'])
         self._rebuild_optimizer()
 
@@ -204,22 +214,32 @@ class Trainer:
         self.ctx.barrier()
 
     def resume(self) -> bool:
-        """Restore the latest checkpoint of ``run_dir`` if there is one; returns whether it did."""
-        folder = self.checkpoints.latest()
-        if folder is None:
+        """Restore the newest readable checkpoint of ``run_dir`` if there is one; returns whether it did.
+
+        A damaged newest checkpoint is passed over with a warning. Raises :class:`RunError`, before anything
+        is changed, when the checkpoint was made with another recipe (see ``_recipe_changes``) or another
+        number of ranks, or when no checkpoint can be read."""
+        checkpoint = self._read_checkpoint()
+        if checkpoint is None:
             return False
-        state = self.checkpoints.read_state(folder)
+        state = checkpoint.state
         changed = _recipe_changes(state['recipe'], self.recipe)
         if changed:
-            raise ValueError(
+            raise RunError(
                 f'{self.run_dir} was trained with a different recipe ({"; ".join(changed)}); '
                 f'restore those values to resume it, or train into a new --run-dir'
+            )
+        if state['world_size'] != self.ctx.world_size:
+            raise RunError(
+                f'{checkpoint.folder} was written by {state["world_size"]} rank(s) and this job has '
+                f'{self.ctx.world_size}; resume it with {state["world_size"]} so that data order and random '
+                f'streams match, or train into a new --run-dir'
             )
         # The architecture may have changed during training (the Cuttlefish switch records its ranks).
         self.model_args = state['model_args']
         self.model = zoo.create_model(self.model_name, **self.model_args)
         self._place_model()
-        self.model.load_state_dict(self.checkpoints.read_model(folder))
+        self.model.load_state_dict(checkpoint.model)
         params = list(self.model.parameters())
         self.no_weight_decay = {id(params[i]) for i in state['no_weight_decay']}
         for callback, callback_state in zip(self.callbacks, state['callbacks']):
@@ -229,16 +249,74 @@ class Trainer:
         self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.warmup_from = state['epoch'], state['warmup_from']
         self.history, self.best, self.train_seconds = state['history'], state['best'], state['train_seconds']
-        rng = self.checkpoints.read_rank(folder, self.ctx.rank)
-        if rng is None or state['world_size'] != self.ctx.world_size:
-            raise ValueError(
-                f'{folder} was written by {state["world_size"]} ranks; resume it with the same '
-                f'number (this job has {self.ctx.world_size}) so data order and RNG streams match'
-            )
-        set_rng_state(rng)
+        set_rng_state(checkpoint.rng)
         if self.ctx.is_main:
-            _log.info('resumed %s after epoch %d', folder, self.epoch)
+            done = f'epochs 0-{self.epoch - 1} are done' if self.epoch > 1 else 'epoch 0 is done'
+            if self.epoch < self.recipe['epochs']:
+                _log.info('resumed %s: %s; training continues with epoch %d', checkpoint.folder, done, self.epoch)
+            else:
+                _log.info('resumed %s: %s, all of the %d epochs', checkpoint.folder, done, self.recipe['epochs'])
         return True
+
+    def _read_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint that every rank can read (all ranks agree on it); None for a new run."""
+        problems = []
+        for folder in self.checkpoints.candidates():
+            try:
+                checkpoint, problem = self.checkpoints.read(folder, self.ctx.rank), ''
+            except UnreadableCheckpoint as e:
+                checkpoint, problem = None, str(e)
+            unreadable = self.ctx.ranks_where(checkpoint is None)
+            if not unreadable:
+                if problems and self.ctx.is_main:
+                    _log.warning('%s; resuming from %s instead', '; '.join(problems), folder)
+                return checkpoint
+            problems.append(f'{folder} cannot be read ({problem or f"on rank(s) {unreadable}"})')
+        if problems:
+            raise RunError(
+                f'{"; ".join(problems)}; no checkpoint is left to resume from: move {self.checkpoints.root} '
+                f'away to train from the start, or train into a new --run-dir'
+            )
+        return None
+
+    def _claim_run_dir(self) -> None:
+        """Lock ``run_dir`` for this run (rank 0) and check that every rank sees it: the token rank 0 writes into
+        the lock file must be read back by every rank, as checkpoints need (a filesystem shared by all nodes)."""
+        token = int.from_bytes(os.urandom(7), 'big')  # not from the seeded generators, which training uses
+        locked = self.lock.acquire(token) if self.ctx.is_main else True
+        token, locked = self.ctx.broadcast_tensor(torch.tensor([token, int(locked)])).tolist()
+        if not locked:
+            holder = self.lock.holder()
+            raise RunError(
+                f'{self.run_dir} is in use by another run{f" (process {holder})" if holder else ""}; '
+                f'wait for it to finish, or train into another --run-dir'
+            )
+        blind = self.ctx.ranks_where(self.lock.token() != token)
+        if blind:
+            self.lock.release()
+            raise RunError(
+                f'rank(s) {blind} cannot see {self.lock.path}, which rank 0 wrote: --run-dir {self.run_dir} must '
+                f'be the same folder for every rank, on a filesystem that all nodes share (checkpoints need it)'
+            )
+        if self.ctx.is_main:  # the lock is ours: what killed runs left half-written can go
+            self.checkpoints.remove_leftovers()
+            self.runlog.remove_leftovers()
+
+    def _check_batches(self) -> None:
+        """Every batch stage the run reaches must split over the ranks and fit the training set."""
+        samples_per_rank = len(self.train_set) // self.ctx.world_size
+        for start, batch in self.batch_schedule.stages:
+            if start >= self.recipe['epochs']:
+                continue
+            try:
+                micro, accumulation = per_rank_batch(batch, self.ctx.world_size, self.recipe['batch']['max_per_rank'])
+            except ValueError as e:
+                raise RecipeError(f'batch.stages: {e}') from None
+            if samples_per_rank // micro < accumulation:
+                raise RecipeError(
+                    f'batch.stages: the global batch {batch} (from epoch {start}) is larger than the training set '
+                    f'({len(self.train_set)} samples); give a smaller batch or more data'
+                )
 
     # ------------------------------------------------------------------------------------------ loop
 
@@ -269,12 +347,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         loader, accumulation = self._loader(epoch)
-        steps = len(loader) // accumulation
-        if steps == 0:
-            raise ValueError(
-                f'epoch {epoch}: the global batch {self.batch_schedule.global_batch(epoch)} is larger '
-                f'than the training set ({len(self.train_set)} samples)'
-            )
+        steps = len(loader) // accumulation  # at least 1 (_check_batches)
         self.train_model.train()
         progress = None
         if self.ctx.is_main and self.recipe['log']['progress']:
@@ -324,7 +397,13 @@ class Trainer:
         )
 
     def evaluate(self) -> dict:
-        """Metrics on the validation set, each rank evaluating a strided shard of it."""
+        """Metrics on the validation set, each rank evaluating a strided shard of it.
+
+        With several ranks, each rank's BatchNorm running statistics have seen only its own batches; they are
+        first averaged over the ranks, in place (timm's ``distribute_bn``, as its train.py does by default), so
+        every rank evaluates the same model, the one that checkpoints and ``best/`` then save."""
+        if self.ctx.distributed:
+            distribute_bn(self.model, self.ctx.world_size, reduce=True)
         shard = Subset(self.val_set, range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
         self.model.eval()
         sums = self.task.evaluate(self.model, shard, self.device, self.recipe['data']['eval_batch'])
@@ -333,12 +412,20 @@ class Trainer:
         return {k: v / count for k, v in totals.items()}
 
     def fit(self) -> dict:
-        """Train to ``recipe['epochs']``, resuming if the run directory has a checkpoint. Returns the best row."""
-        if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.run_dir / 'recipe.yaml', yaml.safe_dump(self.recipe, sort_keys=False).encode())
-        self.ctx.barrier()
+        """Train to ``recipe['epochs']``, resuming if the run directory has a checkpoint. Returns the best row.
+
+        The run directory is locked for the duration (a second run into it stops with a :class:`RunError`)."""
+        self._check_batches()
+        self._claim_run_dir()
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> dict:
         resumed = self.resume()
+        if self.ctx.is_main:  # after resume() accepted the recipe: a refused one must not replace the run's
+            atomic_write_bytes(self.run_dir / 'recipe.yaml', yaml.safe_dump(self.recipe, sort_keys=False).encode())
         for callback in self.callbacks:
             (callback.on_resume if resumed else callback.on_fit_start)(self)
         while self.epoch < self.recipe['epochs']:
@@ -382,17 +469,53 @@ class Trainer:
             grid=[self.grid.x, self.grid.y] if hasattr(self, 'grid') else None,
             code_version=self.code_version,
         )
-        folder = self.runlog.save_best(self.model.state_dict(), info)
-        examples = self.task.write_examples(self.model, self.val_set, folder, self.device)
+        examples = self.runlog.save_best(
+            self.model.state_dict(),
+            info,
+            lambda folder: self.task.write_examples(self.model, self.val_set, folder, self.device),
+        )
         if examples:
             _log.info('wrote %s', ', '.join(map(str, examples)))
 
 
-# Recipe entries that may differ when a run resumes: they do not change what is computed.
+def _lr_schedule(recipe: dict) -> LRSchedule:
+    b, s = recipe['batch'], recipe['schedule']
+    return LRSchedule(
+        recipe['optim']['lr'],
+        recipe['epochs'],
+        s['decay'],
+        s['milestones'],
+        s['gamma'],
+        s['min_factor'],
+        s['warmup_epochs'],
+        s['warmup_start'],
+        BatchSchedule([tuple(x) for x in b['stages']], b['base'], b['rule']),
+    )
+
+
+# Recipe entries that may differ when a run resumes: they do not change what is computed. ``epochs`` may
+# change too where the learning-rate schedule does not depend on it (see _recipe_changes).
 _RESUMABLE_CHANGES = ('epochs', 'log', 'data', 'source', 'description', 'distributed.timeout_s')
 
 
-def _recipe_changes(before: dict, now: dict, prefix: str = '') -> list[str]:
+def _recipe_changes(before: dict, now: dict) -> list[str]:
+    """What differs between a run's recipe and the one it is resumed with, where that changes what is computed.
+
+    Changing ``epochs`` is allowed where the learning rate at every point of both runs is the same under
+    either value (step and constant decay), so the resumed run is the one an uninterrupted run with the new
+    ``epochs`` would have been; it is refused where the schedule spans all epochs (cosine)."""
+    changes = _differences(before, now)
+    if before['epochs'] != now['epochs']:
+        old, new = _lr_schedule(before), _lr_schedule({**before, 'epochs': now['epochs']})
+        points = [(e, f) for e in range(max(old.epochs, new.epochs)) for f in (0.0, 0.25, 0.5, 0.75)]
+        if any(old.lr(e, f) != new.lr(e, f) for e, f in points):
+            changes.append(
+                f'epochs: {old.epochs!r} -> {new.epochs!r}, which changes the {old.decay} learning-rate schedule'
+            )
+    return changes
+
+
+def _differences(before: dict, now: dict, prefix: str = '') -> list[str]:
     changes = []
     for key in sorted(set(before) | set(now)):
         path = f'{prefix}{key}'
@@ -400,7 +523,7 @@ def _recipe_changes(before: dict, now: dict, prefix: str = '') -> list[str]:
             continue
         a, b = before.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += _recipe_changes(a, b, path + '.')
+            changes += _differences(a, b, path + '.')
         elif a != b:
             changes.append(f'{path}: {a!r} -> {b!r}')
     return changes

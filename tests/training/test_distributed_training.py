@@ -1,10 +1,12 @@
 """Multi-process training on real Fashion-MNIST: torchrun with a 2x2 torus grid (gloo, CPU).
 
-A dead rank must make the others fail promptly, and a killed 4-rank run resumes to the same weights
-(fast tests, on 512 images); the accuracy parity with a single process and the full-size kill and resume
-take minutes on two cores and are marked ``slow``.
+A dead rank must make the others fail promptly, a killed 4-rank run resumes to the same weights, a 2-rank
+run reports the metrics of the weights it saves and cannot be resumed by another number of ranks, and ranks
+that do not share the run directory stop at once (fast tests, on 512 images); the accuracy parity with a
+single process and the full-size kill and resume take minutes on two cores and are marked ``slow``.
 """
 
+import json
 import multiprocessing
 import os
 import signal
@@ -55,7 +57,16 @@ def _final_weights(run_dir: Path) -> dict:
     return load_file(str(run_dir / 'checkpoints' / latest / 'model.safetensors'))
 
 
-def _dying_rank_worker(rank: int, port: int, run_dir: str, queue) -> None:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _join_two_rank_job(rank: int, port: int) -> None:
+    """Set the environment torchrun would give ``rank`` of a 2-rank job on this machine."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE='2',
@@ -65,6 +76,28 @@ def _dying_rank_worker(rank: int, port: int, run_dir: str, queue) -> None:
         MASTER_PORT=str(port),
         OMP_NUM_THREADS='1',
     )
+
+
+def _spawn_two_ranks(worker, *args) -> tuple[list, multiprocessing.Queue]:
+    """Start ``worker(rank, port, *args, queue)`` as the 2 ranks of a job; returns the processes and the queue."""
+    context = multiprocessing.get_context('spawn')
+    queue = context.Queue()
+    port = _free_port()
+    workers = [context.Process(target=worker, args=(r, port, *args, queue)) for r in range(2)]
+    for w in workers:
+        w.start()
+    return workers, queue
+
+
+def _stop(workers: list) -> None:
+    for w in workers:
+        w.join(timeout=30)
+        if w.is_alive():
+            w.kill()
+
+
+def _dying_rank_worker(rank: int, port: int, run_dir: str, queue) -> None:
+    _join_two_rank_job(rank, port)
     from training.callbacks import Callback
     from training.recipe import load_recipe
     from training.trainer import Trainer
@@ -85,26 +118,76 @@ def _dying_rank_worker(rank: int, port: int, run_dir: str, queue) -> None:
 
 
 def test_a_dead_rank_makes_the_others_fail_instead_of_hang(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    context = multiprocessing.get_context('spawn')
-    queue = context.Queue()
-    workers = [context.Process(target=_dying_rank_worker, args=(r, port, str(tmp_path), queue)) for r in range(2)]
-    for w in workers:
-        w.start()
+    workers, queue = _spawn_two_ranks(_dying_rank_worker, str(tmp_path))
     try:
         rank, outcome, seconds = queue.get(timeout=180)
     finally:
-        for w in workers:
-            w.join(timeout=30)
-            if w.is_alive():
-                w.kill()
+        _stop(workers)
     assert rank == 0 and outcome != 'finished', outcome
     assert seconds < 120, f'rank 0 took {seconds:.0f} s to notice'
     assert workers[1].exitcode == 17
+
+
+def _unshared_run_dir_worker(rank: int, port: int, run_dirs: list[str], queue) -> None:
+    _join_two_rank_job(rank, port)
+    from training.recipe import load_recipe
+    from training.trainer import Trainer
+
+    recipe = load_recipe('fmnist_resnet18', ARGS + ['distributed.timeout_s=60', 'task.args.train_subset=512'])
+    try:
+        Trainer(recipe, Path(run_dirs[rank])).fit()
+        queue.put((rank, 'finished'))
+    except Exception as e:  # noqa: BLE001 - the point is to see which error surfaces
+        queue.put((rank, f'{type(e).__name__}: {e}'))
+
+
+def test_ranks_that_do_not_share_the_run_directory_stop_at_once(tmp_path):
+    # Each rank gets its own folder, as two nodes would with a run directory on their local disks.
+    run_dirs = [str(tmp_path / 'node0' / 'run'), str(tmp_path / 'node1' / 'run')]
+    workers, queue = _spawn_two_ranks(_unshared_run_dir_worker, run_dirs)
+    try:
+        outcomes = [queue.get(timeout=300) for _ in workers]
+    finally:
+        _stop(workers)
+    for rank, outcome in outcomes:
+        assert outcome == (
+            f'RunError: rank(s) [1] cannot see {run_dirs[rank]}/.lock, which rank 0 wrote: --run-dir '
+            f'{run_dirs[rank]} must be the same folder for every rank, on a filesystem that all nodes share '
+            f'(checkpoints need it)'
+        )
+    assert not (tmp_path / 'node0' / 'run' / 'checkpoints').exists()
+
+
+def test_two_rank_run_reports_the_metrics_of_the_weights_it_saves(tmp_path, capsys):
+    """Each rank's BatchNorm statistics differ after training; the run must evaluate the model it saves."""
+    import zoo
+    from training.cli import main
+    from training.tasks import build_task
+
+    extra = ['epochs=1', 'distributed.grid=[2,1]', 'task.args.train_subset=512', 'task.args.holdout=512']
+    run = _torchrun(tmp_path / 'run', 2, extra)
+    out = run.communicate(timeout=900)[0]
+    assert run.returncode == 0, out
+    info = json.loads((tmp_path / 'run' / 'best' / 'run.json').read_text())
+    assert info['world_size'] == 2
+    model = zoo.create_model(info['model_name'], **info['model_args'])
+    model.load_state_dict(load_file(str(tmp_path / 'run' / 'best' / 'model.safetensors')))
+    task = build_task(info['recipe']['task']['name'], info['recipe']['task']['args'])
+    sums = task.evaluate(model.eval(), task.datasets()[1], torch.device('cpu'), 256)
+    assert sums['count'] == 512
+    # top1 counts images (one is 100/512 %): equal up to float rounding means the same images are right
+    assert sums['top1'] / sums['count'] == pytest.approx(info['metrics']['top1'], abs=1e-6)
+    assert sums['val_loss'] / sums['count'] == pytest.approx(info['metrics']['val_loss'], rel=1e-5)
+    for key, value in load_file(str(tmp_path / 'run' / 'checkpoints' / 'epoch-0001' / 'model.safetensors')).items():
+        assert torch.equal(value, model.state_dict()[key]), key  # the checkpoint holds the same weights
+
+    # and one process cannot resume what two began
+    assert main(['train', '--recipe', 'fmnist_resnet18', '--run-dir', str(tmp_path / 'run'), *ARGS, *extra]) == 2
+    checkpoint = tmp_path / 'run' / 'checkpoints' / 'epoch-0001'
+    assert capsys.readouterr().err == (
+        f'zoo train: error: {checkpoint} was written by 2 rank(s) and this job has 1; resume it with 2 so that '
+        f'data order and random streams match, or train into a new --run-dir\n'
+    )
 
 
 @pytest.mark.slow

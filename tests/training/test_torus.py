@@ -81,7 +81,7 @@ def _check_layout(grid: TorusGrid) -> None:
 def _check_all_reduce(grid: TorusGrid) -> None:
     cases = [((size,), torch.float32, 'sum') for size in FLAT_SIZES]
     cases += [(shape, torch.float32, 'sum') for shape in SHAPES]
-    # avg is sum-then-divide and float64 only changes the dtype: a few shapes suffice.
+    # avg (divide, then sum) and float64 only change the arithmetic: a few shapes suffice.
     for dtype, op in ((torch.float32, 'avg'), (torch.float64, 'sum'), (torch.float64, 'avg')):
         cases += [(shape, dtype, op) for shape in ((1,), (3,), (97,), (3, 5, 7))]
     cases += [((size,), torch.int64, 'sum') for size in (1, 3, 1001)]  # exact integer sums
@@ -93,6 +93,11 @@ def _check_all_reduce(grid: TorusGrid) -> None:
         _assert_matches_all_reduce(_rank_tensor((5, 6), dtype, seed).t(), grid, op)
     empty = torch.empty(0)
     assert torus_all_reduce(empty, grid) is empty
+    # fp16 averages of values whose sum overflows fp16 (max 65504): divided before summing, they stay finite.
+    for dtype in (torch.float16, torch.bfloat16):
+        values = torch.tensor([30000.0, -30000.0, 1.5, 0.0], dtype=dtype)
+        average = torus_all_reduce(values.clone(), grid, op='avg')
+        assert torch.equal(average, values), f'{dtype} avg: {average.tolist()}'
 
 
 def _check_ddp_hook(grid: TorusGrid) -> None:

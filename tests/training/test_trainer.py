@@ -8,8 +8,9 @@ import torch
 from _helpers import KillAt, Killed
 
 from training.checkpoint import CheckpointDir, flatten, unflatten
+from training.errors import RunError
 from training.recipe import RecipeError, load_recipe
-from training.trainer import Trainer
+from training.trainer import Trainer, _recipe_changes
 
 TINY = [
     'epochs=3',
@@ -34,7 +35,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
     with pytest.raises(Killed):
         Trainer(recipe, tmp_path / 'killed', callbacks=[KillAt(epoch=1, step=2)]).fit()
-    assert CheckpointDir(tmp_path / 'killed').latest().name == 'epoch-0001'
+    assert CheckpointDir(tmp_path / 'killed').candidates()[0].name == 'epoch-0001'
     resumed = Trainer(recipe, tmp_path / 'killed')
     resumed.fit()
 
@@ -73,9 +74,36 @@ def test_finished_run_is_not_retrained(tmp_path):
 
 def test_resume_with_a_changed_recipe_is_refused(tmp_path):
     Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=1']), tmp_path / 'run').fit()
-    changed = Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=2', 'optim.lr=0.05']), tmp_path / 'run')
-    with pytest.raises(ValueError, match=r'different recipe \(optim.lr: 0.1 -> 0.05\)'):
+    changed = Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=1', 'optim.lr=0.05']), tmp_path / 'run')
+    with pytest.raises(RunError, match=r'different recipe \(optim.lr: 0.1 -> 0.05\); restore those values'):
         changed.resume()
+    # fmnist_resnet18 anneals the learning rate over all epochs (cosine): more epochs would change it
+    longer = Trainer(load_recipe('fmnist_resnet18', TINY + ['epochs=2']), tmp_path / 'run')
+    with pytest.raises(RunError, match=r'\(epochs: 1 -> 2, which changes the cosine learning-rate schedule\)'):
+        longer.resume()
+    assert changed.epoch == longer.epoch == 0  # nothing was restored
+
+
+@pytest.mark.parametrize(
+    'schedule,refused',
+    [
+        (['schedule.decay=cosine'], True),
+        (['schedule.decay=step', 'schedule.milestones=[2]'], False),
+        (['schedule.decay=constant', 'schedule.warmup_epochs=2'], False),
+    ],
+)
+def test_which_epochs_changes_are_refused(schedule, refused):
+    before = load_recipe('fmnist_resnet18', TINY + schedule)
+    for epochs in (4, 30):
+        changes = _recipe_changes(before, load_recipe('fmnist_resnet18', TINY + schedule + [f'epochs={epochs}']))
+        assert changes == (
+            [f'epochs: 3 -> {epochs}, which changes the cosine learning-rate schedule'] if refused else []
+        )
+
+
+def test_resume_with_more_epochs_where_the_schedule_does_not_depend_on_them(tmp_path):
+    step = ['schedule.decay=step']
+    Trainer(load_recipe('fmnist_resnet18', TINY + step + ['epochs=1']), tmp_path / 'run').fit()
     # a run's own recipe.yaml is a valid recipe, and more epochs may be added to a finished run
     again = Trainer(load_recipe(str(tmp_path / 'run' / 'recipe.yaml'), ['epochs=2']), tmp_path / 'run')
     assert again.resume() and again.epoch == 1
@@ -84,11 +112,13 @@ def test_resume_with_a_changed_recipe_is_refused(tmp_path):
 def test_resume_with_another_world_size_is_refused(tmp_path):
     recipe = load_recipe('fmnist_resnet18', TINY + ['epochs=1'])
     Trainer(recipe, tmp_path / 'run').fit()
-    folder = CheckpointDir(tmp_path / 'run').latest()
-    state = CheckpointDir.read_state(folder)
-    assert state['world_size'] == 1
-    (folder / 'rng-rank0.safetensors').rename(folder / 'rng-rank9.safetensors')
-    with pytest.raises(ValueError, match='written by 1 ranks'):
+    folder = CheckpointDir(tmp_path / 'run').candidates()[0]
+    state = json.loads((folder / 'state.json').read_text())
+    entry = next(item for item in state['__dict__'] if item[0] == 'world_size')
+    assert entry[1] == 1
+    entry[1] = 2  # as if written by a 2-rank job (tests/training/test_distributed_training.py does it for real)
+    (folder / 'state.json').write_text(json.dumps(state))
+    with pytest.raises(RunError, match=r'epoch-0001 was written by 2 rank\(s\) and this job has 1; resume it with 2'):
         Trainer(recipe, tmp_path / 'run').resume()
 
 
@@ -116,12 +146,14 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path):
     for epoch in (1, 2):
         folder = checkpoints.begin(epoch)
         checkpoints.write_rank(folder, 0)
-        checkpoints.write_main(folder, {'w': torch.ones(1) * epoch}, {'epoch': epoch})
+        checkpoints.write_main(folder, {'w': torch.ones(1) * epoch}, {'epoch': epoch, 'world_size': 1})
         checkpoints.commit(epoch)
     half = checkpoints.begin(3)  # a run killed while writing epoch 3
     (half / 'model.safetensors').write_bytes(b'partial')
-    latest = checkpoints.latest()
-    assert latest.name == 'epoch-0002' and CheckpointDir.read_state(latest) == {'epoch': 2}
+    assert [p.name for p in checkpoints.candidates()] == ['epoch-0002', 'epoch-0001']
+    assert CheckpointDir.read(checkpoints.candidates()[0], 0).state == {'epoch': 2, 'world_size': 1}
+    checkpoints.remove_leftovers()
+    assert not half.exists()
 
 
 @pytest.mark.parametrize(

@@ -407,9 +407,9 @@ def load_folder(
     if split == 'all':
         return samples
     if not 0.0 < val_fraction < 1.0 or len(samples) < 2:
-        raise ValueError(
-            f"a '{split}' split needs 0 < val_fraction < 1 and at least 2 images, "
-            f'got val_fraction={val_fraction} and {len(samples)} images'
+        raise DatasetLayoutError(
+            f"{root}: a '{split}' split needs 0 < val_fraction < 1 and at least 2 images, "
+            f'got val_fraction={val_fraction} and {len(samples)} image(s); add images, or give train/ and val/ folders'
         )
     num_val = min(max(round(val_fraction * len(samples)), 1), len(samples) - 1)
     val_indices = set(np.random.default_rng(seed).permutation(len(samples))[:num_val].tolist())

@@ -64,6 +64,7 @@ Where this module deviates from the authors' code, on purpose:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
@@ -76,6 +77,7 @@ import torch
 import torch.nn as nn
 
 import zoo
+from zoo.io import atomic_write_bytes
 from zoo.layers import (
     LowRankLayer,
     add_frobenius_decay_,
@@ -588,20 +590,20 @@ class CuttlefishSwitch(Callback):
 
     def write_report(self, folder: Path) -> None:
         """``stable_ranks.csv``, ``stable_ranks.png`` and (after the switch) ``decisions.csv``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / 'stable_ranks.csv', 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['epochs_trained', 'layer', 'stable_rank', 'rank', 'full_rank', 'stable'])
-            for name, history in self.history.items():
-                for trained, sr in enumerate(history):
-                    stable = name in self.converged_at and trained >= self.converged_at[name]
-                    writer.writerow([trained, name, sr, self._rank(name, sr), self.full[name], int(stable)])
+        table = io.StringIO(newline='')
+        writer = csv.writer(table)
+        writer.writerow(['epochs_trained', 'layer', 'stable_rank', 'rank', 'full_rank', 'stable'])
+        for name, history in self.history.items():
+            for trained, sr in enumerate(history):
+                stable = name in self.converged_at and trained >= self.converged_at[name]
+                writer.writerow([trained, name, sr, self._rank(name, sr), self.full[name], int(stable)])
+        atomic_write_bytes(folder / 'stable_ranks.csv', table.getvalue().encode())
         if self.decisions:
-            keys = list(dict.fromkeys(k for row in self.decisions for k in row))
-            with open(folder / 'decisions.csv', 'w', newline='') as f:
-                writer = csv.DictWriter(f, keys)
-                writer.writeheader()
-                writer.writerows(self.decisions)
+            table = io.StringIO(newline='')
+            writer = csv.DictWriter(table, list(dict.fromkeys(k for row in self.decisions for k in row)))
+            writer.writeheader()
+            writer.writerows(self.decisions)
+            atomic_write_bytes(folder / 'decisions.csv', table.getvalue().encode())
         self.plot(folder / 'stable_ranks.png')
 
     def plot(self, path: Path) -> None:
@@ -626,5 +628,7 @@ class CuttlefishSwitch(Callback):
         if len(self.history) <= 16:
             ax.legend(fontsize=6, ncol=2, loc='lower left')
         fig.tight_layout()
-        fig.savefig(path)
+        image = io.BytesIO()
+        fig.savefig(image, format='png')
         plt.close(fig)
+        atomic_write_bytes(path, image.getvalue())

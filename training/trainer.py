@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
+from timm.optim import param_groups_weight_decay
 from timm.utils import distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -67,15 +68,12 @@ _log = logging.getLogger('training')
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int]) -> list[dict]:
-    """No weight decay on 1-D tensors (norms, biases), on what the model lists in ``no_weight_decay()``
-    (e.g. a ViT's position embedding and class token), nor on ``exclude`` (low-rank factors under FD)."""
+    """timm's weight-decay groups: none on 1-D tensors (norms, biases), on what the model lists in
+    ``no_weight_decay()`` (e.g. a ViT's position embedding and class token), nor on ``exclude`` (parameter ids:
+    low-rank factors under Frobenius decay)."""
     skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip or id(p) in exclude else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    skip |= {name for name, p in model.named_parameters() if id(p) in exclude}
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
 class Trainer:

@@ -256,8 +256,18 @@ def build_zoo_model(
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
         with torch.device('meta'):
             reference = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **model_kwargs)
-        _check_shapes(located.shapes(), reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
+        found = located.shapes()
+        _check_shapes(found, reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
         state_dict = located.load()
+        # timm drops the classifier whenever num_classes differs from the cfg's; a file whose head already fits
+        # (e.g. a fine-tuned checkpoint of another class count) keeps it.
+        head = {
+            k: tuple(v.shape)
+            for k, v in reference.state_dict().items()
+            if any(k.startswith(c + '.') for c in _as_names(cfg.get('classifier')))
+        }
+        if head and all(found.get(k) == shape for k, shape in head.items()):
+            cfg = dict(cfg, num_classes=getattr(reference, 'num_classes', cfg['num_classes']))
     # timm adapts the head / stem and wraps feature extractors; it loads the verified tensors and nothing else.
     load_cfg = cfg if state_dict is None else dict(cfg, state_dict=state_dict, **_NO_SOURCE)
     with torch.device(device) if device is not None else contextlib.nullcontext():

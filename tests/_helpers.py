@@ -22,13 +22,17 @@ class KillAt(Callback):
             raise Killed
 
 
-CLASSIFIERS = [n for n in zoo.list_models() if zoo.model_task(n) == 'image-classification']
-SEGMENTERS = [n for n in zoo.list_models() if zoo.model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
+MODELS = zoo.list_models()  # every registered architecture
+CLASSIFIERS = [n for n in MODELS if zoo.model_task(n) == 'image-classification']
+SEGMENTERS = [n for n in MODELS if zoo.model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
 # Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
 # of each family only in its dense form: factorization is the same code, and CI has two cores).
 LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]
 CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
 CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
+# Every registered model, the classifiers also factorized: what timm's model contract is tested over.
+ALL_CASES = CASES + [(n, {}) for n in SEGMENTERS]
+ALL_CASE_IDS = CASE_IDS + SEGMENTERS
 
 
 def input_size(model, cap):

@@ -1,7 +1,9 @@
-"""Low-rank layers: exactness at full rank, Eckart-Young optimality, back-conversion, Frobenius decay."""
+"""Low-rank layers: exactness at full rank, Eckart-Young optimality, back-conversion, Frobenius decay; device,
+dtype, meta device, TorchScript and torch.fx."""
 
 import pytest
 import torch
+import torch.fx
 import torch.nn as nn
 
 import zoo
@@ -12,6 +14,7 @@ from zoo.layers import (
     factorize_,
     frobenius_norm_sq,
     full_rank,
+    low_rank_like,
     weight_matrix,
 )
 
@@ -101,3 +104,50 @@ def test_rank_ratio_matches_the_papers_parameter_count():
     assert isinstance(model.layer2[0].conv1, LowRankConv2d)
     assert isinstance(model.layer2[0].downsample[0], nn.Conv2d)  # shortcuts stay dense
     assert model.layer4[1].conv2.rank == 128
+
+
+def _tensors(module):
+    return [*module.parameters(), *module.buffers()]
+
+
+LAYERS = [
+    pytest.param(lambda **dd: LowRankConv2d(4, 6, 3, 2, stride=2, padding=1, mid_norm=True, **dd), id='conv'),
+    pytest.param(lambda **dd: LowRankLinear(5, 3, 2, **dd), id='linear'),
+]
+
+
+@pytest.mark.parametrize('make', LAYERS)
+def test_low_rank_layers_take_device_and_dtype(make):
+    assert {t.device.type for t in _tensors(make(device='meta'))} == {'meta'}
+    assert {t.dtype for t in _tensors(make(dtype=torch.bfloat16)) if t.is_floating_point()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize('device,dtype', [('meta', torch.float32), ('cpu', torch.float64), ('cpu', torch.bfloat16)])
+def test_conversions_keep_the_dense_layers_device_and_dtype(device, dtype):
+    for dense in (nn.Conv2d(4, 6, 3, device=device, dtype=dtype), nn.Linear(5, 3, device=device, dtype=dtype)):
+        for low in (low_rank_like(dense, 2, svd=False), low_rank_like(dense, 2, svd=True)):
+            for module in (low, low.to_dense()):
+                assert {(t.device.type, t.dtype) for t in _tensors(module)} == {(device, dtype)}
+
+
+def test_factorize_on_the_meta_device():
+    """Shapes (params, MACs) of a factorized model without allocating it, for either initialisation."""
+    for init in ('random', 'svd'):
+        model = zoo.create_model('cf_resnet18', widths=(8, 16, 32, 64), device='meta')
+        factorize_(model, {'layer3.0.conv1': 4, 'fc': 3}, init=init, mid_norm=False)
+        assert isinstance(model.layer3[0].conv1, LowRankConv2d) and isinstance(model.fc, LowRankLinear)
+        assert {t.device.type for t in _tensors(model)} == {'meta'}
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+@pytest.mark.filterwarnings('ignore:The TorchScript type system:UserWarning')  # torch's GraphModule.__init__
+@pytest.mark.parametrize('make', LAYERS)
+def test_low_rank_layers_script_and_trace(make):
+    layer = make().eval()
+    x = torch.randn(2, 4, 9, 9) if isinstance(layer, LowRankConv2d) else torch.randn(2, 5)
+    with torch.no_grad():
+        expected = layer(x)
+        traced = torch.fx.symbolic_trace(layer)
+        assert torch.equal(traced(x), expected)
+        for scripted in (torch.jit.script(layer), torch.jit.script(traced)):
+            torch.testing.assert_close(scripted(x), expected)

@@ -7,10 +7,9 @@ BatchNorm over the ``r`` channels may sit between the two (no nonlinearity). The
 splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, so both factors have the same scale.
 """
 
-from __future__ import annotations
-
 import fnmatch
 from collections.abc import Iterable, Mapping
+from typing import Self
 
 import torch
 import torch.nn as nn
@@ -91,16 +90,19 @@ class LowRankConv2d(_Factorized):
         bias: bool = False,
         mid_norm: bool = False,
         padding_mode: str = 'zeros',
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         if rank < 1:
             raise ValueError(f'rank must be >= 1, got {rank}')
+        dd = {'device': device, 'dtype': dtype}
         self.rank = rank
         self.conv_v = nn.Conv2d(
-            in_channels, rank, kernel_size, stride, padding, dilation, bias=False, padding_mode=padding_mode
+            in_channels, rank, kernel_size, stride, padding, dilation, bias=False, padding_mode=padding_mode, **dd
         )
-        self.norm = nn.BatchNorm2d(rank) if mid_norm else nn.Identity()
-        self.conv_u = nn.Conv2d(rank, out_channels, 1, bias=bias)
+        self.norm = nn.BatchNorm2d(rank, **dd) if mid_norm else nn.Identity()
+        self.conv_u = nn.Conv2d(rank, out_channels, 1, bias=bias, **dd)
         self.in_features_ = self.conv_v.weight[0].numel()
         self.out_features_ = out_channels
 
@@ -116,7 +118,7 @@ class LowRankConv2d(_Factorized):
         return self.conv_v.weight
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> LowRankConv2d:
+    def like(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> Self:
         """A freshly initialised factorization with ``conv``'s geometry, device and dtype."""
         return cls(
             conv.in_channels,
@@ -129,10 +131,12 @@ class LowRankConv2d(_Factorized):
             conv.bias is not None,
             mid_norm,
             conv.padding_mode,
-        ).to(conv.weight.device, conv.weight.dtype)
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> LowRankConv2d:
+    def from_dense(cls, conv: nn.Conv2d, rank: int, mid_norm: bool = False) -> Self:
         """Truncated-SVD factorization of a trained conv; at full rank (no mid norm) it is exact."""
         if conv.groups != 1:
             raise ValueError(f'cannot factorize a grouped conv (groups={conv.groups})')
@@ -157,7 +161,9 @@ class LowRankConv2d(_Factorized):
             v.dilation,
             bias=self.conv_u.bias is not None or isinstance(self.norm, nn.BatchNorm2d),
             padding_mode=v.padding_mode,
-        ).to(v.weight.device, v.weight.dtype)
+            device=v.weight.device,
+            dtype=v.weight.dtype,
+        )
         scale, shift = _norm_affine(self.norm, self.rank, v.weight)
         with torch.no_grad():
             weight = self.u_matrix() @ (scale[:, None] * self.v_matrix().t())
@@ -171,13 +177,14 @@ class LowRankConv2d(_Factorized):
 class LowRankLinear(_Factorized):
     """``Linear(in → rank)`` without bias, then ``Linear(rank → out)`` carrying the dense layer's bias."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         if rank < 1:
             raise ValueError(f'rank must be >= 1, got {rank}')
+        dd = {'device': device, 'dtype': dtype}
         self.rank = rank
-        self.fc_v = nn.Linear(in_features, rank, bias=False)
-        self.fc_u = nn.Linear(rank, out_features, bias=bias)
+        self.fc_v = nn.Linear(in_features, rank, bias=False, **dd)
+        self.fc_u = nn.Linear(rank, out_features, bias=bias, **dd)
         self.in_features_ = in_features
         self.out_features_ = out_features
 
@@ -193,14 +200,13 @@ class LowRankLinear(_Factorized):
         return self.fc_v.weight
 
     @classmethod
-    def like(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+    def like(cls, linear: nn.Linear, rank: int) -> Self:
         """A freshly initialised factorization with ``linear``'s shape, device and dtype."""
-        return cls(linear.in_features, linear.out_features, rank, linear.bias is not None).to(
-            linear.weight.device, linear.weight.dtype
-        )
+        weight = linear.weight
+        return cls(linear.in_features, linear.out_features, rank, linear.bias is not None, weight.device, weight.dtype)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+    def from_dense(cls, linear: nn.Linear, rank: int) -> Self:
         layer = cls.like(linear, rank)
         u, v = svd_factors(linear.weight, rank)
         with torch.no_grad():
@@ -211,8 +217,9 @@ class LowRankLinear(_Factorized):
         return layer
 
     def to_dense(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features_, self.out_features_, bias=self.fc_u.bias is not None).to(
-            self.fc_u.weight.device, self.fc_u.weight.dtype
+        weight = self.fc_u.weight
+        linear = nn.Linear(
+            self.in_features_, self.out_features_, self.fc_u.bias is not None, weight.device, weight.dtype
         )
         with torch.no_grad():
             linear.weight.copy_(self.u_matrix() @ self.v_matrix().t())

@@ -6,8 +6,6 @@ The transformer itself is timm's ``VisionTransformer`` (this family adds only th
 built with ``dynamic_img_size=True`` so any input size divisible by 16 works.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 
 from timm.models import register_model

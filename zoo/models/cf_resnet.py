@@ -10,13 +10,11 @@ CIFAR stem (He et al. 2016 §4.2 as used by Cuttlefish): 3×3 conv, stride 1, no
 are at strides 1/2/4/8. ImageNet stem: 7×7 stride-2 conv and max-pool, strides 4/8/16/32.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import checkpoint_seq, register_model
 
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
@@ -33,27 +31,31 @@ from ._pooled import PooledClassifier
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False), nn.BatchNorm2d(out_chs)]
+def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, **dd) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, bias=False, **dd),
+        nn.BatchNorm2d(out_chs, **dd),
+    ]
 
 
-def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Module:
+def _shortcut(in_chs: int, out_chs: int, stride: int, **dd) -> nn.Module:
     if stride == 1 and in_chs == out_chs:
         return nn.Identity()
-    return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride))
+    return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride, **dd))
 
 
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, base_width: int = 64):
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, base_width: int = 64, device=None, dtype=None):
         super().__init__()
         if base_width != 64:
             raise ValueError('BasicBlock only supports base_width=64')
-        self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride)
-        self.conv2, self.bn2 = _conv_bn(planes, planes, 3)
+        dd = {'device': device, 'dtype': dtype}
+        self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride, **dd)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, **dd)
         self.act = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(in_chs, planes, stride)
+        self.downsample = _shortcut(in_chs, planes, stride, **dd)
 
     def zero_init_last(self):
         nn.init.zeros_(self.bn2.weight)
@@ -67,15 +69,16 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, base_width: int = 64):
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, base_width: int = 64, device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         width = planes * base_width // 64
         out_chs = planes * self.expansion
-        self.conv1, self.bn1 = _conv_bn(in_chs, width, 1)
-        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride)  # stride on the 3×3 (ResNet v1.5)
-        self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
+        self.conv1, self.bn1 = _conv_bn(in_chs, width, 1, **dd)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride, **dd)  # stride on the 3×3 (ResNet v1.5)
+        self.conv3, self.bn3 = _conv_bn(width, out_chs, 1, **dd)
         self.act = nn.ReLU(inplace=True)
-        self.downsample = _shortcut(in_chs, out_chs, stride)
+        self.downsample = _shortcut(in_chs, out_chs, stride, **dd)
 
     def zero_init_last(self):
         nn.init.zeros_(self.bn3.weight)
@@ -91,17 +94,18 @@ _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
 class ResNet(PooledClassifier):
-    """ResNet with a CIFAR or ImageNet stem whose convolutions may be low-rank factorized.
+    """ResNet with a CIFAR or ImageNet stem and four stages whose convolutions may be low-rank factorized.
 
     Args:
         block: ``'basic'`` or ``'bottleneck'``.
-        layers: blocks per stage.
-        widths: planes per stage (bottleneck outputs are 4× this).
+        layers: blocks in each of the four stages.
+        widths: planes in each of the four stages (bottleneck outputs are 4× this).
         stem: ``'cifar'`` (3×3 stride 1, no pool) or ``'imagenet'`` (7×7 stride 2 + max-pool).
         base_width: bottleneck width per 64 planes (128 for Wide-ResNet-50-2).
         ranks: per-layer ranks by module name; those layers become ``LowRankConv2d``.
         rank_ratio: rank = round(ratio · full rank) for every ``low_rank_candidates()`` layer not in ``ranks``.
         low_rank_bn: BatchNorm between the two factors of every factorized layer.
+        device, dtype: where and in which precision the parameters are created (timm's convention).
     """
 
     def __init__(
@@ -119,24 +123,28 @@ class ResNet(PooledClassifier):
         ranks: Mapping[str, int] | None = None,
         rank_ratio: float | None = None,
         low_rank_bn: bool = False,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         if stem not in ('cifar', 'imagenet'):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
-        if len(layers) != len(widths):
-            raise ValueError(f'layers {tuple(layers)} and widths {tuple(widths)} must have the same length')
+        if len(layers) != 4 or len(widths) != 4:
+            raise ValueError(f'ResNet has four stages: got layers {tuple(layers)} and widths {tuple(widths)}')
+        dd = {'device': device, 'dtype': dtype}
         block_cls = _BLOCKS[block]
         self.grad_checkpointing = False
         self.stem_type = stem
+        self.in_chans = in_chans
 
         # Modules are registered in execution order: timm's feature extractor replays them in that order.
         stem_chs = widths[0]
         cifar = stem == 'cifar'
-        self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, 3) if cifar else _conv_bn(in_chans, stem_chs, 7, 2)
+        kernel_size, stride = (3, 1) if cifar else (7, 2)
+        self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, kernel_size, stride, **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(3, 2, 1)
-        reduction = 1 if cifar else 2
-        self.feature_info = [dict(num_chs=stem_chs, reduction=reduction, module='act1')]
+        self.feature_info = [dict(num_chs=stem_chs, reduction=stride, module='act1')]
         reduction = 1 if cifar else 4
 
         in_chs = stem_chs
@@ -145,13 +153,12 @@ class ResNet(PooledClassifier):
             reduction *= stride
             blocks = []
             for j in range(depth):
-                blocks.append(block_cls(in_chs, planes, stride if j == 0 else 1, base_width))
+                blocks.append(block_cls(in_chs, planes, stride if j == 0 else 1, base_width, **dd))
                 in_chs = planes * block_cls.expansion
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'layer{i + 1}'))
-        self.num_stages = len(layers)
         self.num_features = in_chs
-        self._init_head(num_classes, global_pool, drop_rate)
+        self._init_head(num_classes, global_pool, drop_rate, **dd)
 
         ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
@@ -170,9 +177,6 @@ class ResNet(PooledClassifier):
                 if hasattr(m, 'zero_init_last'):
                     m.zero_init_last()
 
-    def stages(self) -> list[nn.Sequential]:
-        return [getattr(self, f'layer{i + 1}') for i in range(self.num_stages)]
-
     def low_rank_candidates(self) -> list[str]:
         """The convolutions the Cuttlefish paper factorizes (its hand-picked "K" split).
 
@@ -180,9 +184,9 @@ class ResNet(PooledClassifier):
         ImageNet: every conv of the last stage including its downsample (10 for ResNet-50).
         ``training.cuttlefish`` can instead choose layers by timing them on the target device.
         """
-        first_stage = 2 if self.stem_type == 'cifar' else self.num_stages
+        first_stage = 2 if self.stem_type == 'cifar' else 4
         names = []
-        for i in range(first_stage, self.num_stages + 1):
+        for i in range(first_stage, 5):
             for j, block in enumerate(getattr(self, f'layer{i}')):
                 names += [f'layer{i}.{j}.{c}' for c in ('conv1', 'conv2', 'conv3') if hasattr(block, c)]
                 if self.stem_type == 'imagenet' and isinstance(block.downsample, nn.Sequential):
@@ -193,8 +197,13 @@ class ResNet(PooledClassifier):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^conv1|bn1|maxpool', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                x = checkpoint_seq(stage, x)
+            return x
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:

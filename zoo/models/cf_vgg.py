@@ -6,13 +6,11 @@ Full-rank by default; ``ranks`` / ``rank_ratio`` / ``low_rank_bn`` factorize con
 ``cf_resnet``. The paper keeps conv1–4 dense and factorizes conv5–16 (``low_rank_candidates()``).
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import checkpoint_seq, register_model
 
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
@@ -24,15 +22,19 @@ __all__ = ['VGG']
 
 
 class ConvBnAct(nn.Sequential):
-    def __init__(self, in_chs: int, out_chs: int):
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=False, device=device, dtype=dtype)
+        self.bn = nn.BatchNorm2d(out_chs, device=device, dtype=dtype)
         self.act = nn.ReLU(inplace=True)
 
 
 class VGG(PooledClassifier):
-    """VGG for small images; ``stage{i}`` outputs are the features at strides 1, 2, 4, 8, 16."""
+    """VGG for small images; the outputs of ``stage1`` to ``stage5`` are the features at strides 1, 2, 4, 8, 16.
+
+    ``widths`` and ``depths`` give each of the five stages' channels and conv count; ``device``/``dtype``
+    place the parameters (timm's convention).
+    """
 
     def __init__(
         self,
@@ -45,22 +47,28 @@ class VGG(PooledClassifier):
         ranks: Mapping[str, int] | None = None,
         rank_ratio: float | None = None,
         low_rank_bn: bool = False,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
+        if len(widths) != 5 or len(depths) != 5:
+            raise ValueError(f'VGG has five stages: got widths {tuple(widths)} and depths {tuple(depths)}')
+        dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
+        self.in_chans = in_chans
         self.feature_info = []
         in_chs = in_chans
+        # Modules are registered in execution order: timm's feature extractor replays them in that order.
         for i, (width, depth) in enumerate(zip(widths, depths)):
             layers = [nn.MaxPool2d(2)] if i else []
             for _ in range(depth):
-                layers.append(ConvBnAct(in_chs, width))
+                layers.append(ConvBnAct(in_chs, width, **dd))
                 in_chs = width
             self.add_module(f'stage{i + 1}', nn.Sequential(*layers))
             self.feature_info.append(dict(num_chs=width, reduction=2**i, module=f'stage{i + 1}'))
-        self.num_stages = len(widths)
         self.final_pool = nn.MaxPool2d(2)
         self.num_features = in_chs
-        self._init_head(num_classes, global_pool, drop_rate)
+        self._init_head(num_classes, global_pool, drop_rate, **dd)
 
         ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:
@@ -69,21 +77,24 @@ class VGG(PooledClassifier):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
-    def stages(self) -> list[nn.Sequential]:
-        return [getattr(self, f'stage{i + 1}') for i in range(self.num_stages)]
-
     def low_rank_candidates(self) -> list[str]:
         """conv5–conv16: every conv from the third stage on (the paper's choice)."""
         names = []
-        for i, stage in enumerate(self.stages()):
-            names += [f'stage{i + 1}.{j}.conv' for j, m in enumerate(stage) if isinstance(m, ConvBnAct)]
+        for i in range(1, 6):
+            stage = getattr(self, f'stage{i}')
+            names += [f'stage{i}.{j}.conv' for j, m in enumerate(stage) if isinstance(m, ConvBnAct)]
         return names[4:]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r'^stage1\.0', blocks=r'^stage(\d+)' if coarse else r'^stage(\d+)\.(\d+)')
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in (self.stage1, self.stage2, self.stage3, self.stage4, self.stage5):
+                x = checkpoint_seq(stage, x)
+        else:
+            x = self.stage5(self.stage4(self.stage3(self.stage2(self.stage1(x)))))
         return self.final_pool(x)
 
 

@@ -59,15 +59,13 @@ heads are Swin's, so parameters match size for size; MACs are about 30 % lower b
 its projections run on regional tokens (1/49 of the positions), not on every pixel.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get_device_dtype, trunc_normal_
 from timm.models import checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
@@ -85,14 +83,15 @@ __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'Reg
 class RegionalAttention(nn.Module):
     """Multi-head self-attention over the tokens of a ``B x C x Gh x Gw`` region grid (NCHW in and out)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, device=None, dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        dd = {'device': device, 'dtype': dtype}
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias, **dd)
+        self.proj = nn.Conv2d(dim, dim, 1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, grid_h, grid_w = x.shape
@@ -108,12 +107,13 @@ class RegionalMixer(nn.Module):
     """Pool local features into one token per ``window_size`` region, mix all tokens by attention and
     broadcast each mixed token back over the pixels of its region (cropped to the input size)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool = True, device=None, dtype=None):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         self.window_size = window_size
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm = LayerNorm2d(dim)
-        self.attn = RegionalAttention(dim, num_heads, qkv_bias)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm = LayerNorm2d(dim, **dd)
+        self.attn = RegionalAttention(dim, num_heads, qkv_bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -128,14 +128,15 @@ class RegionalMixer(nn.Module):
 class GroupedFFN(nn.Module):
     """1x1 conv -> GELU -> 1x1 conv; with ``groups > 1`` both are group convs with a channel shuffle between."""
 
-    def __init__(self, dim: int, hidden_dim: int, groups: int = 1):
+    def __init__(self, dim: int, hidden_dim: int, groups: int = 1, device=None, dtype=None):
         super().__init__()
         if dim % groups or hidden_dim % groups:
             raise ValueError(f'ffn_groups={groups} must divide the width {dim} and the FFN width {hidden_dim}')
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, groups=groups)
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, groups=groups, **dd)
         self.act = nn.GELU()
         self.shuffle = nn.ChannelShuffle(groups) if groups > 1 else nn.Identity()
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, groups=groups)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, groups=groups, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.shuffle(self.act(self.fc1(x))))
@@ -155,16 +156,19 @@ class MRLBlock(nn.Module):
         qkv_bias: bool = True,
         ls_init_value: float | None = 1e-6,
         drop_path: float = 0.0,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
-        self.norm1 = LayerNorm2d(dim)
-        self.regional = RegionalMixer(dim, num_heads, window_size, qkv_bias)
-        self.local_mix = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.ls1 = LayerScale2d(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = LayerNorm2d(dim, **dd)
+        self.regional = RegionalMixer(dim, num_heads, window_size, qkv_bias, **dd)
+        self.local_mix = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd)
+        self.ls1 = LayerScale2d(dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = LayerNorm2d(dim)
-        self.ffn = GroupedFFN(dim, int(dim * mlp_ratio), ffn_groups)
-        self.ls2 = LayerScale2d(dim, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.norm2 = LayerNorm2d(dim, **dd)
+        self.ffn = GroupedFFN(dim, int(dim * mlp_ratio), ffn_groups, **dd)
+        self.ls2 = LayerScale2d(dim, ls_init_value, **dd) if ls_init_value is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,18 +201,21 @@ class MRLStage(nn.Module):
         num_heads: int,
         downsample: bool,
         drop_path_rates: Sequence[float],
+        device=None,
+        dtype=None,
         **block_kwargs,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
         if downsample:
-            self.downsample = nn.Sequential(LayerNorm2d(in_chs), nn.Conv2d(in_chs, out_chs, 2, stride=2))
+            self.downsample = nn.Sequential(LayerNorm2d(in_chs, **dd), nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd))
         elif in_chs != out_chs:
             raise ValueError(f'a stage without downsampling keeps its width, got {in_chs} -> {out_chs}')
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(
-            *[MRLBlock(out_chs, num_heads, drop_path=drop_path_rates[i], **block_kwargs) for i in range(depth)]
+            *[MRLBlock(out_chs, num_heads, drop_path=drop_path_rates[i], **block_kwargs, **dd) for i in range(depth)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,6 +237,7 @@ class MRL(nn.Module):
         mlp_ratio: FFN width / block width.
         ffn_groups: group count of the FFN's 1x1 convolutions (1 = dense).
         ls_init_value: layer-scale initial value, ``None`` for no layer scale.
+        device, dtype: where and in which precision the parameters are created (timm's convention).
     """
 
     def __init__(
@@ -249,6 +257,8 @@ class MRL(nn.Module):
         output_stride: int = 32,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        device=None,
+        dtype=None,
     ):
         super().__init__()
         if not len(dims) == len(depths) == len(num_heads):
@@ -258,16 +268,18 @@ class MRL(nn.Module):
             )
         if output_stride != 32:
             raise ValueError(f'MRL only supports output_stride=32, got {output_stride}')
+        dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
+        self.in_chans = in_chans
 
         # Registered first: timm's feature extractors replay the modules in registration order.
         self.pad = PadToMultiple(4 * 2 ** (len(dims) - 1))
         # Overlapping stem: finer edges than a 4x4 patchify conv, which dense prediction heads need.
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1),
+            nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1, **dd),
             nn.GELU(),
-            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
-            LayerNorm2d(dims[0]),
+            nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1, **dd),
+            LayerNorm2d(dims[0], **dd),
         )
         # Stochastic depth grows linearly over blocks; plain Python so meta-device construction works.
         num_blocks = sum(depths)
@@ -289,14 +301,16 @@ class MRL(nn.Module):
                     ffn_groups=ffn_groups,
                     qkv_bias=qkv_bias,
                     ls_init_value=ls_init_value,
+                    **dd,
                 )
             )
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2**i, module=f'stages.{i}'))
             in_chs, first_block = dim, first_block + depth
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = in_chs
-        self.norm = LayerNorm2d(in_chs)
-        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.num_features = in_chs
+        self.norm = LayerNorm2d(in_chs, **dd)
+        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_hidden_size = self.head.num_features
         self.apply(self._init_weights)
 
     @staticmethod
@@ -329,8 +343,11 @@ class MRL(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none) on the model's device and dtype; the pooling
+        changes only when ``global_pool`` is given."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
 
     def forward_intermediates(
         self,
@@ -372,10 +389,11 @@ class MRL(nn.Module):
         if prune_norm or pruned_end:
             self.norm = nn.Identity()  # sized for the last stage only
         if pruned_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            self.num_features = self.feature_info[max_index]['num_chs']
         if prune_head or pruned_end:
             self.head.reset(0, '', in_features=self.num_features)
             self.num_classes = 0
+            self.head_hidden_size = self.head.num_features
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

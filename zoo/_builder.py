@@ -12,7 +12,7 @@ what timm does not do (:func:`build_zoo_model`):
   allocated; a mismatch is an error, never a silently re-initialised layer. The classifier (or the stem) may
   differ only when the caller asks for another ``num_classes`` (or ``in_chans``), which timm then adapts;
 * the architecture arguments published with the weights (e.g. Cuttlefish's per-layer ranks) are applied and
-  recorded with ``timm.models.update_model_args``, so timm's ``save_for_hf`` / ``push_to_hf_hub`` export them.
+  recorded as the model's reconstruction arguments, so timm's ``save_for_hf`` / ``push_to_hf_hub`` export them.
 """
 
 from __future__ import annotations
@@ -96,18 +96,19 @@ def _folder_config(cfg: dict, cache_dir) -> dict:
     return hub.read_config(hub.fetch(_folder_source(cfg), CONFIG_NAME, cache_dir=cache_dir))
 
 
+def _with_config(path: Path, config: Mapping[str, Any], name: str) -> _Located:
+    """Weights described by a published folder's config.json (its sha256 is that of the folder's
+    model.safetensors, so another file name in the folder is not verified by it)."""
+    sha256 = config.get('sha256') if path.name == WEIGHTS_NAME else None
+    return _Located(
+        path, sha256, name, config.get('model_args', {}), config.get('input_domain'), config.get('microns_per_pixel')
+    )
+
+
 def _from_folder(source: hub.Source, filename: str, name: str, cache_dir) -> _Located:
     """Weights of a published folder (local or a Hugging Face repo), verified by its own config.json."""
     config = hub.read_config(hub.fetch(source, CONFIG_NAME, cache_dir=cache_dir))
-    path = hub.fetch(source, filename, cache_dir=cache_dir)
-    return _Located(
-        path,
-        config.get('sha256') if filename == WEIGHTS_NAME else None,
-        name,
-        config.get('model_args', {}),
-        config.get('input_domain'),
-        config.get('microns_per_pixel'),
-    )
+    return _with_config(hub.fetch(source, filename, cache_dir=cache_dir), config, name)
 
 
 def _from_weights(weights: Weights, name: str, cache_dir) -> _Located:
@@ -125,16 +126,7 @@ def _from_file(path: Path, name: str) -> _Located:
     if not path.is_file():
         raise WeightsError(f'{name}: {path} does not exist')
     if (path.parent / CONFIG_NAME).is_file():
-        config = hub.read_config(path.parent)
-        sha256 = config.get('sha256') if path.name == WEIGHTS_NAME else None
-        return _Located(
-            path,
-            sha256,
-            name,
-            config.get('model_args', {}),
-            config.get('input_domain'),
-            config.get('microns_per_pixel'),
-        )
+        return _with_config(path, hub.read_config(path.parent), name)
     return _Located(path, None, name)
 
 
@@ -158,6 +150,11 @@ def _locate(variant: str, cfg: dict, weights: Weights | None, cache_dir) -> _Loc
         raise WeightsError(
             f'{key}: refusing to download {cfg["url"]} without a sha256 to check it against; pass '
             f'weights=zoo.Weights(source=URL, sha256=...)'
+        )
+    if cfg.get('state_dict') is not None:
+        raise WeightsError(
+            f'{key}: build the model with pretrained=False and call load_state_dict on tensors you '
+            f'hold in memory; pretrained=True loads published files only'
         )
     return None
 

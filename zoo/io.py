@@ -59,8 +59,10 @@ def atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk shows at write or fsync: say which file
+            e.filename = str(path)
         raise
     fsync_dir(path.parent)
 

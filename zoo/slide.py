@@ -25,6 +25,7 @@ per slide, the list of tissue tiles and the few nuclei seen twice where tiles ov
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -294,7 +295,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such slide file')
+        raise FileNotFoundError(errno.ENOENT, 'no such slide file', str(path))
     slide = _open(path)
     if mpp is not None:
         slide.mpp = float(mpp)

@@ -117,5 +117,6 @@ def _segment(model, args) -> None:
 
     for path in args.images:
         _read_checked(path, model)  # read again by predict_to_overlay: its check comes first
-        result = predict_to_overlay(model, path, args.out_dir)
+        # a bar only for a person watching: in logs and pipes it would be noise on every image
+        result = predict_to_overlay(model, path, args.out_dir, progress=sys.stderr.isatty())
         print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

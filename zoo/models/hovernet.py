@@ -60,14 +60,15 @@ name               encoder         decoder widths (s16..s1)   params    MACs
 mrl_seg_nano       mrl_nano        128/64/32/32/16            3.96M     1.39G
 mrl_seg_tiny       mrl_tiny        256/128/64/32/16           31.91M    6.88G
 mrl_seg_small      mrl_small       384/192/96/48/24           56.41M    13.01G
-hovernet           resnet50 (any)  256/128/64/32/16           28.69M    6.80G
-hovernet_fast      HoVer-Net's     (the paper's decoders)     33.63M    104.05G
-hovernet_original  HoVer-Net's     (the paper's decoders)     45.03M    202.63G
+hovernet           resnet50 (any)  256/128/64/32/16           32.49M    9.90G
+hovernet_fast      HoVer-Net's     (the paper's decoders)     33.63M    254.20G
+hovernet_original  HoVer-Net's     (the paper's decoders)     45.03M    543.61G
 =================  ==============  =========================  ========  ========
 
 (The paper's networks at 256x256 include the mirrored context their valid convolutions need: 352 px and 446 px.)
 """
 
+import difflib
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,7 @@ from timm.models import register_model
 from timm.models._features import feature_take_indices
 
 from .._builder import build_zoo_model
-from .._registry import zoo_cfgs
+from .._registry import UnknownModelError, split_tag, zoo_cfgs
 from ..hub import WeightsError
 
 __all__ = ['HoVerNet', 'TimmHoVerNet', 'DecoderBlock', 'EncoderError']
@@ -115,6 +116,20 @@ _UNIT_NORM = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 class EncoderError(ValueError):
     """An encoder that cannot serve the HoVer-Net decoder (or cannot be built as one)."""
+
+
+def _recorded_args(*not_recorded: str) -> property:
+    """A ``_model_args`` that leaves out ``not_recorded``: timm's ``create_model`` records every keyword as a
+    reconstruction argument (what ``save_for_hf`` exports), but ``num_types`` only names ``num_classes`` (which timm
+    exports from the model), and where an encoder's first weights came from is no part of the architecture."""
+
+    def get(self) -> dict:
+        return self.__dict__.get('_recorded_model_args', {})
+
+    def set(self, value: dict) -> None:
+        self.__dict__['_recorded_model_args'] = {k: v for k, v in value.items() if k not in not_recorded}
+
+    return property(get, set)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,7 +316,8 @@ class HoVerNet(nn.Module):
             reference's valid forward (270 -> 80, 256 -> 164).
     """
 
-    __jit_unused_properties__ = ['num_types']
+    __jit_unused_properties__ = ['_model_args', 'num_types']
+    _model_args = _recorded_args('num_types')
 
     def __init__(self, mode: str = 'original', num_classes: int = 0, in_chans: int = 3, same_size: bool = True):
         super().__init__()
@@ -525,6 +541,7 @@ class TimmHoVerNet(nn.Module):
     """
 
     __jit_unused_properties__ = ['_model_args', 'num_types']
+    _model_args = _recorded_args('num_types', 'encoder_pretrained')
 
     def __init__(
         self,
@@ -549,12 +566,11 @@ class TimmHoVerNet(nn.Module):
         if drop_path_rate is not None:
             encoder_args['drop_path_rate'] = drop_path_rate
         weights_args = _encoder_weights_args(encoder, encoder_pretrained)
-        try:
-            model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args)
-        except RuntimeError as e:
-            if str(e).startswith('Unknown model'):
-                raise EncoderError(f'unknown encoder {encoder!r}: a timm model name (timm.list_models())') from None
-            raise
+        if split_tag(encoder)[0] not in timm.list_models():
+            close = difflib.get_close_matches(split_tag(encoder)[0], timm.list_models(), n=5, cutoff=0.7)
+            hint = f' Did you mean: {", ".join(close)}?' if close else ''
+            raise UnknownModelError(f'Unknown encoder {encoder!r}: not a timm model (timm.list_models()).{hint}')
+        model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args)
         if not hasattr(model, 'forward_intermediates') or not hasattr(model, 'prune_intermediate_layers'):
             raise EncoderError(
                 f"encoder {encoder!r} has no forward_intermediates / prune_intermediate_layers (timm's "
@@ -591,16 +607,6 @@ class TimmHoVerNet(nn.Module):
         self.branch_dims = (s4, s2, s1)
         outputs = {'np': 2, 'hv': 2} | ({'tp': num_classes} if num_classes else {})
         self.branches = nn.ModuleDict({name: _Branch(*self.branch_dims, chs) for name, chs in outputs.items()})
-
-    # timm's create_model records every keyword as a reconstruction argument; where the encoder's initial
-    # weights came from is not one (a published config.json never names a download or a file).
-    @property
-    def _model_args(self) -> dict:
-        return self.__dict__.get('_zoo_model_args', {})
-
-    @_model_args.setter
-    def _model_args(self, value: dict) -> None:
-        self.__dict__['_zoo_model_args'] = {k: v for k, v in value.items() if k != 'encoder_pretrained'}
 
     @property
     def num_types(self) -> int:
@@ -708,7 +714,24 @@ def _create_hovernet(variant: str, pretrained: bool = False, **kwargs) -> TimmHo
     return build_zoo_model(TimmHoVerNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
+def _create_named_hovernet(
+    variant: str, pretrained: bool, encoder: str, decoder_dims: tuple, kwargs: dict
+) -> TimmHoVerNet:
+    """A named configuration: its encoder is part of its name."""
+    if kwargs.setdefault('encoder', encoder) != encoder:
+        raise ValueError(
+            f"{variant} is {encoder} with its decoder; for another encoder use 'hovernet' "
+            f'(encoder={kwargs["encoder"]!r}, decoder_dims={list(decoder_dims)} for the same decoder)'
+        )
+    kwargs.setdefault('decoder_dims', decoder_dims)
+    return _create_hovernet(variant, pretrained, **kwargs)
+
+
 def _create_paper_hovernet(variant: str, pretrained: bool = False, **kwargs) -> HoVerNet:
+    if 'encoder' in kwargs:
+        raise ValueError(
+            f"{variant} is HoVer-Net's own network (its pre-activation ResNet-50); for another encoder use 'hovernet'"
+        )
     kwargs = _num_types_to_classes(kwargs)
     feature_cfg = dict(feature_cls='getter', out_indices=(0, 1, 2, 3))
     return build_zoo_model(HoVerNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
@@ -771,30 +794,27 @@ default_cfgs = zoo_cfgs(
 
 @register_model
 def hovernet(pretrained: bool = False, **kwargs) -> TimmHoVerNet:
-    """HoVer-Net's NP/HV/TP branches on any timm encoder (``encoder='resnet50'`` by default; 28.69M params,
-    6.80 GMACs at 256 without TP). The paper's network is ``hovernet_original``."""
+    """HoVer-Net's NP/HV/TP branches on any timm encoder (``encoder='resnet50'`` by default; 32.49M params,
+    9.90 GMACs at 256 without TP). The paper's network is ``hovernet_original``."""
     return _create_hovernet('hovernet', pretrained, **kwargs)
 
 
 @register_model
 def mrl_seg_nano(pretrained: bool = False, **kwargs) -> TimmHoVerNet:
     """MRL-Nano encoder, light decoder (3.96M params, 1.39 GMACs at 256 without TP)."""
-    model_args = dict(encoder='mrl_nano', decoder_dims=(128, 64, 32, 32, 16))
-    return _create_hovernet('mrl_seg_nano', pretrained, **dict(model_args, **kwargs))
+    return _create_named_hovernet('mrl_seg_nano', pretrained, 'mrl_nano', (128, 64, 32, 32, 16), kwargs)
 
 
 @register_model
 def mrl_seg_tiny(pretrained: bool = False, **kwargs) -> TimmHoVerNet:
     """MRL-Tiny encoder (31.91M params, 6.88 GMACs at 256 without TP)."""
-    model_args = dict(encoder='mrl_tiny', decoder_dims=(256, 128, 64, 32, 16))
-    return _create_hovernet('mrl_seg_tiny', pretrained, **dict(model_args, **kwargs))
+    return _create_named_hovernet('mrl_seg_tiny', pretrained, 'mrl_tiny', (256, 128, 64, 32, 16), kwargs)
 
 
 @register_model
 def mrl_seg_small(pretrained: bool = False, **kwargs) -> TimmHoVerNet:
     """MRL-Small encoder (56.41M params, 13.01 GMACs at 256 without TP)."""
-    model_args = dict(encoder='mrl_small', decoder_dims=(384, 192, 96, 48, 24))
-    return _create_hovernet('mrl_seg_small', pretrained, **dict(model_args, **kwargs))
+    return _create_named_hovernet('mrl_seg_small', pretrained, 'mrl_small', (384, 192, 96, 48, 24), kwargs)
 
 
 @register_model

@@ -26,7 +26,7 @@ import zoo
 from training.data import split_stardist_sample
 from zoo.hovernet import instance_stats
 from zoo.hovernet.losses import hovernet_loss
-from zoo.models.hovernet import EncoderError, HoVerNet
+from zoo.models.hovernet import EncoderError, HoVerNet, TimmHoVerNet
 from zoo.segment import predict_instances
 
 FIXTURES = Path(__file__).resolve().parent / 'seg_fixtures'
@@ -419,6 +419,22 @@ def test_device_and_dtype(name, kwargs):
     model = zoo.create_model(name, dtype=torch.bfloat16, **kwargs)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.in_chans == 3 and zoo.create_model(name, in_chans=1, **kwargs).in_chans == 1
+
+
+@pytest.mark.parametrize(
+    'cls,kwargs',
+    [(HoVerNet, dict(mode='fast', num_classes=3)), (TimmHoVerNet, dict(encoder='mrl_nano', num_classes=3))],
+    ids=['HoVerNet', 'TimmHoVerNet'],
+)
+def test_classes_create_every_tensor_where_device_and_dtype_say(cls, kwargs):
+    """timm's convention: the classes take ``device``/``dtype`` and create each tensor there, the encoder included."""
+    meta = cls(**kwargs, device='meta')
+    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {'meta'}
+    bf16 = cls(**kwargs, dtype=torch.bfloat16)
+    assert {t.dtype for t in [*bf16.parameters(), *bf16.buffers()] if t.is_floating_point()} == {torch.bfloat16}
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {
+        k: v.shape for k, v in cls(**kwargs).state_dict().items()
+    }
 
 
 if __name__ == '__main__':

@@ -165,46 +165,48 @@ def _crop(x: torch.Tensor, amount_h: int, amount_w: int) -> torch.Tensor:
     return x[..., top : x.shape[-2] - (amount_h - top), left : x.shape[-1] - (amount_w - left)]
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-5)
+def _bn(channels: int, **dd) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-5, **dd)
 
 
-def _preact_unit(in_chs: int, mid_chs: int, out_chs: int, stride: int, preact: bool) -> nn.Sequential:
+def _preact_unit(in_chs: int, mid_chs: int, out_chs: int, stride: int, preact: bool, **dd) -> nn.Sequential:
     """Bottleneck unit 1x1 -> 3x3 (carrying the stride) -> 1x1; the first unit of a stage has no pre-activation
     because the stage before it ends in BN + ReLU."""
-    layers = [('preact/bn', _bn(in_chs)), ('preact/relu', nn.ReLU(inplace=True))] if preact else []
+    layers = [('preact/bn', _bn(in_chs, **dd)), ('preact/relu', nn.ReLU(inplace=True))] if preact else []
     layers += [
-        ('conv1', nn.Conv2d(in_chs, mid_chs, 1, bias=False)),
-        ('conv1/bn', _bn(mid_chs)),
+        ('conv1', nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)),
+        ('conv1/bn', _bn(mid_chs, **dd)),
         ('conv1/relu', nn.ReLU(inplace=True)),
         ('conv2/pad', TFSamePad2d(3, stride)),
-        ('conv2', nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, bias=False)),
-        ('conv2/bn', _bn(mid_chs)),
+        ('conv2', nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, bias=False, **dd)),
+        ('conv2/bn', _bn(mid_chs, **dd)),
         ('conv2/relu', nn.ReLU(inplace=True)),
-        ('conv3', nn.Conv2d(mid_chs, out_chs, 1, bias=False)),
+        ('conv3', nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)),
     ]
     return nn.Sequential(OrderedDict(layers))
 
 
-def _bn_relu(channels: int) -> nn.Sequential:
-    return nn.Sequential(OrderedDict([('bn', _bn(channels)), ('relu', nn.ReLU(inplace=True))]))
+def _bn_relu(channels: int, **dd) -> nn.Sequential:
+    return nn.Sequential(OrderedDict([('bn', _bn(channels, **dd)), ('relu', nn.ReLU(inplace=True))]))
 
 
 class ResidualStage(nn.Module):
     """A pre-activation ResNet stage (HoVer-Net's ``ResidualBlock``): ``count`` bottleneck units, a 1x1 projection
     shortcut for the first, identity shortcuts after, and BN + ReLU at the end."""
 
-    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, count: int, stride: int = 1):
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, count: int, stride: int = 1, **dd):
         super().__init__()
-        self.units = nn.ModuleList(
-            [
-                _preact_unit(in_chs if i == 0 else out_chs, mid_chs, out_chs, stride if i == 0 else 1, preact=i > 0)
-                for i in range(count)
-            ]
-        )
+        units = []
+        for i in range(count):  # the first unit changes the width and carries the stride
+            first = i == 0
+            units.append(
+                _preact_unit(in_chs if first else out_chs, mid_chs, out_chs, stride if first else 1, not first, **dd)
+            )
+        self.units = nn.ModuleList(units)
         needs_projection = in_chs != out_chs or stride != 1
-        self.shortcut = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False) if needs_projection else nn.Identity()
-        self.blk_bna = _bn_relu(out_chs)
+        shortcut = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd) if needs_projection else nn.Identity()
+        self.shortcut = shortcut
+        self.blk_bna = _bn_relu(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
@@ -219,22 +221,22 @@ class DenseBlock(nn.Module):
     is concatenated to its input, centre-cropped to the unit's smaller output; BN + ReLU at the end."""
 
     def __init__(
-        self, in_chs: int, kernel_size: int, count: int, mid_chs: int = 128, growth: int = 32, groups: int = 4
+        self, in_chs: int, kernel_size: int, count: int, mid_chs: int = 128, growth: int = 32, groups: int = 4, **dd
     ):
         super().__init__()
         self.units = nn.ModuleList()
         for i in range(count):
             chs = in_chs + i * growth
             layers = [
-                ('preact_bna/bn', _bn(chs)),
+                ('preact_bna/bn', _bn(chs, **dd)),
                 ('preact_bna/relu', nn.ReLU(inplace=True)),
-                ('conv1', nn.Conv2d(chs, mid_chs, 1, bias=False)),
-                ('conv1/bn', _bn(mid_chs)),
+                ('conv1', nn.Conv2d(chs, mid_chs, 1, bias=False, **dd)),
+                ('conv1/bn', _bn(mid_chs, **dd)),
                 ('conv1/relu', nn.ReLU(inplace=True)),
-                ('conv2', nn.Conv2d(mid_chs, growth, kernel_size, groups=groups, bias=False)),
+                ('conv2', nn.Conv2d(mid_chs, growth, kernel_size, groups=groups, bias=False, **dd)),
             ]
             self.units.append(nn.Sequential(OrderedDict(layers)))
-        self.blk_bna = _bn_relu(in_chs + count * growth)
+        self.blk_bna = _bn_relu(in_chs + count * growth, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for unit in self.units:
@@ -243,20 +245,20 @@ class DenseBlock(nn.Module):
         return self.blk_bna(x)
 
 
-def _paper_branch(out_chs: int, kernel_size: int) -> nn.Sequential:
+def _paper_branch(out_chs: int, kernel_size: int, **dd) -> nn.Sequential:
     """One output's decoder: u3 and u2 (valid conv, dense block, 1x1), u1 ('same' conv), u0 (BN-ReLU, 1x1 head)."""
 
     def up_unit(in_chs: int, chs: int, count: int) -> nn.Sequential:
         dense_out = chs + count * 32
         layers = [
-            ('conva', nn.Conv2d(in_chs, chs, kernel_size, bias=False)),
-            ('dense', DenseBlock(chs, kernel_size, count)),
-            ('convf', nn.Conv2d(dense_out, dense_out, 1, bias=False)),
+            ('conva', nn.Conv2d(in_chs, chs, kernel_size, bias=False, **dd)),
+            ('dense', DenseBlock(chs, kernel_size, count, **dd)),
+            ('convf', nn.Conv2d(dense_out, dense_out, 1, bias=False, **dd)),
         ]
         return nn.Sequential(OrderedDict(layers))
 
-    u1 = [('conva/pad', TFSamePad2d(kernel_size)), ('conva', nn.Conv2d(256, 64, kernel_size, bias=False))]
-    u0 = [('bn', _bn(64)), ('relu', nn.ReLU(inplace=True)), ('conv', nn.Conv2d(64, out_chs, 1, bias=True))]
+    u1 = [('conva/pad', TFSamePad2d(kernel_size)), ('conva', nn.Conv2d(256, 64, kernel_size, bias=False, **dd))]
+    u0 = [('bn', _bn(64, **dd)), ('relu', nn.ReLU(inplace=True)), ('conv', nn.Conv2d(64, out_chs, 1, **dd))]
     units = [
         ('u3', up_unit(1024, 256, 8)),
         ('u2', up_unit(512, 128, 4)),
@@ -270,9 +272,9 @@ class UpSample2x(nn.Module):
     """Nearest-neighbour x2 as HoVer-Net's fixed unpooling: each pixel times a 2x2 matrix of ones, which is a
     buffer (``unpool_mat``) of the reference's state dict."""
 
-    def __init__(self):
+    def __init__(self, device=None, dtype=None):
         super().__init__()
-        self.register_buffer('unpool_mat', torch.ones(2, 2))
+        self.register_buffer('unpool_mat', torch.ones(2, 2, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
@@ -319,8 +321,17 @@ class HoVerNet(nn.Module):
     __jit_unused_properties__ = ['_model_args', 'num_types']
     _model_args = _recorded_args('num_types')
 
-    def __init__(self, mode: str = 'original', num_classes: int = 0, in_chans: int = 3, same_size: bool = True):
+    def __init__(
+        self,
+        mode: str = 'original',
+        num_classes: int = 0,
+        in_chans: int = 3,
+        same_size: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if mode not in ('original', 'fast'):
             raise ValueError(f"HoVer-Net mode must be 'original' or 'fast', got {mode!r}")
         self.mode, self.same_size = mode, same_size
@@ -334,23 +345,27 @@ class HoVerNet(nn.Module):
         self.crop_d0, self.crop_d1 = (184, 72) if original else (92, 36)
         self.kernel_size = 5 if original else 3
 
-        stem = [('/', nn.Conv2d(in_chans, 64, 7, bias=False)), ('bn', _bn(64)), ('relu', nn.ReLU(inplace=True))]
+        stem = [
+            ('/', nn.Conv2d(in_chans, 64, 7, bias=False, **dd)),
+            ('bn', _bn(64, **dd)),
+            ('relu', nn.ReLU(inplace=True)),
+        ]
         self.conv0 = nn.Sequential(OrderedDict(stem if original else [('pad', TFSamePad2d(7))] + stem))
-        self.d0 = ResidualStage(64, 64, 256, 3, stride=1)
-        self.d1 = ResidualStage(256, 128, 512, 4, stride=2)
-        self.d2 = ResidualStage(512, 256, 1024, 6, stride=2)
-        self.d3 = ResidualStage(1024, 512, 2048, 3, stride=2)
-        self.conv_bot = nn.Conv2d(2048, 1024, 1, bias=False)
+        self.d0 = ResidualStage(64, 64, 256, 3, stride=1, **dd)
+        self.d1 = ResidualStage(256, 128, 512, 4, stride=2, **dd)
+        self.d2 = ResidualStage(512, 256, 1024, 6, stride=2, **dd)
+        self.d3 = ResidualStage(1024, 512, 2048, 3, stride=2, **dd)
+        self.conv_bot = nn.Conv2d(2048, 1024, 1, bias=False, **dd)
         self.feature_info = [
             dict(num_chs=chs, reduction=2**i, module=f'd{i}') for i, chs in enumerate((256, 512, 1024, 2048))
         ]
-        self.decoder = nn.ModuleDict(self._branches(num_classes))
-        self.upsample2x = UpSample2x()
+        self.decoder = nn.ModuleDict(self._branches(num_classes, **dd))
+        self.upsample2x = UpSample2x(**dd)
         self.apply(self._init_weights)
 
-    def _branches(self, num_classes: int) -> dict[str, nn.Module]:
+    def _branches(self, num_classes: int, **dd) -> dict[str, nn.Module]:
         outputs = ({'tp': num_classes} if num_classes else {}) | {'np': 2, 'hv': 2}  # the reference's order
-        return {name: _paper_branch(chs, self.kernel_size) for name, chs in outputs.items()}
+        return {name: _paper_branch(chs, self.kernel_size, **dd) for name, chs in outputs.items()}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -378,11 +393,10 @@ class HoVerNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised TP branch for ``num_classes`` types (0 removes it)."""
-        param = self.conv_bot.weight
+        param = self.conv0[-3].weight  # the stem conv: kept by every pruning
         branches = {k: v for k, v in self.decoder.items() if k != 'tp'}
         if num_classes:
-            with torch.device(param.device):
-                tp = _paper_branch(num_classes, self.kernel_size).to(param.dtype)
+            tp = _paper_branch(num_classes, self.kernel_size, device=param.device, dtype=param.dtype)
             tp.apply(self._init_weights)
             branches = {'tp': tp} | branches
         self.decoder = nn.ModuleDict(branches)
@@ -470,11 +484,11 @@ class HoVerNet(nn.Module):
 class DecoderBlock(nn.Module):
     """Bilinear x2 upsampling, concatenation with the skip, two 3x3 conv-BN-ReLU (optionally separable)."""
 
-    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, separable: bool = False):
+    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, separable: bool = False, **dd):
         super().__init__()
         conv = SeparableConvNormAct if separable else ConvNormAct
-        self.conv1 = conv(in_chs + skip_chs, out_chs, 3)
-        self.conv2 = conv(out_chs, out_chs, 3)
+        self.conv1 = conv(in_chs + skip_chs, out_chs, 3, **dd)
+        self.conv2 = conv(out_chs, out_chs, 3, **dd)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode='bilinear', align_corners=False)
@@ -484,11 +498,11 @@ class DecoderBlock(nn.Module):
 class _Branch(nn.Module):
     """One output's high-resolution decoder: stride 4 -> 2 -> 1 with image-path skips, then a 1x1 head."""
 
-    def __init__(self, in_chs: int, half_chs: int, full_chs: int, out_chs: int):
+    def __init__(self, in_chs: int, half_chs: int, full_chs: int, out_chs: int, **dd):
         super().__init__()
-        self.up_half = DecoderBlock(in_chs, half_chs, half_chs, separable=True)
-        self.up_full = DecoderBlock(half_chs, full_chs, full_chs, separable=True)
-        self.head = nn.Conv2d(full_chs, out_chs, 1)
+        self.up_half = DecoderBlock(in_chs, half_chs, half_chs, separable=True, **dd)
+        self.up_full = DecoderBlock(half_chs, full_chs, full_chs, separable=True, **dd)
+        self.head = nn.Conv2d(full_chs, out_chs, 1, **dd)
 
     def forward(self, x: torch.Tensor, half_res: torch.Tensor, full_res: torch.Tensor) -> torch.Tensor:
         return self.head(self.up_full(self.up_half(x, half_res), full_res))
@@ -552,8 +566,11 @@ class TimmHoVerNet(nn.Module):
         encoder_args: dict | None = None,
         encoder_pretrained: bool | str = False,
         drop_path_rate: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if len(decoder_dims) != 5:
             raise ValueError(f'decoder_dims needs widths at strides 16, 8, 4, 2, 1; got {tuple(decoder_dims)}')
         encoder_args = dict(encoder_args or {})
@@ -570,7 +587,7 @@ class TimmHoVerNet(nn.Module):
             close = difflib.get_close_matches(split_tag(encoder)[0], timm.list_models(), n=5, cutoff=0.7)
             hint = f' Did you mean: {", ".join(close)}?' if close else ''
             raise UnknownModelError(f'Unknown encoder {encoder!r}: not a timm model (timm.list_models()).{hint}')
-        model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args)
+        model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args, **dd)
         if not hasattr(model, 'forward_intermediates') or not hasattr(model, 'prune_intermediate_layers'):
             raise EncoderError(
                 f"encoder {encoder!r} has no forward_intermediates / prune_intermediate_layers (timm's "
@@ -591,22 +608,27 @@ class TimmHoVerNet(nn.Module):
         if len(mean) != in_chans:
             mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
         # Non-persistent: part of the architecture, not of the weights.
-        self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        buffer = dict(device=device, dtype=dtype or torch.float32)
+        self.register_buffer('mean', torch.tensor(mean, **buffer).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std, **buffer).view(1, -1, 1, 1), persistent=False)
         first_conv = model.pretrained_cfg.get('first_conv') or ()
         first_conv = (first_conv,) if isinstance(first_conv, str) else tuple(first_conv)
         self._traits = dict(first_conv=(*(f'encoder.{name}' for name in first_conv), 'full_res.conv'))
 
         s16, s8, s4, s2, s1 = decoder_dims
         chs = [info['num_chs'] for info in self.feature_info]
-        self.full_res = ConvNormAct(in_chans, s1, 3)
-        self.half_res = ConvNormAct(s1, s2, 3, stride=2)
+        self.full_res = ConvNormAct(in_chans, s1, 3, **dd)
+        self.half_res = ConvNormAct(s1, s2, 3, stride=2, **dd)
         self.trunk = nn.ModuleList(
-            [DecoderBlock(chs[3], chs[2], s16), DecoderBlock(s16, chs[1], s8), DecoderBlock(s8, chs[0], s4)]
+            [
+                DecoderBlock(chs[3], chs[2], s16, **dd),
+                DecoderBlock(s16, chs[1], s8, **dd),
+                DecoderBlock(s8, chs[0], s4, **dd),
+            ]
         )
         self.branch_dims = (s4, s2, s1)
         outputs = {'np': 2, 'hv': 2} | ({'tp': num_classes} if num_classes else {})
-        self.branches = nn.ModuleDict({name: _Branch(*self.branch_dims, chs) for name, chs in outputs.items()})
+        self.branches = nn.ModuleDict({name: _Branch(*self.branch_dims, chs, **dd) for name, chs in outputs.items()})
 
     @property
     def num_types(self) -> int:
@@ -625,8 +647,7 @@ class TimmHoVerNet(nn.Module):
         branches = {k: v for k, v in self.branches.items() if k != 'tp'}
         if num_classes:
             param = self.branches['np'].head.weight
-            with torch.device(param.device):
-                branches['tp'] = _Branch(*self.branch_dims, num_classes).to(param.dtype)
+            branches['tp'] = _Branch(*self.branch_dims, num_classes, device=param.device, dtype=param.dtype)
         self.branches = nn.ModuleDict(branches)
         self.num_classes = num_classes
 

@@ -204,6 +204,10 @@ def test_encoder_errors_name_the_problem():
     with pytest.raises(zoo.WeightsError, match='from .safetensors files only'):
         zoo.create_model('hovernet', encoder='resnet18', encoder_pretrained='weights.pth')
     with pytest.raises(
+        zoo.WeightsError, match="timm could not load test_resnet's weights .* or give a .safetensors path"
+    ):
+        zoo.create_model('hovernet', encoder='test_resnet', encoder_pretrained=True)  # offline, not in the HF cache
+    with pytest.raises(
         ValueError, match="mrl_seg_nano is mrl_nano with its decoder; for another encoder use 'hovernet'"
     ):
         zoo.create_model('mrl_seg_nano', encoder='resnet18')

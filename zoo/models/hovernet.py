@@ -587,7 +587,15 @@ class TimmHoVerNet(nn.Module):
             close = difflib.get_close_matches(split_tag(encoder)[0], timm.list_models(), n=5, cutoff=0.7)
             hint = f' Did you mean: {", ".join(close)}?' if close else ''
             raise UnknownModelError(f'Unknown encoder {encoder!r}: not a timm model (timm.list_models()).{hint}')
-        model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args, **dd)
+        try:
+            model = timm.create_model(encoder, num_classes=0, in_chans=in_chans, **encoder_args, **weights_args, **dd)
+        except OSError as e:  # no network and not in the Hugging Face cache, or an unreadable file
+            if not weights_args:
+                raise
+            raise WeightsError(
+                f"encoder_pretrained={encoder_pretrained!r}: timm could not load {encoder}'s weights ({e}). Online "
+                f'timm downloads them; offline they must be in the Hugging Face cache, or give a .safetensors path'
+            ) from e
         if not hasattr(model, 'forward_intermediates') or not hasattr(model, 'prune_intermediate_layers'):
             raise EncoderError(
                 f"encoder {encoder!r} has no forward_intermediates / prune_intermediate_layers (timm's "

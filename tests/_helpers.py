@@ -31,8 +31,11 @@ LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit
 CASES = [(n, {}) for n in CLASSIFIERS] + [(n, dict(rank_ratio=0.25)) for n in LOW_RANK]
 CASE_IDS = [n + ('-lowrank' if kw else '') for n, kw in CASES]
 # Every registered model, the classifiers also factorized: what timm's model contract is tested over.
-ALL_CASES = CASES + [(n, {}) for n in SEGMENTERS]
-ALL_CASE_IDS = CASE_IDS + SEGMENTERS
+# hovernet_original is hovernet_fast's code in the paper's other mode at 2.5x the compute (its keys, parameter
+# counts and outputs are the reference's: test_seg_models.py).
+CONTRACT_SEGMENTERS = [n for n in SEGMENTERS if n != 'hovernet_original']
+ALL_CASES = CASES + [(n, {}) for n in CONTRACT_SEGMENTERS]
+ALL_CASE_IDS = CASE_IDS + CONTRACT_SEGMENTERS
 
 
 def input_size(model, cap):

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = 'manifest.json'
-_TASK_BY_MODULE = {'mrl_seg': 'nuclei-segmentation'}
+_TASK_BY_MODULE = {'hovernet': 'nuclei-segmentation'}
 _CONFIG_ARGS: dict[str, frozenset[str]] = {}  # architecture -> arguments a config.json may set
 _BASE_CFGS: dict[str, dict] = {}  # architecture -> its own pretrained cfg (before any published tag)
 

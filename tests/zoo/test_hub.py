@@ -69,7 +69,7 @@ def test_torch_hub_list_semantics():
     } <= set(entrypoints)
     assert 'dependencies' in dir(hubconf) and 'dependencies' not in entrypoints
     assert not any(name.startswith('_') for name in entrypoints)
-    assert all(name.startswith(('cf_', 'mrl_')) for name in entrypoints)
+    assert all(name.startswith(('cf_', 'mrl_', 'hovernet')) for name in entrypoints)
     assert 'CIFAR ResNet-18' in getattr(hubconf, 'cf_resnet18').__doc__  # what torch.hub.help prints
 
 

@@ -1,5 +1,5 @@
 """timm's model contract over every registered zoo model: each classifier dense and factorized, and the
-segmentation nets for the contracts they meet (``SEGMENTER_EXCEPTIONS`` lists the others).
+segmentation nets (``SEGMENTER_EXCEPTIONS`` lists the contracts some of them cannot meet, and why).
 
 Modelled on what timm's tests/test_models.py asserts for timm's own models (read for its assertions,
 written anew here), plus what timm 1.0.31's API promises: ``device``/``dtype`` construction,
@@ -26,8 +26,8 @@ from zoo.layers import LowRankLayer
 from zoo.models.cf_deit import LowRankDeiT
 from zoo.models.cf_resnet import ResNet
 from zoo.models.cf_vgg import VGG
+from zoo.models.hovernet import HoVerNet, TimmHoVerNet
 from zoo.models.mrl import MRL
-from zoo.models.mrl_seg import MRLSeg
 
 MAX_FWD_SIZE = 64
 MAX_BWD_SIZE = 64
@@ -42,36 +42,28 @@ pytestmark = [
     pytest.mark.filterwarnings('ignore:The TorchScript type system:UserWarning'),
 ]
 
-# The contract tests the segmentation nets (zoo/models/mrl_seg.py, being rebuilt as the HoVer-Net family) do
-# not pass yet, and why. They run as strict xfails: whoever fixes one removes its entry here.
+# Where a segmentation net cannot meet a contract test, and why: test name -> (models, reason). They run as
+# strict xfails, so a change that makes one pass fails until its entry goes.
 SEGMENTER_EXCEPTIONS = {
-    'test_classes_create_every_tensor_where_device_and_dtype_say': (
-        'MRLSeg does not thread device/dtype: they reach only its MRL encoder (through **encoder_kwargs); '
-        'the decoder and the mean/std buffers are created on the default device in float32'
+    'test_reset_classifier_keeps_the_pooling_mode_device_and_dtype': (
+        SEGMENTERS,
+        'a segmenter has no global pooling: reset_classifier(n) replaces its TP branch (test_seg_models.py)',
     ),
-    'test_reset_classifier_keeps_the_pooling_mode_device_and_dtype': 'MRLSeg has no reset_classifier / get_classifier',
-    'test_forward_intermediates_and_pruning': (
-        'MRLSeg has no feature_info, forward_intermediates or prune_intermediate_layers'
+    'test_torchscript': (
+        ['hovernet'],
+        "its default encoder is timm's ResNet, whose forward_intermediates slices a tuple by a variable",
     ),
-    'test_features_only': 'MRLSeg has no feature_info, so timm cannot build it with features_only=True',
-    'test_fx_features_equal_forward_intermediates': "MRLSeg has no feature_info for timm's fx feature extractor",
-    'test_torchscript': 'MRLSeg.forward reads the module-level constant OUTPUT_STRIDE, which TorchScript cannot use',
-    'test_fx_then_torchscript': (
-        'mrl_seg.py has `from __future__ import annotations`: the traced forward keeps its return annotation as '
-        'a string TorchScript cannot resolve'
+    'test_fx_features_equal_forward_intermediates': (
+        ['hovernet_fast', 'hovernet_original'],
+        'forward mirror-pads 46 (95) px of context before the encoder; forward_intermediates gives the features '
+        'of the image itself',
     ),
-    'test_no_future_annotations_in_model_code': 'mrl_seg.py has `from __future__ import annotations`',
 }
 
 
-def _segmenter_marks(test_name: str):
-    if test_name in SEGMENTER_EXCEPTIONS:
-        return pytest.mark.xfail(strict=True, reason=SEGMENTER_EXCEPTIONS[test_name])
-    return ()
-
-
 def _marks(name: str, test_name: str):
-    return _segmenter_marks(test_name) if name in SEGMENTERS else ()
+    models, reason = SEGMENTER_EXCEPTIONS.get(test_name, ((), ''))
+    return pytest.mark.xfail(strict=True, reason=reason) if name in models else ()
 
 
 def cases_of(test_name: str, cases=ALL_CASES, ids=ALL_CASE_IDS) -> list:
@@ -115,7 +107,7 @@ def _fx(model: torch.nn.Module) -> torch.fx.GraphModule:
 
 
 def _token_family(model) -> bool:
-    return model.pretrained_cfg['pool_size'] is None and not isinstance(model, MRLSeg)
+    return model.pretrained_cfg['pool_size'] is None and not isinstance(model, (HoVerNet, TimmHoVerNet))
 
 
 def _check_maps(maps, channels, reductions, size, batch):
@@ -230,12 +222,8 @@ SMALL_CLASSES = [
         MRL, dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), ffn_groups=2), id='MRL'
     ),
     pytest.param(LowRankDeiT, dict(embed_dim=64, depth=2, num_heads=2, rank_ratio=0.5), id='LowRankDeiT'),
-    pytest.param(
-        MRLSeg,
-        dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), decoder_dims=(32, 16, 16, 8, 8)),
-        id='MRLSeg',
-        marks=_segmenter_marks('test_classes_create_every_tensor_where_device_and_dtype_say'),
-    ),
+    pytest.param(HoVerNet, dict(mode='fast', num_classes=3), id='HoVerNet'),
+    pytest.param(TimmHoVerNet, dict(encoder='mrl_nano', num_classes=3), id='TimmHoVerNet'),
 ]
 
 
@@ -424,17 +412,7 @@ def test_fx_then_torchscript(case):
 MODEL_SOURCES = sorted((REPO / 'zoo' / 'models').glob('*.py')) + sorted((REPO / 'zoo' / 'layers').glob('*.py'))
 
 
-@pytest.mark.parametrize(
-    'path',
-    [
-        pytest.param(
-            p,
-            id=p.name,
-            marks=_segmenter_marks('test_no_future_annotations_in_model_code') if p.name == 'mrl_seg.py' else (),
-        )
-        for p in MODEL_SOURCES
-    ],
-)
+@pytest.mark.parametrize('path', MODEL_SOURCES, ids=[p.name for p in MODEL_SOURCES])
 def test_no_future_annotations_in_model_code(path):
     """TorchScript reads real annotations (``torch.jit.Final`` attributes, traced forward signatures)."""
     assert 'from __future__ import annotations' not in path.read_text()

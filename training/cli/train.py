@@ -16,6 +16,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser('finetune', help='fine-tune a nuclei segmentation net on a histology dataset')
     p.add_argument('--model', default='mrl_seg_tiny')
+    p.add_argument('--encoder', help="a timm encoder under HoVer-Net's branches (with --model hovernet), e.g. resnet50")
     p.add_argument('--dataset', default='stardist', choices=['stardist', 'kumar', 'consep', 'cpm17', 'folder'])
     p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
     p.add_argument(
@@ -37,11 +38,14 @@ def cmd_finetune(args) -> None:
     from training.trainer import main as run
 
     overrides = [f'model.name={args.model}', f'task.args.dataset={args.dataset}', *args.overrides]
+    if args.encoder:
+        overrides.append(f'model.args.encoder={args.encoder}')
     if args.data_dir:
         overrides.append(f'task.args.data_dir={args.data_dir}')
     if args.epochs is not None:
         overrides += _epochs_overrides(args.recipe, overrides, args.epochs)
-    run(args.recipe, overrides, args.run_dir or f'runs/finetune-{args.model}-{args.dataset}')
+    model = f'{args.model}-{args.encoder}' if args.encoder else args.model
+    run(args.recipe, overrides, args.run_dir or f'runs/finetune-{model}-{args.dataset}')
 
 
 def _epochs_overrides(recipe: str, overrides: list[str], epochs: int) -> list[str]:

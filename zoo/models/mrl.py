@@ -364,20 +364,21 @@ class MRL(nn.Module):
         result is ``(forward_features(x), intermediates)``.
         """
         if output_fmt != 'NCHW':
-            raise ValueError(f'MRL features are NCHW, got output_fmt={output_fmt!r}')
+            raise ValueError('MRL features are NCHW, got output_fmt=' + output_fmt)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
         last_index = len(self.stages) - 1
+        stop_index = max_index if stop_early else last_index
         intermediates = []
         x = self.stem(self.pad(x))
-        for index, stage in enumerate(stages):
-            x = stage(x)
-            if index in take_indices:
-                intermediates.append(self.norm(x) if norm and index == last_index else x)
+        for index, stage in enumerate(self.stages):  # no slice of the stages: TorchScript unrolls this loop
+            if index <= stop_index:
+                x = stage(x)
+                if index in take_indices:
+                    intermediates.append(self.norm(x) if norm and index == last_index else x)
         if intermediates_only:
             return intermediates
         # The final norm belongs to the last stage; an early stop returns that stage's raw output.
-        return (self.norm(x) if len(stages) == len(self.stages) else x), intermediates
+        return (self.norm(x) if stop_index == last_index else x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -344,19 +344,25 @@ def test_train_refuses_a_list_shaped_recipe_file(capsys, tmp_path):
     assert not (tmp_path / 'run').exists()
 
 
-def test_finetune_refuses_a_classifier_and_bad_epochs(capsys, tmp_path):
+def test_finetune_refuses_a_classifier_bad_epochs_and_an_unknown_dataset(capsys, tmp_path):
     (tmp_path / 'data').mkdir()
     args = ['finetune', '--dataset', 'folder', '--data-dir', str(tmp_path / 'data'), '--run-dir', str(tmp_path / 'r')]
     assert main([*args, '--model', 'cf_resnet18']) == 2
-    assert _one_error_line(capsys, 'finetune').startswith(
+    assert _one_error_line(capsys, 'finetune') == (
         'zoo finetune: error: model.name: cf_resnet18 is a model for image-classification, but task '
-        "'nuclei-segmentation' trains models for nuclei-segmentation: mrl_seg_nano, "
+        "'nuclei-segmentation' trains models for nuclei-segmentation: hovernet, hovernet_fast, hovernet_original, "
+        'mrl_seg_nano, mrl_seg_small, mrl_seg_tiny'
     )
     for epochs in ('0', '-3'):
         assert main([*args, '--model', 'mrl_seg_nano', '--epochs', epochs]) == 2
         assert _one_error_line(capsys, 'finetune') == (
             f'zoo finetune: error: epochs: must be greater than or equal to 1, got {epochs}'
         )
+    assert main(['finetune', '--dataset', 'monuseg', '--run-dir', str(tmp_path / 'r')]) == 2
+    assert _one_error_line(capsys, 'finetune') == (
+        "zoo finetune: error: task.args of 'nuclei-segmentation': unknown nuclei dataset 'monuseg'; available: "
+        "('stardist', 'kumar', 'consep', 'cpm17', 'folder')"
+    )
     assert not (tmp_path / 'r').exists()
 
 

@@ -17,7 +17,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser('finetune', help='fine-tune a nuclei segmentation net on a histology dataset')
     p.add_argument('--model', default='mrl_seg_tiny')
     p.add_argument('--encoder', help="a timm encoder under HoVer-Net's branches (with --model hovernet), e.g. resnet50")
-    p.add_argument('--dataset', default='stardist', choices=['stardist', 'kumar', 'consep', 'cpm17', 'folder'])
+    p.add_argument(
+        '--dataset',
+        default='stardist',
+        help='a dataset of the nuclei task (training.segmentation.DATASETS; an unknown one is refused naming them)',
+    )
     p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
     p.add_argument(
         '--epochs', type=int, help="train this many epochs; a step schedule's milestones keep their share of the run"

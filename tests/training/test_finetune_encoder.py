@@ -37,8 +37,11 @@ def test_finetune_with_a_timm_encoder(tmp_path):
     assert model.encoder_name == 'test_convnext'
 
 
-def test_finetune_refuses_an_encoder_for_a_model_that_names_its_own(tmp_path):
-    with pytest.raises(
-        ValueError, match="mrl_seg_tiny is mrl_tiny with its decoder; for another encoder use 'hovernet'"
-    ):
-        main(['finetune', '--encoder', 'resnet18', '--run-dir', str(tmp_path), *SMALL])
+def test_finetune_refuses_an_encoder_for_a_model_that_names_its_own(tmp_path, capsys):
+    assert main(['finetune', '--encoder', 'resnet18', '--run-dir', str(tmp_path / 'run'), *SMALL]) == 2
+    assert capsys.readouterr().err == (
+        'zoo finetune: error: model.args of mrl_seg_tiny (encoder): mrl_seg_tiny is mrl_tiny with its decoder; for '
+        "another encoder use 'hovernet' (encoder='resnet18', decoder_dims=[256, 128, 64, 32, 16] for the same "
+        'decoder)\n'
+    )
+    assert not (tmp_path / 'run').exists()

@@ -24,7 +24,7 @@ class KillAt(Callback):
 
 MODELS = zoo.list_models()  # every registered architecture
 CLASSIFIERS = [n for n in MODELS if zoo.model_task(n) == 'image-classification']
-SEGMENTERS = [n for n in MODELS if zoo.model_task(n) == 'nuclei-segmentation']  # shapes etc.: test_mrl.py
+SEGMENTERS = [n for n in MODELS if zoo.model_task(n) == 'nuclei-segmentation']  # their own tests: test_seg_models.py
 # Factorized variants: the same architectures at Pufferfish's uniform rank ratio 1/4 (the largest member
 # of each family only in its dense form: factorization is the same code, and CI has two cores).
 LOW_RANK = [n for n in CLASSIFIERS if n.startswith('cf_') and n not in ('cf_deit_base', 'cf_wide_resnet50_2')]

@@ -271,6 +271,18 @@ def test_predict_into_a_read_only_directory(capsys, tmp_path, monkeypatch):
     assert list((tmp_path / 'locked').iterdir()) == []
 
 
+def test_predict_shows_a_tile_bar_for_a_large_image_even_in_a_log(capsys, tmp_path, monkeypatch):
+    import training.cli.models
+
+    image = tmp_path / 'tile.png'
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(image)
+    assert main(['predict', SEGMENTER, str(image), '--out-dir', str(tmp_path / 'out')]) == 0
+    assert capsys.readouterr().err == ''  # small, and stderr is no terminal
+    monkeypatch.setattr(training.cli.models, 'PROGRESS_PIXELS', 64 * 64 - 1)
+    assert main(['predict', SEGMENTER, str(image), '--out-dir', str(tmp_path / 'out')]) == 0
+    assert '1/1 [' in capsys.readouterr().err  # one 128 px tile
+
+
 def test_predict_onto_a_full_disk(capsys, tmp_path, monkeypatch):
     import errno
     import os

@@ -73,6 +73,9 @@ def cmd_info(args) -> None:
     print(json.dumps(zoo.model_info(args.name), indent=2, default=str))
 
 
+PROGRESS_PIXELS = 2048 * 2048  # about a minute of tiled inference on a 2-core CPU
+
+
 def _read_checked(path: str, model):
     """The image as ``H x W x 3`` uint8 RGB; a one-line warning on stderr when it is plainly not the kind of
     image the model was trained on (``model.input_domain``); the prediction still runs."""
@@ -116,7 +119,8 @@ def _segment(model, args) -> None:
     from zoo.segment import predict_to_overlay
 
     for path in args.images:
-        _read_checked(path, model)  # read again by predict_to_overlay: its check comes first
-        # a bar only for a person watching: in logs and pipes it would be noise on every image
-        result = predict_to_overlay(model, path, args.out_dir, progress=sys.stderr.isatty())
+        image = _read_checked(path, model)  # read again by predict_to_overlay: its check comes first
+        # A bar for a person watching, or for an image that takes minutes; in logs of small images it is noise.
+        progress = sys.stderr.isatty() or image.shape[0] * image.shape[1] > PROGRESS_PIXELS
+        result = predict_to_overlay(model, path, args.out_dir, progress=progress)
         print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

@@ -147,6 +147,28 @@ def test_a_resume_that_would_compute_something_else_is_refused(run_dir, capsys, 
     assert _contents(run_dir) == before  # recipe.yaml still holds the run's own recipe
 
 
+def test_a_checkpoint_from_another_version_of_the_code_is_refused(run_dir, capsys, monkeypatch):
+    """As if the architecture had gained a parameter since the checkpoint was written."""
+    import zoo
+
+    create_model = zoo.create_model
+
+    def grown(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        model.extra = torch.nn.Parameter(torch.zeros(1))
+        return model
+
+    monkeypatch.setattr(zoo, 'create_model', grown)
+    before = _contents(run_dir)
+    assert main(_train(run_dir)) == 2
+    assert _error_line(capsys) == (
+        f'zoo train: error: {run_dir / "checkpoints" / "epoch-0003"} does not fit the model and optimizer this code '
+        'builds (was it written by another version of the zoo?): Error(s) in loading state_dict for ResNet: Missing '
+        'key(s) in state_dict: "extra". ; train into a new --run-dir'
+    )
+    assert _contents(run_dir) == before
+
+
 # ---------------------------------------------------------------------------------------------- lock
 
 # Trains into argv[1] and waits at its first step until the file argv[2] exists.

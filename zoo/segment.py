@@ -192,15 +192,21 @@ def overlay(image: np.ndarray, inst_map: np.ndarray) -> np.ndarray:
 
 
 def predict_to_overlay(
-    model: torch.nn.Module, image_path: str | Path, out_dir: str | Path, progress: bool = True, **kwargs
+    model: torch.nn.Module,
+    image_path: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    image: np.ndarray | None = None,
+    **kwargs,
 ) -> dict[str, int | Path]:
     """Segment an image file; write ``<stem>_overlay.png`` and ``<stem>_instances.tif`` (int32 ids) to ``out_dir``.
 
-    ``kwargs`` are those of :func:`predict_instances`; ``progress`` shows a bar with ETA on stderr. Both files
-    are written atomically. Returns ``num_instances`` and both paths.
+    ``kwargs`` are those of :func:`predict_instances`; ``progress`` shows a bar with ETA on stderr; ``image`` is
+    the file's pixels when the caller has already decoded them with :func:`zoo.io.read_image` (a large image is
+    not decoded twice). Both files are written atomically. Returns ``num_instances`` and both paths.
     """
     image_path, out_dir = Path(image_path), Path(out_dir)
-    image = read_image(image_path)
+    image = read_image(image_path) if image is None else image
     inst_map, _ = predict_instances(model, image, progress=progress, **kwargs)
     overlay_path = out_dir / f'{image_path.stem}_overlay.png'
     instances_path = out_dir / f'{image_path.stem}_instances.tif'

@@ -119,8 +119,8 @@ def _segment(model, args) -> None:
     from zoo.segment import predict_to_overlay
 
     for path in args.images:
-        image = _read_checked(path, model)  # read again by predict_to_overlay: its check comes first
+        image = _read_checked(path, model)
         # A bar for a person watching, or for an image that takes minutes; in logs of small images it is noise.
         progress = sys.stderr.isatty() or image.shape[0] * image.shape[1] > PROGRESS_PIXELS
-        result = predict_to_overlay(model, path, args.out_dir, progress=progress)
+        result = predict_to_overlay(model, path, args.out_dir, progress=progress, image=image)
         print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

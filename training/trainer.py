@@ -237,19 +237,26 @@ class Trainer:
         self.model_args = state['model_args']
         self.model = zoo.create_model(self.model_name, **self.model_args)
         self._place_model()
+
+        def unfit(error: Exception) -> RunError:
+            return RunError(
+                f'{checkpoint.folder} does not fit the model and optimizer this code builds (was it written by '
+                f'another version of the zoo?): {error}; train into a new --run-dir'
+            )
+
         try:
             self.model.load_state_dict(checkpoint.model)
-            params = list(self.model.parameters())
-            self.no_weight_decay = {id(params[i]) for i in state['no_weight_decay']}
-            for callback, callback_state in zip(self.callbacks, state['callbacks']):
-                callback.load_state_dict(callback_state)
-            self._rebuild_optimizer()
+        except RuntimeError as e:  # torch's words for weights that do not fit
+            raise unfit(e) from e
+        params = list(self.model.parameters())
+        self.no_weight_decay = {id(params[i]) for i in state['no_weight_decay']}
+        for callback, callback_state in zip(self.callbacks, state['callbacks']):
+            callback.load_state_dict(callback_state)
+        self._rebuild_optimizer()
+        try:
             self.optimizer.load_state_dict(state['optimizer'])
-        except (RuntimeError, ValueError) as e:  # torch's words for weights or parameter groups that do not fit
-            raise RunError(
-                f'{checkpoint.folder} does not fit the model and optimizer this code builds (was it written by '
-                f'another version of the zoo?): {e}; train into a new --run-dir'
-            ) from e
+        except ValueError as e:  # torch's words for parameter groups that do not fit
+            raise unfit(e) from e
         self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.warmup_from = state['epoch'], state['warmup_from']
         self.history, self.best, self.train_seconds = state['history'], state['best'], state['train_seconds']

@@ -147,7 +147,7 @@ def test_a_resume_that_would_compute_something_else_is_refused(run_dir, capsys, 
     assert _contents(run_dir) == before  # recipe.yaml still holds the run's own recipe
 
 
-def test_a_checkpoint_from_another_version_of_the_code_is_refused(run_dir, capsys, monkeypatch):
+def _grown_model(monkeypatch):
     """As if the architecture had gained a parameter since the checkpoint was written."""
     import zoo
 
@@ -159,12 +159,32 @@ def test_a_checkpoint_from_another_version_of_the_code_is_refused(run_dir, capsy
         return model
 
     monkeypatch.setattr(zoo, 'create_model', grown)
+
+
+def _one_parameter_group(monkeypatch):
+    """As if the optimizer had been built with one group instead of timm's two (decayed and not)."""
+    import training.trainer
+
+    monkeypatch.setattr(
+        training.trainer, '_param_groups', lambda model, weight_decay, exclude: [{'params': list(model.parameters())}]
+    )
+
+
+@pytest.mark.parametrize(
+    'change,why',
+    [
+        (_grown_model, 'Error(s) in loading state_dict for ResNet: Missing key(s) in state_dict: "extra". '),
+        (_one_parameter_group, 'loaded state dict has a different number of parameter groups'),
+    ],
+    ids=['weights', 'optimizer'],
+)
+def test_a_checkpoint_from_another_version_of_the_code_is_refused(run_dir, capsys, monkeypatch, change, why):
+    change(monkeypatch)
     before = _contents(run_dir)
     assert main(_train(run_dir)) == 2
     assert _error_line(capsys) == (
         f'zoo train: error: {run_dir / "checkpoints" / "epoch-0003"} does not fit the model and optimizer this code '
-        'builds (was it written by another version of the zoo?): Error(s) in loading state_dict for ResNet: Missing '
-        'key(s) in state_dict: "extra". ; train into a new --run-dir'
+        f'builds (was it written by another version of the zoo?): {why}; train into a new --run-dir'
     )
     assert _contents(run_dir) == before
 

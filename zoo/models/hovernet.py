@@ -212,10 +212,9 @@ class ResidualStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         for unit in self.units:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(unit, x) + shortcut
-            else:
-                x = unit(x) + shortcut
+            x = (
+                checkpoint(unit, x) if self.grad_checkpointing and not torch.jit.is_scripting() else unit(x)
+            ) + shortcut
             shortcut = x
         return self.blk_bna(x)
 

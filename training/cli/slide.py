@@ -1,7 +1,10 @@
-"""``zoo segment-slide``: nuclei of a whole slide as GeoJSON for QuPath, a CSV and an optional label image."""
+"""``zoo segment-slide``: nuclei of a whole slide as GeoJSON for QuPath, a CSV and an optional label image;
+``zoo segment-slides``: the same for a cohort, in one process, under torchrun or as a SLURM job array;
+``zoo cohort-summary``: a cohort folder's table, remade from its slide records."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +17,27 @@ def add_commands(sub) -> None:
     )
     p.add_argument('name', help="segmentation model with published weights, e.g. 'mrl_seg_nano.stardist'")
     p.add_argument('slide', type=Path)
+    add_slide_options(p)
+    p.set_defaults(func=cmd_segment_slide)
+
+    p = sub.add_parser(
+        'segment-slides',
+        help='segment a cohort of slides, resumably, in one process, under torchrun or as a SLURM job array',
+    )
+    p.add_argument('name', help="segmentation model with published weights, e.g. 'mrl_seg_nano.stardist'")
+    p.add_argument(
+        'slides', nargs='+', type=Path, help='slide files, folders of slides, or lists of slides (.txt, .csv)'
+    )
+    add_slide_options(p)
+    p.set_defaults(func=cmd_segment_slides)
+
+    p = sub.add_parser('cohort-summary', help="write a cohort folder's table (cohort.csv) from its slide records")
+    p.add_argument('out', type=Path, help='the output folder of zoo segment-slides')
+    p.set_defaults(func=cmd_cohort_summary)
+
+
+def add_slide_options(p) -> None:
+    """The options of segment_slide, shared by ``segment-slide`` and ``segment-slides``."""
     p.add_argument('--out', type=Path, default=Path('slides'), help='output folder (default: slides)')
     p.add_argument(
         '--mpp',
@@ -29,7 +53,6 @@ def add_commands(sub) -> None:
     p.add_argument('--label-image', action='store_true', help='also write a pyramidal OME-TIFF of nucleus ids')
     p.add_argument('--device', help="where to run, e.g. 'cuda' (default: cpu)")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    p.set_defaults(func=cmd_segment_slide)
 
 
 def _fail(message: str) -> None:
@@ -38,9 +61,8 @@ def _fail(message: str) -> None:
     raise SlideError(message)  # one line and exit 2, as every user error (training.cli.main)
 
 
-def cmd_segment_slide(args) -> None:
-    from zoo.slide import SlideWarning, segment_slide
-
+def slide_options(args) -> dict:
+    """segment_slide's keyword arguments from the options of :func:`add_slide_options`, checked."""
     for name in ('tile', 'batch_size'):
         if getattr(args, name) < 1:
             _fail(f'--{name.replace("_", "-")} must be at least 1')
@@ -49,28 +71,41 @@ def cmd_segment_slide(args) -> None:
     for name in ('mpp', 'slide_mpp'):
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             _fail(f'--{name.replace("_", "-")} must be positive')
+    return dict(
+        mpp=args.mpp,
+        slide_mpp=args.slide_mpp,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        detect_tissue=not args.all_tiles,
+        label_image=args.label_image,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
+@contextlib.contextmanager
+def _slide_warnings(command: str):
+    """SlideWarnings as one line each on stderr."""
 
     def show_warning(message, *_args, **_kwargs):
-        print(f'zoo segment-slide: warning: {message}', file=sys.stderr)
+        print(f'zoo {command}: warning: {message}', file=sys.stderr)
+
+    from zoo.slide import SlideWarning
 
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         warnings.simplefilter('always', SlideWarning)
-        result = segment_slide(
-            args.name,
-            args.slide,
-            args.out,
-            mpp=args.mpp,
-            slide_mpp=args.slide_mpp,
-            tile=args.tile,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            detect_tissue=not args.all_tiles,
-            label_image=args.label_image,
-            device=args.device,
-            progress=not args.no_progress,
-        )
+        yield
+
+
+def cmd_segment_slide(args) -> None:
+    from zoo.slide import segment_slide
+
+    options = slide_options(args)
+    with _slide_warnings('segment-slide'):
+        result = segment_slide(args.name, args.slide, args.out, **options)
     res, t = result.resolution, result.timings
     mpp = f'{res.mpp:.3g} µm/px' if res.mpp else 'unknown µm/px'
     print(
@@ -84,3 +119,48 @@ def cmd_segment_slide(args) -> None:
     )
     outputs = [result.geojson, result.csv] + ([result.label_image] if result.label_image else [])
     print('  wrote ' + ', '.join(str(p) for p in outputs))
+
+
+def cmd_segment_slides(args) -> None:
+    from zoo.slide import segment_slides
+
+    options = slide_options(args)
+    with _slide_warnings('segment-slides'):
+        result = segment_slides(args.name, args.slides, args.out, **options)
+    index, count = result.shard
+    failed = sum(record['status'] != 'finished' for record in result.records)
+    mine = (
+        f'{len(result.share)} slides ({len(result.skipped)} finished before, '
+        f'{len(result.records) - failed} now, {failed} failed)'
+    )
+    if result.summary is None:
+        print(f'worker {index} of {count}: {mine}; the worker that records the last slide writes the cohort table')
+        return
+    _report_cohort(result.summary, result.summary_rows, mine if count > 1 else None)
+
+
+def _report_cohort(summary: Path, rows: list[dict], worker: str | None = None) -> None:
+    """The cohort's outcome: exit 0 when every slide finished, 2 when some failed on their input, 1 on a bug."""
+    failed = [row for row in rows if row['status'] == 'failed']
+    bugs = [row for row in rows if row['status'] == 'error']
+    print(
+        (f'this worker: {worker}; ' if worker else '')
+        + f'cohort: {len(rows)} slides, {len(rows) - len(failed) - len(bugs)} finished, '
+        f'{len(failed) + len(bugs)} failed; wrote {summary}'
+    )
+    if bugs:
+        raise RuntimeError(f'{_names(bugs)} failed on a bug in the zoo (tracebacks in the log above); please report it')
+    if failed:
+        _fail(f'{_names(failed)} failed (reasons in {summary}); fix them and run zoo segment-slides again')
+
+
+def _names(rows: list[dict], shown: int = 5) -> str:
+    names = [Path(row['slide']).name for row in rows]
+    more = f' and {len(names) - shown} more' if len(names) > shown else ''
+    return f'{len(names)} slide{"s" if len(names) > 1 else ""} ({", ".join(names[:shown])}{more})'
+
+
+def cmd_cohort_summary(args) -> None:
+    from zoo.slide import write_cohort_summary
+
+    _report_cohort(*write_cohort_summary(args.out))

@@ -22,8 +22,13 @@
 ``whole_slide.py`` puts the steps together. Nothing proportional to the slide's area is held in memory: per
 tile, the maps and instance map of one batch; per slide, the list of tissue tiles and the few nuclei seen twice
 where tiles overlap. ``zoo.segment.predict_instances`` runs the same tiling and merging on an in-memory image.
+
+Cohorts: ``cohort.py`` runs many slides (:func:`segment_slides`) in one process, under torchrun or as a SLURM job
+array, resumable through the output folder alone; ``summary.py`` writes each slide's figures and QC thumbnail, and
+the cohort's table.
 """
 
+from .cohort import CohortResult, list_slides, segment_slides, worker_shard
 from .errors import SlideError, SlideWarning
 from .geojson import nucleus_polygon
 from .label_image import paint_labels
@@ -33,12 +38,14 @@ from .pipeline import Timings, forward_tiles, run_tiles
 from .reading import ArraySlide, OpenSlideSlide, Slide, TiffSlide, open_slide
 from .resolution import Resolution, choose_resolution, read_working
 from .store import NucleusStore
+from .summary import write_cohort_summary
 from .tiles import TileGrid, tile_starts
 from .tissue import tissue_mask
 from .whole_slide import SlideResult, segment_slide
 
 __all__ = [
     'ArraySlide',
+    'CohortResult',
     'Nucleus',
     'NucleusStore',
     'OpenSlideSlide',
@@ -52,6 +59,7 @@ __all__ = [
     'Timings',
     'choose_resolution',
     'forward_tiles',
+    'list_slides',
     'nucleus_polygon',
     'open_slide',
     'paint_labels',
@@ -59,7 +67,10 @@ __all__ = [
     'resolve_duplicates',
     'run_tiles',
     'segment_slide',
+    'segment_slides',
     'tile_nuclei',
     'tile_starts',
     'tissue_mask',
+    'worker_shard',
+    'write_cohort_summary',
 ]

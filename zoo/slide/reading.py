@@ -14,6 +14,8 @@ from ..io import read_image
 from .errors import SlideError
 
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+# What a folder of slides is searched for (a file named explicitly is opened whatever its name).
+SLIDE_SUFFIXES = ('.svs', '.ndpi', '.mrxs', '.scn', '.vms', '.vmu', '.bif', '.tif', '.tiff') + _IMAGE_SUFFIXES
 
 
 class Slide:

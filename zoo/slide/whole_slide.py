@@ -44,12 +44,13 @@ def _file_size(path: str) -> int | None:
     return os.path.getsize(path) if os.path.isfile(path) else None
 
 
-def _model_fingerprint(model: torch.nn.Module) -> str:
+def model_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights as loaded: its state dict's names and tensor bytes (whatever the file's layout)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _type_names(model: torch.nn.Module, type_names: Sequence[str] | None) -> list[str] | None:
@@ -162,7 +163,7 @@ def _segment_open_slide(
         store.check_meta(
             {
                 'slide': f'{Path(slide.path).name} {slide.level_dimensions[0]} {_file_size(slide.path)}',
-                'model': _model_fingerprint(model),
+                'model': model_sha256(model)[:16],
                 'resolution': f'level {resolution.level} x{resolution.scale:.6g} {resolution.size}',
                 'tiles': f'{tile}/{overlap} batch {batch_size} tissue {detect_tissue} {len(tiles)}',
             },

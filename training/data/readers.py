@@ -33,7 +33,7 @@ import numpy as np
 import scipy.io
 import tifffile
 from PIL import Image
-from skimage.draw import polygon as polygon_pixels
+from skimage.draw import polygon as draw_polygon
 
 from zoo.hovernet.metrics import remap_label
 from zoo.io import ImageReadError, read_image
@@ -295,7 +295,7 @@ def _imagescope_pixels(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarr
     the image), as MoNuSeg's and MoNuSAC's organisers rasterise them; fewer than three vertices enclose none."""
     if len(xy) < 3:
         return np.zeros(0, np.intp), np.zeros(0, np.intp)
-    return polygon_pixels(xy[:, 1], xy[:, 0], shape=shape)
+    return draw_polygon(xy[:, 1], xy[:, 0], shape=shape)
 
 
 def _rasterize_monuseg_xml(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -122,3 +122,15 @@ def tiny_run(run_dir: Path, num_types: int = 0, **task_args) -> Path:
     info = {'model_name': 'hovernet', 'model_args': model_args, 'recipe': recipe, 'metrics': {}}
     (run_dir / 'best' / 'run.json').write_text(json.dumps(info))
     return run_dir
+
+
+def evaluate_refusal(capsys, run: Path, dataset: str, data_dir: Path, *extra: str) -> str:
+    """``zoo evaluate RUN --dataset DATASET --data-dir DATA_DIR``, in-process: it must exit with status 2 and one
+    line on stderr; returns that line after ``zoo evaluate: error: ``."""
+    from training.cli import main
+
+    args = ['evaluate', str(run), '--dataset', dataset, '--data-dir', str(data_dir), '--out', str(data_dir / 'out')]
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('zoo evaluate: error: '), err
+    return err[len('zoo evaluate: error: ') :].strip()

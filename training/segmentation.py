@@ -354,8 +354,12 @@ class NucleiSegmentationTask(Task):
             pred, pred_info = predict_instances(
                 model, sample.image, tile=self.tile, overlap=self.overlap, batch_size=batch_size, device=device
             )
-            matches = self._type_matches(sample, pred_info) if self.num_types else None
-            yield ImageScore(sample, pred, instance_stats(sample.inst_map, pred), matches)
+            yield self.score_image(sample, pred, pred_info)
+
+    def score_image(self, sample: NucleiSample, pred: np.ndarray, pred_info: dict[int, dict]) -> ImageScore:
+        """One image's prediction (instance map and its :func:`~zoo.hovernet.instance_info` records) scored."""
+        matches = self._type_matches(sample, pred_info) if self.num_types else None
+        return ImageScore(sample, pred, instance_stats(sample.inst_map, pred), matches)
 
     def summarise(self, scores: Iterable[ImageScore]) -> dict[str, float]:
         """Sums over the images of HoVer-Net's per-image ``dice, aji, aji_plus, dq, sq, pq``, and ``count``.

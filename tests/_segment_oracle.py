@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 from safetensors.torch import save_file
 
 import zoo
 from training.data import NucleiSample
-from zoo.hovernet import hv_map
+from zoo.hovernet import hv_map, instance_info
+from zoo.slide import Nucleus, nucleus_polygon
 
 
 class PointwiseNet(nn.Module):
@@ -134,3 +136,19 @@ def evaluate_refusal(capsys, run: Path, dataset: str, data_dir: Path, *extra: st
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('zoo evaluate: error: '), err
     return err[len('zoo evaluate: error: ') :].strip()
+
+
+def write_qupath(folder: Path, samples, names) -> None:
+    """Each sample as a PNG and a QuPath GeoJSON of its nuclei, classified by type name (the zoo's own outlines)."""
+    folder.mkdir(parents=True)
+    for sample in samples:
+        Image.fromarray(sample.image).save(folder / f'{sample.name}.png')
+        features = []
+        for inst_id, info in instance_info(sample.inst_map, sample.type_map).items():
+            (rmin, cmin), (rmax, cmax) = info['bbox']
+            mask = sample.inst_map[rmin:rmax, cmin:cmax] == inst_id
+            nucleus = Nucleus(0, (rmin, cmin, rmax, cmax), mask, np.zeros(2), np.zeros((1, 2)), 1)
+            geometry = {'type': 'Polygon', 'coordinates': [nucleus_polygon(nucleus).tolist()]}
+            classification = {'name': names[info['type']]}
+            features.append({'type': 'Feature', 'geometry': geometry, 'properties': {'classification': classification}})
+        (folder / f'{sample.name}.geojson').write_text(json.dumps({'type': 'FeatureCollection', 'features': features}))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _segment_oracle import RED_LEVELS, ReadOffNet, synthetic_sample, tiny_run
+from _segment_oracle import RED_LEVELS, ReadOffNet, synthetic_sample, tiny_run, write_qupath
 from PIL import Image
 
 import zoo
@@ -23,7 +23,6 @@ from training.data import NucleiSample, load_geojson
 from training.evaluate import evaluate_model, nuclei_evaluation_task
 from training.segmentation import NucleiSegmentationTask
 from zoo.hovernet import STAT_NAMES, instance_info
-from zoo.slide import Nucleus, nucleus_polygon
 
 
 def test_evaluate_reproduces_the_published_card(tmp_path, capsys):
@@ -44,22 +43,6 @@ def test_evaluate_reproduces_the_published_card(tmp_path, capsys):
     assert Image.open(overlays[0]).size == (256, 128)  # ground truth and prediction side by side
 
 
-def _write_classified(folder: Path, samples, names) -> None:
-    """Each sample as a PNG and a QuPath GeoJSON of its nuclei, classified by type name (the zoo's own outlines)."""
-    folder.mkdir(parents=True)
-    for sample in samples:
-        Image.fromarray(sample.image).save(folder / f'{sample.name}.png')
-        features = []
-        for inst_id, info in instance_info(sample.inst_map, sample.type_map).items():
-            (rmin, cmin), (rmax, cmax) = info['bbox']
-            mask = sample.inst_map[rmin:rmax, cmin:cmax] == inst_id
-            nucleus = Nucleus(0, (rmin, cmin, rmax, cmax), mask, np.zeros(2), np.zeros((1, 2)), 1)
-            geometry = {'type': 'Polygon', 'coordinates': [nucleus_polygon(nucleus).tolist()]}
-            classification = {'name': names[info['type']]}
-            features.append({'type': 'Feature', 'geometry': geometry, 'properties': {'classification': classification}})
-        (folder / f'{sample.name}.geojson').write_text(json.dumps({'type': 'FeatureCollection', 'features': features}))
-
-
 SAMPLES = [
     synthetic_sample('a', [(12, 12, 1), (12, 44, 2), (44, 12, 3), (44, 44, 4)]),
     synthetic_sample('b', [(14, 16, 1), (30, 48, 1), (50, 20, 3)]),
@@ -71,7 +54,7 @@ def test_classified_qupath_annotations_score_a_typed_model(tmp_path):
     """Disc nuclei drawn as classified QuPath objects read back exactly, and a model that reads the answer off the
     image scores 1 everywhere; with two types swapped, HoVer-Net's pooled type statistics are those derived by
     hand in tests/training/test_nuclei_task.py."""
-    _write_classified(tmp_path / 'data', SAMPLES, NAMES)
+    write_qupath(tmp_path / 'data', SAMPLES, NAMES)
     for loaded, sample in zip(load_geojson(tmp_path / 'data', types=NAMES[1:]), SAMPLES, strict=True):
         np.testing.assert_array_equal(loaded.inst_map, sample.inst_map)
         np.testing.assert_array_equal(loaded.type_map, sample.type_map)
@@ -88,7 +71,7 @@ def test_classified_qupath_annotations_score_a_typed_model(tmp_path):
 
 
 def test_the_table_names_each_type(tmp_path, capsys):
-    _write_classified(tmp_path / 'data', SAMPLES, NAMES)
+    write_qupath(tmp_path / 'data', SAMPLES, NAMES)
     run = tiny_run(tmp_path / 'run', num_types=5)
     args = ['evaluate', str(run), '--dataset', 'geojson', '--data-dir', str(tmp_path / 'data'), '--split', 'all']
     assert main([*args, '--types', ','.join(NAMES[1:]), '--out', str(tmp_path / 'out')]) == 0

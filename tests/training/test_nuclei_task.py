@@ -159,3 +159,14 @@ def test_consep_recipe_runs_on_a_synthetic_consep_folder(tmp_path: Path) -> None
     for name in ('dice', 'pq', 'f_d', 'acc', 'f_c_1', 'f_c_2', 'f_c_3', 'f_c_4'):
         value = float(row[name])
         assert math.isnan(value) or 0.0 <= value <= 1.0, (name, value)
+
+
+@pytest.mark.parametrize(
+    'recipe, types',
+    [('pannuke_hovernet', 6), ('lizard_hovernet', 7), ('conic_hovernet', 7), ('monusac_hovernet', 5)],
+)
+def test_dataset_recipes_pair_the_model_and_the_task(recipe, types) -> None:
+    loaded = load_recipe(recipe)
+    assert loaded['model'] == {'name': 'hovernet_fast', 'args': {'num_types': types}}
+    task = build_task(loaded['task']['name'], {**loaded['task']['args'], 'data_dir': '/nowhere'})
+    assert task.num_types == types and len(task.type_names()) == types

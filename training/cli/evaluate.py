@@ -52,11 +52,7 @@ def cmd_evaluate(args) -> None:
     from training.segmentation import side_by_side
     from zoo.io import atomic_file, atomic_write_bytes
 
-    types = None
-    if args.types is not None:
-        types = [name.strip() for name in args.types.split(',')]
-        if not all(types) or len(set(types)) != len(types):
-            raise DatasetLayoutError(f'--types must be distinct, comma-separated class names, got {args.types!r}')
+    types = None if args.types is None else parse_types(args.types)
     if args.dataset != 'stardist' and not args.data_dir:
         raise DatasetLayoutError(f'--dataset {args.dataset} needs --data-dir, the folder it is unpacked in')
     model, settings = _load_model(args.model)
@@ -103,6 +99,16 @@ def cmd_evaluate(args) -> None:
         type_name = f'  {names[int(name[4:])]}' if name.startswith('f_c_') else ''
         print(f'{name:<12} {shown}{type_name}')
     print(f'per image: {table}' + (f'; overlays: {overlays}/' if args.overlays else ''), file=sys.stderr)
+
+
+def parse_types(text: str) -> list[str]:
+    """``--types 'Tumor,Immune cells'``: QuPath class names, the nuclear types 1, 2, ... in this order."""
+    from training.data import DatasetLayoutError
+
+    types = [name.strip() for name in text.split(',')]
+    if not all(types) or len(set(types)) != len(types):
+        raise DatasetLayoutError(f'--types must be distinct, comma-separated class names, got {text!r}')
+    return types
 
 
 def _file_name(name: str) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from _segment_oracle import tiny_run
 from PIL import Image
 
 from training.cli import main
@@ -129,11 +128,6 @@ def test_train_and_val_split_like_a_folder(tmp_path):
     write(tmp_path / 'presplit' / 'train', 'a', IMAGE, OBJECTS[:1])
     write(tmp_path / 'presplit' / 'val', 'b', IMAGE, OBJECTS[:1])
     assert [s.name for s in load_geojson(tmp_path / 'presplit', 'val')] == ['b']
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp('run') / 'tiny')
 
 
 def _malformed(folder: Path, kind: str) -> tuple[list[str], str]:

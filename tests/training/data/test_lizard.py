@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from _segment_oracle import evaluate_refusal, tiny_run
+from _segment_oracle import evaluate_refusal
 from PIL import Image
 
 from training.data import LIZARD_TYPE_NAMES, DatasetLayoutError, load_conic, load_lizard
@@ -144,11 +144,6 @@ LIZARD_KINDS = [
     'class beyond 6',
     'inst_map of another size',
 ]
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp('run') / 'tiny')
 
 
 @pytest.mark.parametrize('kind', LIZARD_KINDS)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from _segment_oracle import evaluate_refusal, tiny_run
+from _segment_oracle import evaluate_refusal
 from PIL import Image
 from skimage.draw import polygon
 
@@ -130,11 +130,6 @@ KINDS = [
     'vertex without numbers',
     'unreadable image',
 ]
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp('run') / 'tiny')
 
 
 @pytest.mark.parametrize('kind', KINDS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _segment_oracle import evaluate_refusal, tiny_run
+from _segment_oracle import evaluate_refusal
 
 from training.data import PANNUKE_TYPE_NAMES, DatasetLayoutError, load_pannuke
 from training.segmentation import NucleiSegmentationTask
@@ -122,11 +122,6 @@ KINDS = [
     'negative mask values',
     'mask values not whole',
 ]
-
-
-@pytest.fixture(scope='module')
-def run(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory.mktemp('run') / 'tiny')
 
 
 @pytest.mark.parametrize('kind', KINDS)

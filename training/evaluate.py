@@ -88,13 +88,15 @@ def nuclei_evaluation_task(
 ) -> NucleiSegmentationTask:
     """The nuclei task that scores ``model`` on ``dataset``: tiling from ``settings`` (the task arguments of the
     recipe that trained it, where known), and type statistics where model and dataset both have nuclear types
-    and agree on how many. A geojson dataset takes its type names from ``types``, else from the model's
-    ``label_names``; a folder dataset is scored without types."""
+    and agree on how many. A geojson dataset takes its type names from ``types`` (for a model with types), else
+    from the model's ``label_names``; a folder dataset is scored without types."""
     settings = dict(settings or {})
     args = {'dataset': dataset, 'data_dir': data_dir} | {k: settings[k] for k in ('tile', 'overlap') if k in settings}
     model_types = getattr(model, 'num_types', 0) or 0
     if dataset == 'geojson':
         label_names = list(getattr(model, 'pretrained_cfg', {}).get('label_names') or [])
+        if types is not None and not model_types:
+            raise DatasetLayoutError('the model has no type branch: evaluate it without --types (instance statistics)')
         if types is None and model_types and len(label_names) == model_types:
             types = label_names[1:]
         offered = [] if types is None else [len(types) + 1]

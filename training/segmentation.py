@@ -174,15 +174,10 @@ class NucleiSegmentationTask(Task):
                 raise ValueError(f'{len(types)} types and background make num_types={len(types) + 1}, not {num_types}')
             num_types = len(types) + 1
         if num_types is not None:
-            if dataset == 'consep' and num_types not in (len(CONSEP_MERGED_TYPE_NAMES), len(CONSEP_TYPE_NAMES)):
-                raise ValueError(
-                    f'CoNSeP has {len(CONSEP_MERGED_TYPE_NAMES)} merged or {len(CONSEP_TYPE_NAMES)} '
-                    f'original types (background included), got num_types={num_types}'
-                )
-            if dataset in TYPE_SETS and dataset != 'consep' and num_types != len(TYPE_SETS[dataset][0]):
-                raise ValueError(
-                    f'{dataset} has {len(TYPE_SETS[dataset][0])} types (background included), got num_types={num_types}'
-                )
+            offered = [len(names) for names in TYPE_SETS.get(dataset, ())]
+            if offered and num_types not in offered:
+                counts = ' or '.join(str(count) for count in offered)  # CoNSeP: HoVer-Net's merged or the original
+                raise ValueError(f'{dataset} has {counts} types (background included), got num_types={num_types}')
             if dataset in _UNTYPED:
                 raise ValueError(f'{dataset} has no nuclear type annotations; use num_types=None')
             if dataset == 'geojson' and types is None:

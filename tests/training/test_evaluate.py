@@ -90,10 +90,11 @@ def test_the_table_names_each_type(tmp_path, capsys):
         (['--dataset', 'pannuke'], '--dataset pannuke needs --data-dir, the folder it is unpacked in'),
         (['--dataset', 'monusac', '--data-dir', 'x'], 'the model predicts 6 nuclear types (background included) but '),
         (['--dataset', 'geojson', '--data-dir', 'x', '--types', 'a,,b'], '--types must be distinct, comma-separated'),
+        (['--dataset', 'geojson', '--data-dir', 'x', '--types', 'a,b'], 'the model has no type branch: evaluate it'),
     ],
 )
 def test_refusals_are_one_line(tmp_path, capsys, args, message):
-    run = tiny_run(tmp_path / 'run', num_types=6)
+    run = tiny_run(tmp_path / 'run', num_types=0 if args[-1] == 'a,b' else 6)
     assert main(['evaluate', str(run), *args, '--out', str(tmp_path / 'out')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith(f'zoo evaluate: error: {message}'), err

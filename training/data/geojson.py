@@ -172,7 +172,9 @@ def _read_objects(path: Path, type_ids: dict[str, int] | None) -> _Objects:
             objects.types.append(type_ids[class_name])
     if unknown:
         counts = ', '.join(f'{name!r} ({count} nuclei)' for name, count in sorted(unknown.items()))
-        raise DatasetLayoutError(f'{path}: classes not in --types {list(type_ids)}: {counts}; add them to --types')
+        raise DatasetLayoutError(
+            f'{path}: classes not among the types {list(type_ids)}: {counts}; add them to --types (task.args.types)'
+        )
     if unclassified:
         shown = ', '.join(str(n) for n in unclassified[:5]) + (', ...' if len(unclassified) > 5 else '')
         raise DatasetLayoutError(

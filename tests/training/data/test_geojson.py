@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from _segment_oracle import tiny_run
 from PIL import Image
 
 from training.cli import main
@@ -155,7 +156,7 @@ def _malformed(folder: Path, kind: str) -> tuple[list[str], str]:
         message = f'{geojson}: feature 1: "classification" must be an object with a "name", got 7'
     elif kind == 'unknown class':
         types = ['--types', 'Stroma,Immune cells']
-        message = f"{geojson}: classes not in --types ['Stroma', 'Immune cells']: 'Tumor' (1 nuclei); add them"
+        message = f"{geojson}: classes not among the types ['Stroma', 'Immune cells']: 'Tumor' (1 nuclei); add"
     elif kind == 'unclassified':
         geojson.write_text(json.dumps([feature(polygon(square(1, 1, 3, 3)))]))
         types = ['--types', 'Tumor']
@@ -198,6 +199,8 @@ def test_malformed_files_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch, 
     extra, message = _malformed(tmp_path / 'data', kind)
     if extra and extra[0].startswith('ZOO_MAX_IMAGE_PIXELS='):
         monkeypatch.setenv('ZOO_MAX_IMAGE_PIXELS', extra.pop().partition('=')[2])
+    if extra:  # --types: a model with as many types
+        run = tiny_run(tmp_path / 'typed', num_types=len(extra[1].split(',')) + 1)
     args = ['evaluate', str(run), '--dataset', 'geojson', '--data-dir', str(tmp_path / 'data')]
     assert main([*args, '--out', str(tmp_path / 'out'), *extra]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``zoo`` command line: list, info, predict, segment-slide, publish, cards, train and finetune.
+"""``zoo`` command line: list, info, predict, segment-slide, evaluate, publish, cards, train and finetune.
 
 Each command group lives in its own module and adds its sub-commands with ``add_commands``.
 

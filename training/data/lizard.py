@@ -85,13 +85,11 @@ def load_lizard(root: str | Path, split: int) -> list[NucleiSample]:
     info_path = root / 'Lizard_Labels' / 'info.csv'
     samples = []
     for row in _read_csv(info_path, ('Filename', 'Split'), _LIZARD_LAYOUT, root):
-        if row['Split'].strip() not in ('1', '2', '3'):
-            raise DatasetLayoutError(
-                f'{info_path}: {row["Filename"]} has Split {row["Split"]!r}; Lizard splits are 1, 2, 3'
-            )
-        if int(row['Split']) != split:
+        name, fold = (row['Filename'] or '').strip(), (row['Split'] or '').strip()  # a short row leaves None
+        if fold not in ('1', '2', '3'):
+            raise DatasetLayoutError(f'{info_path}: {name} has Split {fold!r}; Lizard splits are 1, 2, 3')
+        if int(fold) != split:
             continue
-        name = row['Filename'].strip()
         image_path = next((folder / f'{name}.png' for folder in image_dirs if (folder / f'{name}.png').is_file()), None)
         if image_path is None:
             missing = f'{info_path} lists {name} but no Lizard_Images*/{name}.png exists'

@@ -224,8 +224,10 @@ def _samples(stem: str, image_path: Path, geojson_path: Path, objects: _Objects,
     with open_slide(image_path) as slide:
         width, height = slide.level_dimensions[0]
         if objects.regions:
-            boxes = [_region_box(region, width, height, f'{geojson_path}: region {k}')
-                     for k, region in enumerate(objects.regions, start=1)]  # fmt: skip
+            boxes = [
+                _region_box(region, width, height, f'{geojson_path}: region {k}')
+                for k, region in enumerate(objects.regions, start=1)
+            ]
         elif width * height > max_image_pixels():
             raise DatasetLayoutError(
                 f'{image_path} is {width}x{height} pixels, too large to read whole: draw annotation regions in '
@@ -239,7 +241,7 @@ def _samples(stem: str, image_path: Path, geojson_path: Path, objects: _Objects,
             [
                 [*np.min([p[0].min(axis=0) for p in n], axis=0), *np.max([p[0].max(axis=0) for p in n], axis=0)]
                 for n in objects.nuclei
-            ]  # fmt: skip
+            ]
         ).reshape(-1, 4)
         origin_x, origin_y = slide.origin
         samples = []

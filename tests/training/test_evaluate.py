@@ -91,6 +91,14 @@ def test_the_table_names_each_type(tmp_path, capsys):
         (['--dataset', 'monusac', '--data-dir', 'x'], 'the model predicts 6 nuclear types (background included) but '),
         (['--dataset', 'geojson', '--data-dir', 'x', '--types', 'a,,b'], '--types must be distinct, comma-separated'),
         (['--dataset', 'geojson', '--data-dir', 'x', '--types', 'a,b'], 'the model has no type branch: evaluate it'),
+        (
+            ['--dataset', 'monuseg', '--data-dir', 'x'],
+            '--dataset must be one of stardist, kumar, consep, cpm17, pannuke',
+        ),
+        (
+            ['--dataset', 'stardist', '--split', 'validation'],
+            "--split must be one of train, val, test, all, got 'valid",
+        ),
     ],
 )
 def test_refusals_are_one_line(tmp_path, capsys, args, message):

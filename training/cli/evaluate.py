@@ -13,8 +13,6 @@ from pathlib import Path
 
 
 def add_commands(sub) -> None:
-    from training.segmentation import DATASETS, SPLITS
-
     p = sub.add_parser(
         'evaluate',
         help='score a nuclei segmentation net on annotated images (HoVer-Net statistics)',
@@ -27,10 +25,17 @@ def add_commands(sub) -> None:
         help="published weights ('mrl_seg_nano.stardist', 'local-dir:hub/NAME', 'hf-hub:ORG/NAME@REV') or a run "
         'directory of zoo train / zoo finetune',
     )
-    p.add_argument('--dataset', required=True, choices=DATASETS, help='the annotations, in their own layout')
+    p.add_argument(
+        '--dataset',
+        required=True,
+        help='a dataset of the nuclei task in its own layout (training.segmentation.DATASETS; an unknown one is '
+        'refused naming them)',
+    )
     p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
     p.add_argument(
-        '--split', default='test', choices=SPLITS, help="which images (default: the dataset's held-out test images)"
+        '--split',
+        default='test',
+        help="test (default: the dataset's held-out test images), val (those that choose the best epoch), train or all",
     )
     p.add_argument(
         '--types',
@@ -49,9 +54,13 @@ def cmd_evaluate(args) -> None:
 
     from training.data import DatasetLayoutError
     from training.evaluate import evaluate_model, nuclei_evaluation_task
-    from training.segmentation import side_by_side
+    from training.segmentation import DATASETS, SPLITS, side_by_side
     from zoo.io import atomic_file, atomic_write_bytes
 
+    # Checked here, not by argparse: the nuclei task's modules are too slow to import for every `zoo` command.
+    for option, value, allowed in (('--dataset', args.dataset, DATASETS), ('--split', args.split, SPLITS)):
+        if value not in allowed:
+            raise DatasetLayoutError(f'{option} must be one of {", ".join(allowed)}, got {value!r}')
     types = None if args.types is None else parse_types(args.types)
     if args.dataset != 'stardist' and not args.data_dir:
         raise DatasetLayoutError(f'--dataset {args.dataset} needs --data-dir, the folder it is unpacked in')

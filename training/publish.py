@@ -15,10 +15,11 @@ from zoo.cards import ModelCard
 from zoo.hub import ConfigError, Weights
 from zoo.publish import publish
 
+from .evaluate import evaluate_model
 from .recipe import bundled_recipes
 from .tasks import build_task
 
-__all__ = ['evaluate_weights', 'publish_run']
+__all__ = ['evaluate_weights', 'load_run_model', 'publish_run']
 
 _SELECTION = {
     False: 'the figures above are on held-out test data that chose nothing.',
@@ -27,12 +28,23 @@ _SELECTION = {
 }
 
 
-def evaluate_weights(model: torch.nn.Module, recipe: dict, batch_size: int = 256) -> dict[str, float]:
-    """The recipe task's metrics of ``model`` on its held-out test data (never used for model selection)."""
-    task = build_task(recipe['task']['name'], recipe['task']['args'])
-    sums = task.evaluate(model.eval(), task.test_dataset(), torch.device('cpu'), batch_size)
-    count = sums.pop('count')
-    return {k: v / count for k, v in sums.items()}
+def evaluate_weights(model: torch.nn.Module, recipe: dict) -> dict[str, float]:
+    """The recipe task's metrics of ``model`` on its held-out test data (never used for model selection), as
+    ``zoo evaluate`` measures them (``training.evaluate.evaluate_model``)."""
+    return evaluate_model(model, build_task(recipe['task']['name'], recipe['task']['args'])).metrics
+
+
+def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """The best weights of a finished training run, in the architecture they were trained in, and its
+    ``best/run.json``."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
+    zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run_dir / 'best' / 'model.safetensors')))
+    return model, info
 
 
 def publish_run(
@@ -52,13 +64,8 @@ def publish_run(
 ) -> Weights:
     """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    info = read_run_info(run_dir)
+    model, info = load_run_model(run_dir)
     recipe = info['recipe']
-    model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
-    zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(run_dir / 'best' / 'model.safetensors')))
     if fp16:  # measure what is published: the fp16-rounded weights
         model.load_state_dict(
             {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}

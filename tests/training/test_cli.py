@@ -373,7 +373,7 @@ def test_finetune_refuses_a_classifier_bad_epochs_and_an_unknown_dataset(capsys,
     assert main(['finetune', '--dataset', 'monuseg', '--run-dir', str(tmp_path / 'r')]) == 2
     assert _one_error_line(capsys, 'finetune') == (
         "zoo finetune: error: task.args of 'nuclei-segmentation': unknown nuclei dataset 'monuseg'; available: "
-        "('stardist', 'kumar', 'consep', 'cpm17', 'folder')"
+        "('stardist', 'kumar', 'consep', 'cpm17', 'pannuke', 'lizard', 'conic', 'monusac', 'folder', 'geojson')"
     )
     assert not (tmp_path / 'r').exists()
 

@@ -1,9 +1,11 @@
 """`zoo finetune` on a folder dataset and `zoo predict` with a segmentation net, end to end."""
 
 import csv
+import json
 
 import numpy as np
 import tifffile
+from _segment_oracle import synthetic_sample, write_qupath
 from PIL import Image
 
 from training.cli import main
@@ -84,3 +86,34 @@ def test_predict_segments_nuclei_with_published_weights(tmp_path, capsys):
     instances = tifffile.imread(tmp_path / 'out' / 'tile_instances.tif')
     assert instances.shape == held_out[0].inst_map.shape and instances.max() >= 3
     assert (tmp_path / 'out' / 'tile_overlay.png').exists()
+
+
+def test_finetune_on_classified_qupath_annotations_publish_and_evaluate(tmp_path, capsys):
+    """The walkthrough's loop on a small real net (HoVer-Net's branches on timm's test_efficientnet, one epoch):
+    --types turns QuPath classes into the model's types, the published folder names them (config.json
+    label_names, what segment-slide writes into its GeoJSON), and zoo evaluate reads the annotations with those
+    names without being told them again."""
+    names = ['Tumor', 'Immune cells', 'Stroma', 'Necrosis']
+    write_qupath(
+        tmp_path / 'data',
+        [synthetic_sample('a', [(12, 12, 1), (40, 44, 3)]), synthetic_sample('b', [(20, 30, 2), (44, 12, 4)])],
+        ['background', *names],
+    )
+    run = tmp_path / 'run'
+    args = ['finetune', '--model', 'hovernet', '--encoder', 'test_efficientnet', '--dataset', 'geojson']
+    args += ['--data-dir', str(tmp_path / 'data'), '--types', ','.join(names), '--epochs', '1', '--run-dir', str(run)]
+    args += ['model.args.decoder_dims=[16, 16, 16, 8, 8]', 'task.args.val_fraction=0.5', 'task.args.patch_size=64']
+    args += ['task.args.step=64', 'task.args.tile=64', 'task.args.overlap=16', 'batch.stages=[[0, 1]]']
+    args += ['batch.base=1', 'log.progress=false', 'log.tensorboard=false', 'data.eval_batch=2']
+    assert main(args) == 0
+    info = json.loads((run / 'best' / 'run.json').read_text())
+    assert info['model_args']['num_types'] == 5 and info['recipe']['task']['args']['types'] == names
+    assert main(['publish', str(run), str(tmp_path / 'published')]) == 0
+    config = json.loads((tmp_path / 'published' / 'config.json').read_text())
+    assert config['label_names'] == ['background', *names]
+    capsys.readouterr()
+    evaluate = ['evaluate', f'local-dir:{tmp_path / "published"}', '--dataset', 'geojson']
+    assert main([*evaluate, '--data-dir', str(tmp_path / 'data'), '--split', 'val', '--out', str(tmp_path / 'ev')]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[-4:]] == ['f_c_1', 'f_c_2', 'f_c_3', 'f_c_4']
+    assert table[-3].endswith('  Immune cells')

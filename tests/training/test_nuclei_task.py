@@ -16,53 +16,15 @@ import pytest
 import scipy.io
 import torch
 import torch.distributed as dist
+from _segment_oracle import RED_LEVELS, ReadOffNet, synthetic_sample
 from PIL import Image
 from torch.utils.data import Subset
 
 from training.cli import main
-from training.data import NucleiSample, load_consep
+from training.data import load_consep
 from training.recipe import load_recipe
 from training.segmentation import NucleiImageDataset, NucleiSegmentationTask
 from training.tasks import build_task
-from zoo.hovernet import hv_map
-
-# Synthetic images: red encodes the nuclear type (background 20, type t: 40 + 50 t), green and blue the
-# HoVer-Net HV maps, so that a 1x1 convolution can read every answer off the image.
-RED_LEVELS = np.array([20.0, 90.0, 140.0, 190.0, 240.0])
-
-
-def synthetic_sample(name: str, discs: list[tuple[int, int, int]], size: int = 64) -> NucleiSample:
-    """Disc nuclei ``(row, col, type)`` of radius 6."""
-    rows, cols = np.mgrid[:size, :size]
-    inst_map = np.zeros((size, size), np.int32)
-    type_map = np.zeros((size, size), np.int32)
-    for inst_id, (row, col, nucleus_type) in enumerate(discs, start=1):
-        inside = (rows - row) ** 2 + (cols - col) ** 2 <= 36
-        inst_map[inside], type_map[inside] = inst_id, nucleus_type
-    red = RED_LEVELS[type_map]
-    green, blue = np.round((hv_map(inst_map) + 1) * 127.5)
-    image = np.stack([red, green, blue], axis=-1).astype(np.uint8)
-    return NucleiSample(name, image, inst_map, type_map)
-
-
-class ReadOffNet(torch.nn.Module):
-    """NP from red (nucleus when red > 55), HV from green and blue, and TP logits that pick the type whose
-    red level is nearest: ``-(red - level)^2`` up to a term shared by all types, i.e. linear in red."""
-
-    def __init__(self, type_levels: np.ndarray | None):
-        super().__init__()
-        self.gain = torch.nn.Parameter(torch.tensor(200.0))  # inference reads the device off a parameter
-        self.type_levels = None if type_levels is None else torch.tensor(type_levels / 255.0, dtype=torch.float32)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        red = x[:, :1]
-        nucleus = (red - 55 / 255) * self.gain
-        outputs = {'np': torch.cat([-nucleus, nucleus], 1), 'hv': x[:, 1:] * 2 - 1}
-        if self.type_levels is not None:
-            levels = self.type_levels.view(1, -1, 1, 1)
-            outputs['tp'] = (2 * levels * red - levels**2) * 1000
-        return outputs
-
 
 SAMPLES = [
     synthetic_sample('a', [(12, 12, 1), (12, 44, 2), (44, 12, 3), (44, 44, 4)]),
@@ -197,3 +159,14 @@ def test_consep_recipe_runs_on_a_synthetic_consep_folder(tmp_path: Path) -> None
     for name in ('dice', 'pq', 'f_d', 'acc', 'f_c_1', 'f_c_2', 'f_c_3', 'f_c_4'):
         value = float(row[name])
         assert math.isnan(value) or 0.0 <= value <= 1.0, (name, value)
+
+
+@pytest.mark.parametrize(
+    'recipe, types',
+    [('pannuke_hovernet', 6), ('lizard_hovernet', 7), ('conic_hovernet', 7), ('monusac_hovernet', 5)],
+)
+def test_dataset_recipes_pair_the_model_and_the_task(recipe, types) -> None:
+    loaded = load_recipe(recipe)
+    assert loaded['model'] == {'name': 'hovernet_fast', 'args': {'num_types': types}}
+    task = build_task(loaded['task']['name'], {**loaded['task']['args'], 'data_dir': '/nowhere'})
+    assert task.num_types == types and len(task.type_names()) == types

@@ -147,7 +147,7 @@ def test_task_datasets_and_loss():
     assert torch.isfinite(loss) and set(parts) == {'np_ce', 'np_dice', 'hv_mse', 'hv_msge'}
     with pytest.raises(ValueError, match='no nuclear type'):
         NucleiSegmentationTask('kumar', data_dir='.', num_types=3)
-    with pytest.raises(ValueError, match='CoNSeP'):
+    with pytest.raises(ValueError, match='consep has 5 or 8 types'):
         NucleiSegmentationTask('consep', data_dir='.', num_types=4)
 
 

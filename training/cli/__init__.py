@@ -1,4 +1,4 @@
-"""``zoo`` command line: list, info, predict, segment-slide(s), cohort-summary, publish, cards, train, finetune.
+"""``zoo`` command line: models, predictions, slides and cohorts, evaluation, publishing and training.
 
 Each command group lives in its own module and adds its sub-commands with ``add_commands``.
 
@@ -21,7 +21,7 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from . import models, publish, slide, train
+from . import evaluate, models, publish, slide, train
 
 __all__ = ['main', 'user_errors']
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='zoo', description=__doc__.splitlines()[0])
     parser.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     sub = parser.add_subparsers(dest='subcommand', required=True)
-    for group in (models, publish, slide, train):
+    for group in (models, publish, slide, train, evaluate):
         group.add_commands(sub)
     for command in sub.choices.values():  # `zoo train --debug ...` as well as `zoo --debug train ...`
         command.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
@@ -24,6 +26,11 @@ def add_commands(sub) -> None:
     )
     p.add_argument('--data-dir', help='dataset root (not needed for the bundled stardist sample)')
     p.add_argument(
+        '--types',
+        help='--dataset geojson: the QuPath class names of the nuclear types to learn, comma-separated (ids 1, 2, ... '
+        "in this order); sets the task's types and the model's num_types",
+    )
+    p.add_argument(
         '--epochs', type=int, help="train this many epochs; a step schedule's milestones keep their share of the run"
     )
     p.add_argument('--recipe', default='histology_finetune')
@@ -41,11 +48,16 @@ def cmd_train(args) -> None:
 def cmd_finetune(args) -> None:
     from training.trainer import main as run
 
+    from .evaluate import parse_types
+
     overrides = [f'model.name={args.model}', f'task.args.dataset={args.dataset}', *args.overrides]
     if args.encoder:
         overrides.append(f'model.args.encoder={args.encoder}')
     if args.data_dir:
         overrides.append(f'task.args.data_dir={args.data_dir}')
+    if args.types is not None:
+        types = parse_types(args.types)
+        overrides += [f'task.args.types={json.dumps(types)}', f'model.args.num_types={len(types) + 1}']
     if args.epochs is not None:
         overrides += _epochs_overrides(args.recipe, overrides, args.epochs)
     model = f'{args.model}-{args.encoder}' if args.encoder else args.model

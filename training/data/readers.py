@@ -33,7 +33,7 @@ import numpy as np
 import scipy.io
 import tifffile
 from PIL import Image
-from skimage.draw import polygon as polygon_pixels
+from skimage.draw import polygon as draw_polygon
 
 from zoo.hovernet.metrics import remap_label
 from zoo.io import ImageReadError, read_image
@@ -265,28 +265,49 @@ def load_kumar(
     return [sample for name in split_dirs for sample in _load_mat_split(Path(root), name, _TIF, _KUMAR_LAYOUT)]
 
 
-def _rasterize_monuseg_xml(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Instance map from an Aperio ImageScope XML: each Region is one nucleus polygon.
+def _imagescope_regions(path: Path) -> list[tuple[str | None, np.ndarray]]:
+    """``(class name, vertices)`` of every Region of an Aperio ImageScope XML, in file order.
 
-    Regions are filled in file order with ``skimage.draw.polygon`` (pixel centres inside the
-    polygon, clipped to the image) and later polygons overwrite earlier ones where they overlap;
-    ids are then renumbered 1..N, so a region entirely hidden by later ones (or with fewer than
-    three vertices) leaves no id behind.
+    The class name is the ``Name`` of the region's ``Annotation/Attributes/Attribute`` (MoNuSAC names the
+    nuclear type there; MoNuSeg has none); vertices are ``N x 2`` ``[x, y]``, pixel centres at integers.
     """
     document = _read(path, 'the XML annotation', ElementTree.parse).getroot()
     if document.tag != 'Annotations':
         expected = 'Annotations/Annotation/Regions/Region/Vertices/Vertex'
         raise DatasetLayoutError(f'{path}: expected {expected}, the root element is <{document.tag}>')
+    regions = []
+    for annotation in document.findall('./Annotation'):
+        attribute = annotation.find('./Attributes/Attribute')
+        name = None if attribute is None else attribute.get('Name')
+        for region in annotation.findall('./Regions/Region'):
+            try:
+                xy = [(float(vertex.get('X')), float(vertex.get('Y'))) for vertex in region.iter('Vertex')]
+            except (TypeError, ValueError) as error:
+                raise DatasetLayoutError(
+                    f'{path}: Region {region.get("Id")} has a Vertex without numeric X/Y'
+                ) from error
+            regions.append((name, np.array(xy).reshape(-1, 2)))
+    return regions
+
+
+def _imagescope_pixels(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of one ImageScope region: ``skimage.draw.polygon`` (pixel centres inside the polygon, clipped to
+    the image), as MoNuSeg's and MoNuSAC's organisers rasterise them; fewer than three vertices enclose none."""
+    if len(xy) < 3:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp)
+    return draw_polygon(xy[:, 1], xy[:, 0], shape=shape)
+
+
+def _rasterize_monuseg_xml(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Instance map from an Aperio ImageScope XML: each Region is one nucleus polygon.
+
+    Regions are filled in file order (:func:`_imagescope_pixels`) and later polygons overwrite earlier ones
+    where they overlap; ids are then renumbered 1..N, so a region entirely hidden by later ones (or with fewer
+    than three vertices) leaves no id behind.
+    """
     inst_map = np.zeros(shape, dtype=np.int32)
-    for inst_id, region in enumerate(document.findall('./Annotation/Regions/Region'), start=1):
-        try:
-            xy = np.array([(float(vertex.get('X')), float(vertex.get('Y'))) for vertex in region.iter('Vertex')])
-        except (TypeError, ValueError) as error:
-            raise DatasetLayoutError(f'{path}: Region {region.get("Id")} has a Vertex without numeric X/Y') from error
-        if len(xy) < 3:
-            continue  # fewer than three vertices enclose no pixels
-        rows, cols = polygon_pixels(xy[:, 1], xy[:, 0], shape=shape)
-        inst_map[rows, cols] = inst_id
+    for inst_id, (_, xy) in enumerate(_imagescope_regions(path), start=1):
+        inst_map[_imagescope_pixels(xy, shape)] = inst_id
     return remap_label(inst_map)
 
 
@@ -399,11 +420,19 @@ def load_folder(
     _check_split(split, ('all', 'train', 'val'))
     root = Path(root)
     _require_dir(root, _FOLDER_LAYOUT, root)
+    return _train_or_val(root, split, val_fraction, seed, lambda folder: _load_folder_split(root, folder))
+
+
+def _train_or_val(
+    root: Path, split: str, val_fraction: float, seed: int, load: Callable[[Path], list[NucleiSample]]
+) -> list[NucleiSample]:
+    """``load(ROOT/train)`` or ``load(ROOT/val)`` when those folders exist (``'all'``: both), otherwise
+    ``load(ROOT)`` split as :func:`load_folder` describes."""
     presplit = [name for name in ('train', 'val') if (root / name).is_dir()]
     if presplit:
         names = presplit if split == 'all' else [split]
-        return [sample for name in names for sample in _load_folder_split(root, root / name)]
-    samples = _load_folder_split(root, root)
+        return [sample for name in names for sample in load(root / name)]
+    samples = load(root)
     if split == 'all':
         return samples
     if not 0.0 < val_fraction < 1.0 or len(samples) < 2:

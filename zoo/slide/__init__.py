@@ -17,7 +17,8 @@
    nucleus seen whole by several tiles is kept from the tile where it lies deepest inside, away from the margin,
    as HoVer-Net keeps each nucleus from the tile where it is not cut.
 6. Outputs, each written atomically: ``geojson.py`` writes GeoJSON that QuPath imports (one detection per
-   nucleus) and a per-nucleus CSV, ``label_image.py`` an optional pyramidal OME-TIFF label image.
+   nucleus) and a per-nucleus CSV, ``label_image.py`` an optional pyramidal OME-TIFF label image;
+   ``rasterize.py`` turns polygons in the same convention back into pixels (:func:`polygon_pixels`).
 
 ``whole_slide.py`` puts the steps together. Nothing proportional to the slide's area is held in memory: per
 tile, the maps and instance map of one batch; per slide, the list of tissue tiles and the few nuclei seen twice
@@ -35,6 +36,7 @@ from .label_image import paint_labels
 from .merge import resolve_duplicates
 from .nuclei import Nucleus, tile_nuclei
 from .pipeline import Timings, forward_tiles, run_tiles
+from .rasterize import polygon_pixels
 from .reading import ArraySlide, OpenSlideSlide, Slide, TiffSlide, open_slide
 from .resolution import Resolution, choose_resolution, read_working
 from .store import NucleusStore
@@ -63,6 +65,7 @@ __all__ = [
     'nucleus_polygon',
     'open_slide',
     'paint_labels',
+    'polygon_pixels',
     'read_working',
     'resolve_duplicates',
     'run_tiles',

@@ -13,7 +13,7 @@ import torch
 import zoo
 from zoo.cards import ModelCard
 from zoo.hub import ConfigError, Weights
-from zoo.publish import publish
+from zoo.publish import check_target, publish
 
 from .recipe import bundled_recipes
 from .tasks import build_task
@@ -50,9 +50,11 @@ def publish_run(
     overwrite: bool = False,
     register_as: str | None = None,
 ) -> Weights:
-    """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``)."""
+    """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``).
+    What publishing would refuse is refused before the weights are re-evaluated."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = read_run_info(run_dir)
+    check_target(out_dir, _architecture(info['model_name']), register_as, overwrite)
     recipe = info['recipe']
     model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
     zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])

@@ -10,7 +10,8 @@ import torch
 from _hub_fixtures import ARCH, ARGS, same_outputs
 
 import zoo
-from zoo.hub import ConfigError, Source, check_config, parse_source
+from zoo.hub import ConfigError, Source, SourceError, parse_source
+from zoo.hub_config import check_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,8 +23,38 @@ def test_one_parser_for_every_weight_source():
     assert parse_source('local:name').folder == zoo.hub.hub_dir() / 'name'
     assert parse_source('local:/abs/folder').folder == Path('/abs/folder')
     assert str(parse_source('hf-hub:org/name@abc')) == 'hf-hub:org/name@abc'
+    release = parse_source('release:cf_resnet18_fmnist@v0.1.0')
+    assert (
+        release == Source('release', 'cf_resnet18_fmnist', 'v0.1.0')
+        and str(release) == 'release:cf_resnet18_fmnist@v0.1.0'
+    )
     with pytest.raises(ValueError, match='must start with'):
         parse_source('s3://bucket/x')
+    for bad in ('release:a/b@v1', 'release:name', 'release:..@v1'):
+        with pytest.raises(SourceError, match='must be release:FOLDER@REVISION'):
+            parse_source(bad)
+
+
+def test_release_url_is_one_setting(monkeypatch):
+    source = parse_source('release:cf_resnet18_fmnist@v0.1.0')
+    monkeypatch.delenv('ZOO_HUB_URL', raising=False)
+    assert source.url == zoo.hub.HUB_URL.replace('{revision}', 'v0.1.0') + '/cf_resnet18_fmnist/model.safetensors'
+    monkeypatch.setenv('ZOO_HUB_URL', 'http://mirror/zoo/{revision}/hub/')
+    assert source.url == 'http://mirror/zoo/v0.1.0/hub/cf_resnet18_fmnist/model.safetensors'
+    monkeypatch.setenv('ZOO_HUB_URL', 'http://mirror/hub')  # a mirror of one release
+    assert source.url == 'http://mirror/hub/cf_resnet18_fmnist/model.safetensors'
+
+
+@pytest.mark.parametrize('repo_id', ['org/name/extra', 'org//name', '../name', 'org/na me'])
+def test_hf_hub_ids_are_checked_before_huggingface_hub_is_called(repo_id, monkeypatch):
+    import huggingface_hub
+
+    def called(*args, **kwargs):
+        raise AssertionError('huggingface_hub was called')
+
+    monkeypatch.setattr(huggingface_hub, 'hf_hub_download', called)
+    with pytest.raises(SourceError, match=f"weights source 'hf-hub:{re.escape(repo_id)}': Repo id must"):
+        zoo.create_model(f'hf-hub:{repo_id}', pretrained=True)
 
 
 def test_check_config_accepts_timm_exports_and_names_the_offending_key():
@@ -36,7 +67,7 @@ def test_check_config_accepts_timm_exports_and_names_the_offending_key():
     assert check_config(good, 'x', zoo._registry.config_args(ARCH)) == good
     with pytest.raises(ConfigError, match=r'x: model_args.block_fn is not an architecture argument'):
         check_config(dict(good, model_args=dict(block_fn='os.system')), 'x', zoo._registry.config_args(ARCH))
-    with pytest.raises(ConfigError, match=r'pretrained_cfg.mean = \[0.5\] must be 3 finite numbers'):
+    with pytest.raises(ConfigError, match=r'x: pretrained_cfg.mean = \[0.5\] must be 3 finite numbers'):
         check_config(dict(good, model_args={}, pretrained_cfg=dict(input_size=[3, 8, 8], mean=[0.5])), 'x', ())
     with pytest.raises(ConfigError, match='must hold a JSON object'):
         check_config([1, 2], 'x', ())

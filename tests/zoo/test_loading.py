@@ -166,10 +166,10 @@ def _edit_config(folder, edit):
         (lambda c: c['pretrained_cfg'].update(file='/elsewhere.safetensors'), 'pretrained_cfg.file'),
         (lambda c: c['pretrained_cfg'].update(hf_hub_id='attacker/weights'), 'pretrained_cfg.hf_hub_id'),
         (lambda c: c['pretrained_cfg'].update(custom_load=True), 'pretrained_cfg.custom_load'),
-        (lambda c: c.update(plugin='evil.module'), "unknown key 'plugin'"),
+        (lambda c: c.update(plugin='evil.module'), 'plugin: unknown key'),
         (lambda c: c['model_args'].update(num_classes=1e9), 'model_args.num_classes = 1000000000.0'),
         (lambda c: c['pretrained_cfg'].update(input_size=[1, 6000, 6000]), 'pretrained_cfg.input_size'),
-        (lambda c: c.update(sha256='abc'), '"sha256" must be 64 lowercase hex digits'),
+        (lambda c: c.update(sha256='abc'), 'sha256: must be 64 lowercase hex digits'),
     ],
 )
 def test_config_keys_that_are_not_architecture_data_are_refused(published, edit, named):
@@ -229,7 +229,7 @@ def test_malformed_config_json(published):
 
 def test_wrong_architecture_lists_every_mismatch(published):
     folder, _, weights = published
-    named = Weights(source=f'local:{folder}', sha256=weights.sha256)
+    named = Weights(sources=f'local:{folder}', sha256=weights.sha256)
     with pytest.raises(WeightsShapeError) as e:
         zoo.create_model(ARCH, pretrained=True, weights=named, num_classes=10, widths=(8, 16, 32, 128))
     assert 'layer4.0.conv1.weight: file has (64, 32, 3, 3), model has (128, 32, 3, 3)' in str(e.value)
@@ -270,7 +270,9 @@ def test_shapes_are_checked_on_the_meta_device_before_allocating(published, monk
 
 
 @pytest.fixture
-def http_server(published):
+def http_server(published, monkeypatch):
+    """The published folder served on 127.0.0.1, with downloads allowed (conftest sets HF_HUB_OFFLINE=1)."""
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', False)
     folder, _, _ = published
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
@@ -283,7 +285,7 @@ def http_server(published):
 def test_url_source_downloads_once_and_verifies_every_load(published, http_server, tmp_path, monkeypatch):
     folder, model, info = published
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    weights = Weights(source=f'{http_server}/model.safetensors', sha256=info.sha256)
+    weights = Weights(sources=f'{http_server}/model.safetensors', sha256=info.sha256)
     same_outputs(model, zoo.create_model(ARCH, pretrained=True, weights=weights, **ARGS))
     cached = list((tmp_path / 'torch_home' / 'hub' / 'checkpoints').iterdir())
     assert len(cached) == 1 and cached[0].name.startswith(info.sha256[:12])
@@ -297,7 +299,7 @@ def test_url_source_downloads_once_and_verifies_every_load(published, http_serve
 
 def test_url_with_wrong_hash_or_none_is_refused(published, http_server, tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    weights = Weights(source=f'{http_server}/model.safetensors', sha256='0' * 64)
+    weights = Weights(sources=f'{http_server}/model.safetensors', sha256='0' * 64)
     with pytest.raises(WeightsHashError, match='0' * 64):
         zoo.create_model(ARCH, pretrained=True, weights=weights, **ARGS)
     with pytest.raises(WeightsError, match='without a sha256'):
@@ -311,7 +313,7 @@ def test_hf_hub_weights_entry_offline_from_cache(published, tmp_path):
     assert huggingface_hub.constants.HF_HUB_OFFLINE  # set by conftest: nothing may touch the network
     commit = populate_hf_cache(tmp_path / 'hf', 'zoo-test/tiny', folder)
     for source in (f'hf-hub:zoo-test/tiny@{commit}', 'hf-hub:zoo-test/tiny'):
-        weights = Weights(source=source, sha256=info.sha256)
+        weights = Weights(sources=source, sha256=info.sha256)
         same_outputs(model, zoo.create_model(ARCH, pretrained=True, weights=weights, cache_dir=tmp_path / 'hf', **ARGS))
     same_outputs(model, timm.create_model(f'hf-hub:zoo-test/tiny@{commit}', pretrained=True, cache_dir=tmp_path / 'hf'))
     snapshot = tmp_path / 'hf' / 'models--zoo-test--tiny' / 'snapshots' / commit / 'model.safetensors'
@@ -321,7 +323,7 @@ def test_hf_hub_weights_entry_offline_from_cache(published, tmp_path):
 
 
 def test_hf_hub_offline_cache_miss_explains(tmp_path):
-    weights = Weights(source='hf-hub:zoo-test/absent', sha256='1' * 64)
+    weights = Weights(sources='hf-hub:zoo-test/absent', sha256='1' * 64)
     with pytest.raises(WeightsError, match='HF_HUB_OFFLINE'):
         zoo.create_model(ARCH, pretrained=True, weights=weights, cache_dir=tmp_path, **ARGS)
 
@@ -346,9 +348,9 @@ def test_an_unknown_architecture_in_a_config(published):
 
 def test_weights_entry_validates_itself():
     with pytest.raises(ValueError, match='64 lowercase hex'):
-        Weights(source='local:x', sha256='abc')
-    with pytest.raises(ValueError, match='must start with hf-hub:, local:'):
-        Weights(source='ftp://host/x', sha256='0' * 64)
+        Weights(sources='local:x', sha256='abc')
+    with pytest.raises(ValueError, match="weights source 'ftp://host/x' must start with local:, release:, hf-hub:"):
+        Weights(sources='ftp://host/x', sha256='0' * 64)
 
 
 def test_publish_then_load_every_way_gives_the_same_model(tmp_path):

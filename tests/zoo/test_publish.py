@@ -109,7 +109,7 @@ def test_register_writes_the_manifest_the_registry_reads(tmp_path):
         trained_model(seed=4), hub / 'tiny', make_card(model_id=f'{ARCH}.tiny'), register_as=f'{ARCH}.tiny'
     )
     manifest = json.loads((hub / 'manifest.json').read_text())
-    assert manifest[f'{ARCH}.tiny']['sha256'] == weights.sha256 and manifest[f'{ARCH}.tiny']['source'] == 'local:tiny'
+    assert manifest[f'{ARCH}.tiny']['sha256'] == weights.sha256 and manifest[f'{ARCH}.tiny']['sources'] == ['local:tiny']
     with pytest.raises(PublishError, match='cannot register cf_resnet18 weights as'):
         publish(trained_model(), hub / 'other', make_card(), register_as='cf_vgg19.tiny')
     # A fresh process with this hub directory loads the weights by name, with their architecture arguments.

@@ -85,7 +85,7 @@ def cmd_publish(args) -> None:
 
     import zoo
     from zoo.cards import ModelCard
-    from zoo.publish import publish
+    from zoo.publish import check_target, publish
 
     options = dict(overwrite=args.overwrite, register_as=args.register)
     if (Path(args.source) / 'best').is_dir():
@@ -110,6 +110,7 @@ def cmd_publish(args) -> None:
                 f'{args.source} is not a training run directory (no best/run.json); to publish a '
                 f'weights file name its architecture with --model'
             )
+        check_target(args.out, None, args.register, args.overwrite)  # before the weights are read
         model = zoo.create_model(args.model, checkpoint_path=args.source, **args.model_args).eval()
         metrics: dict = {}
         for split, key, value in args.metric:

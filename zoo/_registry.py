@@ -162,9 +162,10 @@ def _zoo_model_names() -> tuple[str, ...]:
 def list_models(pattern: str = '*', pretrained: bool = False, tags: bool = False) -> list[str]:
     """Zoo architectures matching a wildcard ``pattern``; with ``pretrained`` only those with weights,
     and with ``tags`` the ``'architecture.tag'`` names of the published weights instead."""
+    weights = published()
     names = [n for n in _zoo_model_names() if fnmatch.fnmatch(n, pattern)]
     if tags:
-        return sorted(k for k in published() if split_tag(k)[0] in names)
+        return sorted(k for k in weights if split_tag(k)[0] in names)
     if pretrained:
         names = [n for n in names if list_weights(n)]
     return names

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from pydantic import BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .io import atomic_file, atomic_write_bytes
@@ -119,8 +120,10 @@ def document_error(error: ValidationError, where: str) -> ConfigError:
     first = error.errors(include_url=False)[0]
     if first['type'] == 'json_invalid':
         return ConfigError(f'{where} is not valid JSON: {first["ctx"]["error"]}')
-    key = ''.join(f'[{p}]' if isinstance(p, int) else f'.{p}' for p in first['loc']).lstrip('.')
-    if first['type'] == 'extra_forbidden':
+    # A manifest key holds a dot itself: ['cf_resnet18_fmnist.cuttlefish'].sha256
+    loc = [p for p in first['loc'] if p != '[key]']  # pydantic's marker of an invalid mapping key
+    key = ''.join(f'[{p}]' if isinstance(p, int) else f'[{p!r}]' if '.' in p else f'.{p}' for p in loc).lstrip('.')
+    if first['type'] in ('extra_forbidden', 'unexpected_keyword_argument'):
         message = 'unknown key'
     elif first['type'] == 'missing':
         message = 'missing (required)'
@@ -229,7 +232,15 @@ def _source_text(value: str) -> str:
 Sha256 = Annotated[str, BeforeValidator(lambda v: _sha256_text(v) if isinstance(v, str) else v)]
 _SourceText = Annotated[str, BeforeValidator(lambda v: _source_text(v) if isinstance(v, str) else v)]
 MANIFEST_KEY = r'[a-z0-9_]+\.[a-z0-9_]+'  # 'architecture.tag'
-_Key = Annotated[str, StringConstraints(pattern=f'^{MANIFEST_KEY}$')]
+
+
+def _manifest_key(key: str) -> str:
+    if not re.fullmatch(MANIFEST_KEY, key):
+        raise ValueError('must be "architecture.tag" (lowercase letters, digits and _)')
+    return key
+
+
+_Key = Annotated[str, AfterValidator(_manifest_key)]
 
 
 def _as_tuple(value: Any) -> Any:
@@ -285,7 +296,7 @@ def read_manifest(path: Path) -> dict[str, Weights]:
     for key, entry in weights.items():
         for i, source in enumerate(entry.sources):
             if source.startswith('local:') and not _is_folder_name(parse_source(source).location):
-                raise ConfigError(f'{path}: {key}.sources[{i}]: {source!r} must name a folder of the hub directory')
+                raise ConfigError(f'{path}: [{key!r}].sources[{i}]: {source!r} must name a folder of the hub directory')
     return weights
 
 

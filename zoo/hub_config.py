@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from timm.models import PretrainedCfg
 
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ConfigError, Sha256, WeightsError, document_error
@@ -47,8 +47,15 @@ _PRETRAINED_CFG_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainedCf
 Channels = Annotated[int, Field(ge=1, le=_MAX_CHANNELS)]
 Side = Annotated[int, Field(ge=1, le=_MAX_SIDE)]
 Classes = Annotated[int, Field(ge=0, le=_MAX_CLASSES)]
-# Printed to a terminal by `zoo predict`: printable text only (no escape sequences, no newlines).
-Label = Annotated[str, Field(max_length=1000, pattern=r'^[^\x00-\x1f\x7f-\x9f]*$')]
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():  # printed to a terminal by `zoo predict`: no escape sequences, no newlines
+        raise ValueError(f'must be printable text, got {text!r} (it holds control characters)')
+    return text
+
+
+Label = Annotated[str, Field(max_length=1000), AfterValidator(_printable)]
 
 
 class _Document(BaseModel):

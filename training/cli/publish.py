@@ -110,7 +110,9 @@ def cmd_publish(args) -> None:
                 f'{args.source} is not a training run directory (no best/run.json); to publish a '
                 f'weights file name its architecture with --model'
             )
-        check_target(args.out, None, args.register, args.overwrite)  # before the weights are read
+        # Refused before the weights are read; a folder's architecture is known only from its config.json.
+        architecture = None if args.model.startswith(('local-dir:', 'hf-hub:')) else args.model.partition('.')[0]
+        check_target(args.out, architecture, args.register, args.overwrite)
         model = zoo.create_model(args.model, checkpoint_path=args.source, **args.model_args).eval()
         metrics: dict = {}
         for split, key, value in args.metric:

@@ -372,7 +372,7 @@ def _download(url: str, sha256: str) -> Path:
                 )
     except OSError as e:  # URLError, HTTPError, timeouts, a full disk
         reason = getattr(e, 'reason', None) or e.strerror or e
-        raise _Unavailable(f'could not download {url} ({reason})') from None
+        raise _Unavailable(f'could not download {url} to {cached} ({reason})') from None
     return cached
 
 

@@ -320,13 +320,13 @@ def build_zoo_model(
     if pretrained:
         found = located.shapes()
         _check_shapes(found, reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
-        state_dict = located.load()
-        _check_values(state_dict, reference.state_dict(), located.name, located.path)
+        state_dict, expected = located.load(), reference.state_dict()
+        _check_values(state_dict, expected, located.name, located.path)
         # timm drops the classifier whenever num_classes differs from the cfg's; a file whose head already fits
         # (e.g. a fine-tuned checkpoint of another class count) keeps it.
         head = {
             k: tuple(v.shape)
-            for k, v in reference.state_dict().items()
+            for k, v in expected.items()
             if any(k.startswith(c + '.') for c in _as_names(cfg.get('classifier')))
         }
         if head and all(found.get(k) == shape for k, shape in head.items()):

@@ -73,10 +73,10 @@ _WEIGHTS, _PROBLEMS = _read_published()
 def published() -> dict[str, Weights]:
     """Every published ``'architecture.tag'``; raises the manifest's :class:`~zoo.hub.ConfigError` when it
     does not validate (an entry of an architecture the zoo does not have included)."""
-    if not _PROBLEMS:
-        unknown = sorted(k for k in _WEIGHTS if split_tag(k)[0] not in _CONFIG_ARGS)
-        if unknown and _CONFIG_ARGS:  # once every family has registered (lookups come after import zoo)
-            _PROBLEMS.append(ConfigError(f'{manifest_path()}: {unknown[0]}: the zoo has no such architecture'))
+    # Lookups come after every family has registered (import zoo imports them all).
+    unknown = sorted(k for k in _WEIGHTS if split_tag(k)[0] not in _CONFIG_ARGS)
+    if unknown and not _PROBLEMS:
+        _PROBLEMS.append(ConfigError(f'{manifest_path()}: {unknown[0]}: the zoo has no such architecture'))
     if _PROBLEMS:
         raise _PROBLEMS[0]
     return _WEIGHTS

@@ -54,6 +54,7 @@ __all__ = [
     'MANIFEST_KEY',
     'MANIFEST_NAME',
     'PACKAGE_MANIFEST',
+    'Sha256',
     'Source',
     'WEIGHTS_NAME',
     'Weights',
@@ -229,8 +230,8 @@ def _source_text(value: str) -> str:
     return value
 
 
-Sha256 = Annotated[str, BeforeValidator(lambda v: _sha256_text(v) if isinstance(v, str) else v)]
-_SourceText = Annotated[str, BeforeValidator(lambda v: _source_text(v) if isinstance(v, str) else v)]
+Sha256 = Annotated[str, AfterValidator(_sha256_text)]
+_SourceText = Annotated[str, AfterValidator(_source_text)]
 MANIFEST_KEY = r'[a-z0-9_]+\.[a-z0-9_]+'  # 'architecture.tag'
 
 

@@ -130,16 +130,13 @@ def _check_labels(document: ConfigDocument, where: str) -> None:
             raise ConfigError(f'{where}: {key} has {len(labels)} names for {count} classes')
 
 
-def _check_value(value: Any, key: str, where: str) -> None:
-    """Bound every number of ``model_args`` (nested lists and mappings included)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+def _check_number(value: Any, key: str, where: str) -> None:
+    """Bound every number of an architecture argument (nested lists and mappings included)."""
+    if isinstance(value, (bool, str)) or value is None:
         return
     if isinstance(value, (int, float)):
-        limit = _MAX_CLASSES if key.rpartition('.')[2] == 'num_classes' else MAX_ARG
-        if not (isinstance(value, int) or value == value) or not -limit <= value <= limit:
-            raise ConfigError(f'{where}: {key} = {value!r} must be a number in [-{limit}, {limit}]')
-        if key.rpartition('.')[2] in ('num_classes', 'in_chans') and not isinstance(value, int):
-            raise ConfigError(f'{where}: {key} = {value!r} must be an integer')
+        if not -MAX_ARG <= value <= MAX_ARG:  # False for NaN too
+            raise ConfigError(f'{where}: {key} = {value!r} must be a number in [-{MAX_ARG}, {MAX_ARG}]')
         return
     items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else None
     if items is None:
@@ -147,7 +144,11 @@ def _check_value(value: Any, key: str, where: str) -> None:
     if len(value) > _MAX_ITEMS:
         raise ConfigError(f'{where}: {key} has {len(value)} entries, more than {_MAX_ITEMS}')
     for k, v in items:
-        _check_value(v, f'{key}[{k}]' if isinstance(k, int) else f'{key}.{k}', where)
+        _check_number(v, f'{key}[{k}]' if isinstance(k, int) else f'{key}.{k}', where)
+
+
+# Architecture arguments with their own integer ranges; any other number is within +-MAX_ARG.
+_INTEGER_ARGS = {'num_classes': (0, _MAX_CLASSES), 'in_chans': (1, _MAX_CHANNELS)}
 
 
 def check_model_args(args: Mapping[str, Any], where: str, architecture: str, allowed_args: Collection[str]) -> None:
@@ -158,15 +159,12 @@ def check_model_args(args: Mapping[str, Any], where: str, architecture: str, all
                 f'{where}: model_args.{key} is not an architecture argument of {architecture} '
                 f'(allowed: {", ".join(sorted(allowed_args))})'
             )
-        _check_value(value, f'model_args.{key}', where)
-    in_chans = args.get('in_chans')
-    if in_chans is not None and not 1 <= in_chans <= _MAX_CHANNELS:
-        raise ConfigError(f'{where}: model_args.in_chans = {in_chans!r} must be an integer in [1, {_MAX_CHANNELS}]')
-    num_classes = args.get('num_classes')
-    if num_classes is not None and num_classes < 0:
-        raise ConfigError(
-            f'{where}: model_args.num_classes = {num_classes!r} must be an integer in [0, {_MAX_CLASSES}]'
-        )
+        if key in _INTEGER_ARGS:
+            low, high = _INTEGER_ARGS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f'{where}: model_args.{key} = {value!r} must be an integer in [{low}, {high}]')
+        else:
+            _check_number(value, f'model_args.{key}', where)
 
 
 def check_config(config: Any, where: str, allowed_args: Collection[str]) -> dict:

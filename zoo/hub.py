@@ -434,9 +434,12 @@ def fetch_weights(weights: Weights, name: str, cache_dir: str | Path | None = No
             return fetch(text, sha256=weights.sha256, cache_dir=cache_dir)
         except _Unavailable as e:
             tried.append(str(e))
+    kinds = {parse_source(text).kind for text in weights.sources}
+    advice = ['unset HF_HUB_OFFLINE' if _offline() else 'connect to the network']
+    advice[0] += f' (or set {_HUB_URL_VARIABLE} to a mirror)' if 'release' in kinds else ''
+    advice += ['load from a checkout of the zoo'] if 'local' in kinds else []
     raise WeightsError(
-        f'{name}: its weights cannot be found here: {"; ".join(tried)}. Connect to the network (or set '
-        f'{_HUB_URL_VARIABLE} to a mirror of the hub folders), or load from a checkout of the zoo'
+        f'{name}: its weights cannot be found here: {"; ".join(tried)}. To get them, {", or ".join(advice)}'
     )
 
 

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-dependencies = ['torch', 'torchvision', 'timm', 'huggingface_hub', 'safetensors', 'yaml']
+dependencies = ['torch', 'torchvision', 'timm', 'huggingface_hub', 'safetensors', 'yaml', 'pydantic', 'tifffile']
 
 
 def _zoo():

@@ -2,7 +2,7 @@
 # How the folders in hub/ were produced: train each recipe on a 2x2 torus grid (4 gloo processes), then
 # publish the run's best weights, re-evaluated on held-out test data. Run from the repository root.
 #   TRAIN=1 bash hub/publish.sh   # retrain first (about 1.5 h on two CPU cores), otherwise publish runs/ as is
-# Each folder replaces the published one (--overwrite) and is registered in hub/manifest.json (--register),
+# Each folder replaces the published one (--overwrite) and is registered in zoo/manifest.json (--register),
 # which the zoo's registry reads; `zoo cards` then renders model_cards/ from the same card data.
 set -euo pipefail
 ZOO=${ZOO:-.venv/bin/zoo}

@@ -1,5 +1,6 @@
-"""One direction through the house: the library (zoo/) never imports the application (training/, the CLI), and
-the application uses only the library's public API (no ``zoo._private`` names)."""
+"""One direction through the house: the library (zoo/) never imports the application (training/, the CLI), the
+application uses only the library's public API (no ``zoo._private`` names), and inside a package every
+dependency runs one way (no import circles)."""
 
 import ast
 import subprocess
@@ -7,6 +8,79 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def import_circles(package: Path) -> list[list[str]]:
+    """The import circles among the modules of a package folder (each a sorted list of module names).
+
+    Every import statement counts, at module level or inside a function (a deferred import only hides a
+    circle). ``from . import x`` depends on the module ``x`` when there is one, otherwise on the package that
+    holds the name; importing a module's parent packages first is Python's doing, not a dependency."""
+    package = Path(package)
+
+    def module_name(path: Path) -> str:
+        parts = path.relative_to(package.parent).with_suffix('').parts
+        return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+    files = {module_name(p): p for p in package.rglob('*.py')}
+
+    def resolve(name: str) -> str | None:  # the module that defines ``name``: itself, or the nearest package
+        while name and name not in files:
+            name = name.rpartition('.')[0]
+        return name or None
+
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(resolve(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ''
+                if node.level:
+                    parts = name.split('.') if path.name == '__init__.py' else name.split('.')[:-1]
+                    base = '.'.join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                targets.update(resolve(f'{base}.{alias.name}') for alias in node.names)
+        graph[name] = targets - {None, name}
+
+    # Tarjan's strongly connected components: each component of more than one module is a circle.
+    index, low, stack, circles = {}, {}, [], []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while not component or component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_the_library_has_no_import_circles():
+    assert import_circles(REPO / 'zoo') == []
+
+
+def test_import_circles_are_found(tmp_path):
+    package = tmp_path / 'pkg'
+    (package / 'sub').mkdir(parents=True)
+    (package / '__init__.py').write_text('from . import a\n')
+    (package / 'a.py').write_text('from .sub import b\n')
+    (package / 'sub' / '__init__.py').write_text('')
+    (package / 'sub' / 'b.py').write_text('def late():\n    from ..a import x\n')  # deferred: still a circle
+    (package / 'c.py').write_text('import pkg.a\nfrom . import __version__\n')  # one way: no circle
+    assert import_circles(package) == [['pkg.a', 'pkg.sub.b']]
 
 
 def _imports(path: Path) -> list[str]:

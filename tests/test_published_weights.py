@@ -10,7 +10,8 @@ import torch
 import zoo
 from training.publish import evaluate_weights
 from training.recipe import load_recipe
-from zoo.hub import hub_dir, read_config
+from zoo._registry import read_config
+from zoo.hub import hub_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = zoo.list_models(pretrained=True, tags=True)
@@ -30,8 +31,10 @@ def test_something_is_published():
 @pytest.mark.parametrize('key', PUBLISHED)
 def test_hub_folder_matches_the_manifest(key):
     weights = zoo.get_weights(key)
-    folder = zoo.hub.parse_source(weights.source).folder
+    local, release = (zoo.hub.parse_source(text) for text in weights.sources)
+    folder = local.folder
     assert folder.parent == hub_dir(), 'published weights live in the checkout'
+    assert release.kind == 'release' and release.location == folder.name, 'and are downloadable from the release'
     config = read_config(folder)
     assert config['sha256'] == weights.sha256 and config['architecture'] == key.split('.')[0]
     assert config['model_args'] == weights.model_args

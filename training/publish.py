@@ -13,7 +13,7 @@ import torch
 import zoo
 from zoo.cards import ModelCard
 from zoo.hub import ConfigError, Weights
-from zoo.publish import publish
+from zoo.publish import check_target, publish
 
 from .evaluate import evaluate_model
 from .recipe import bundled_recipes
@@ -34,11 +34,11 @@ def evaluate_weights(model: torch.nn.Module, recipe: dict) -> dict[str, float]:
     return evaluate_model(model, build_task(recipe['task']['name'], recipe['task']['args'])).metrics
 
 
-def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+def load_run_model(run_dir: Path, info: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The best weights of a finished training run, in the architecture they were trained in, and its
-    ``best/run.json``."""
+    ``best/run.json`` (``info``, when the caller has read it already)."""
     run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
+    info = info or read_run_info(run_dir)
     model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
     zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
     from safetensors.torch import load_file
@@ -62,9 +62,12 @@ def publish_run(
     overwrite: bool = False,
     register_as: str | None = None,
 ) -> Weights:
-    """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``)."""
+    """Publish ``run_dir/best`` to ``out_dir``; returns its manifest entry (registered with ``register_as``).
+    What publishing would refuse is refused before the weights are re-evaluated."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, info = load_run_model(run_dir)
+    info = read_run_info(run_dir)
+    check_target(out_dir, _architecture(info['model_name']), register_as, overwrite)
+    model, info = load_run_model(run_dir, info)
     recipe = info['recipe']
     if fp16:  # measure what is published: the fp16-rounded weights
         model.load_state_dict(

@@ -5,12 +5,18 @@ timm decides which weights a call names, exactly as it does for its own models: 
 ``config.json`` timm parsed, or the file given with ``pretrained_cfg_overlay=dict(file=...)``. The zoo adds
 what timm does not do (:func:`build_zoo_model`):
 
-* the sha256 the weights were published with is checked on every load: the manifest's for a registered tag,
-  otherwise the ``config.json`` next to the file (a file without one loads with a warning);
-* a ``config.json`` is validated as data (``zoo.hub.check_config``) before anything is built from it;
-* tensor names and shapes are compared with the architecture built on the meta device before any memory is
-  allocated; a mismatch is an error, never a silently re-initialised layer. The classifier (or the stem) may
-  differ only when the caller asks for another ``num_classes`` (or ``in_chans``), which timm then adapts;
+* the sha256 the weights were published with is checked on every load: the manifest's for a registered tag
+  (whose sources are tried in order, ``zoo.hub.fetch_weights``), otherwise the ``config.json`` next to the
+  file (a file without one loads with a warning);
+* a ``config.json`` is validated as data (``zoo.hub_config``) before anything is built from it, and files stay
+  inside the folder named (symlinks included);
+* the architecture is built on the meta device first whenever published arguments (a config.json's or a
+  manifest entry's) apply, so arguments that do not build it or build an absurdly large model are a
+  one-line ``ConfigError`` before any memory is allocated;
+* tensor names and shapes are compared with that meta model; a mismatch is an error, never a silently
+  re-initialised layer. The classifier (or the stem) may differ only when the caller asks for another
+  ``num_classes`` (or ``in_chans``), which timm then adapts. Tensor values are data too: a non-floating
+  tensor where the architecture has a floating one, or a NaN or infinite value, is refused naming the tensor;
 * the architecture arguments published with the weights (e.g. Cuttlefish's per-layer ranks) are applied and
   recorded as the model's reconstruction arguments, so timm's ``save_for_hf`` / ``push_to_hf_hub`` export them.
 """
@@ -38,10 +44,12 @@ from ._registry import (
     config_args,
     get_weights,
     list_weights,
+    read_config,
     split_tag,
     timm_source_fields,
 )
-from .hub import CONFIG_NAME, WEIGHTS_NAME, Weights, WeightsError, WeightsShapeError
+from .hub import CONFIG_NAME, WEIGHTS_NAME, ConfigError, Weights, WeightsError, WeightsShapeError
+from .hub_config import MAX_MODEL_ELEMENTS, WEIGHT_SOURCE_KEYS
 
 __all__ = ['build_zoo_model', 'check_weights_fit', 'create_model']
 
@@ -55,7 +63,7 @@ _NO_SOURCE = dict(source=None, file=None, url=None, hf_hub_id=None, hf_hub_filen
 @dataclass
 class _Located:
     """Weights a call names: the file, the sha256 they were published with (``None``: not recorded), the
-    architecture arguments and facts published with them."""
+    architecture arguments and facts published with them, and the document that says so (``where``)."""
 
     path: Path
     sha256: str | None
@@ -63,6 +71,7 @@ class _Located:
     model_args: Mapping[str, Any] = field(default_factory=dict)
     input_domain: str | None = None
     microns_per_pixel: float | None = None
+    where: str | None = None
 
     def shapes(self) -> dict[str, tuple]:
         try:
@@ -92,28 +101,40 @@ def _folder_source(cfg: dict) -> hub.Source:
     return hub.parse_source(f'hf-hub:{cfg["hf_hub_id"]}')
 
 
-def _folder_config(cfg: dict, cache_dir) -> dict:
-    return hub.read_config(hub.fetch(_folder_source(cfg), CONFIG_NAME, cache_dir=cache_dir))
+def _folder_config(cfg: dict, cache_dir) -> Path:
+    """The validated config.json of the folder timm parsed (its path)."""
+    path = hub.fetch(_folder_source(cfg), CONFIG_NAME, cache_dir=cache_dir)
+    read_config(path)
+    return path
 
 
-def _with_config(path: Path, config: Mapping[str, Any], name: str) -> _Located:
+def _with_config(path: Path, config_path: Path, name: str) -> _Located:
     """Weights described by a published folder's config.json (its sha256 is that of the folder's
     model.safetensors, so another file name in the folder is not verified by it)."""
+    config = read_config(config_path)
     sha256 = config.get('sha256') if path.name == WEIGHTS_NAME else None
     return _Located(
-        path, sha256, name, config.get('model_args', {}), config.get('input_domain'), config.get('microns_per_pixel')
+        path,
+        sha256,
+        name,
+        config.get('model_args', {}),
+        config.get('input_domain'),
+        config.get('microns_per_pixel'),
+        str(config_path),
     )
 
 
 def _from_folder(source: hub.Source, filename: str, name: str, cache_dir) -> _Located:
     """Weights of a published folder (local or a Hugging Face repo), verified by its own config.json."""
-    config = hub.read_config(hub.fetch(source, CONFIG_NAME, cache_dir=cache_dir))
-    return _with_config(hub.fetch(source, filename, cache_dir=cache_dir), config, name)
+    config_path = hub.fetch(source, CONFIG_NAME, cache_dir=cache_dir)
+    return _with_config(hub.fetch(source, filename, cache_dir=cache_dir), config_path, name)
 
 
 def _from_weights(weights: Weights, name: str, cache_dir) -> _Located:
-    path = hub.fetch(weights.source, sha256=weights.sha256, cache_dir=cache_dir)
-    return _Located(path, weights.sha256, name, weights.model_args, weights.input_domain, weights.microns_per_pixel)
+    path = hub.fetch_weights(weights, name, cache_dir)
+    return _Located(
+        path, weights.sha256, name, weights.model_args, weights.input_domain, weights.microns_per_pixel, name
+    )
 
 
 def _from_file(path: Path, name: str) -> _Located:
@@ -123,10 +144,15 @@ def _from_file(path: Path, name: str) -> _Located:
             f'{name}: {path} is a pickle checkpoint, which the zoo never loads; save the weights as safetensors '
             f'(safetensors.torch.save_file(model.state_dict(), "model.safetensors"))'
         )
+    if path.is_dir():
+        raise WeightsError(
+            f'{name}: {path} is a folder; name its {WEIGHTS_NAME} (checkpoint_path={str(path / WEIGHTS_NAME)!r}), '
+            f'or load the folder as "local-dir:{path}"'
+        )
     if not path.is_file():
         raise WeightsError(f'{name}: {path} does not exist')
     if (path.parent / CONFIG_NAME).is_file():
-        return _with_config(path, hub.read_config(path.parent), name)
+        return _with_config(path, path.parent / CONFIG_NAME, name)
     return _Located(path, None, name)
 
 
@@ -149,7 +175,7 @@ def _locate(variant: str, cfg: dict, weights: Weights | None, cache_dir) -> _Loc
     if cfg.get('url'):
         raise WeightsError(
             f'{key}: refusing to download {cfg["url"]} without a sha256 to check it against; pass '
-            f'weights=zoo.Weights(source=URL, sha256=...)'
+            f'weights=zoo.Weights(sources=URL, sha256=...)'
         )
     if cfg.get('state_dict') is not None:
         raise WeightsError(
@@ -161,7 +187,7 @@ def _locate(variant: str, cfg: dict, weights: Weights | None, cache_dir) -> _Loc
 
 def _names_registered(cfg: dict, weights: Weights) -> bool:
     """Whether ``cfg`` still points at the registered weights (not at a file the caller named instead)."""
-    return all(cfg.get(k) == v for k, v in timm_source_fields(weights.source).items())
+    return all(cfg.get(k) == v for k, v in timm_source_fields(weights).items())
 
 
 def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str, ...] = ()) -> None:
@@ -187,6 +213,43 @@ def _check_shapes(found: Mapping[str, tuple], model: torch.nn.Module, name: str,
         raise WeightsShapeError(
             f'{name}: weights file {path} does not fit the architecture ({len(problems)} mismatches):\n  {shown}'
         )
+
+
+def _build_on_meta(model_cls, variant: str, cfg: dict, kwargs: Mapping[str, Any], where: str | None):
+    """The architecture on the meta device (no memory). With published arguments (``where`` names their
+    document), arguments that do not build it, or build an absurdly large model, are a one-line error."""
+    try:
+        with torch.device('meta'):
+            model = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        if where is None:
+            raise
+        raise ConfigError(f'{where}: its model_args do not build {variant}: {" ".join(str(e).split())}') from None
+    size = sum(t.numel() for t in model.state_dict().values())
+    if where is not None and size > MAX_MODEL_ELEMENTS:
+        raise ConfigError(
+            f'{where}: its model_args build {variant} with {size:,} parameters and buffers, more than the '
+            f'{MAX_MODEL_ELEMENTS:,} a published model may have'
+        )
+    return model
+
+
+def _check_values(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path):
+    """Weights are data: a floating tensor of the architecture needs floating values, all of them finite."""
+    for key, tensor in tensors.items():
+        model_tensor = expected.get(key)
+        if model_tensor is not None and model_tensor.is_floating_point() and not tensor.is_floating_point():
+            raise WeightsError(
+                f'{name}: {path}: {key} holds {tensor.dtype} values where the architecture has {model_tensor.dtype}; '
+                f'these are not trained weights of this model'
+            )
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise WeightsError(
+                    f'{name}: {path}: {key} holds {bad:,} NaN or infinite values of {tensor.numel():,}; the weights '
+                    f'are damaged (or their training diverged)'
+                )
 
 
 def _as_names(value) -> tuple[str, ...]:
@@ -220,7 +283,7 @@ def build_zoo_model(
     **kwargs,
 ) -> torch.nn.Module:
     """Build ``variant`` as timm's ``build_model_with_cfg`` does, with the zoo's weights handling (see the
-    module docstring). ``weights`` names verified weights directly (e.g. ``Weights(source=URL, sha256=...)``).
+    module docstring). ``weights`` names verified weights directly (e.g. ``Weights(sources=URL, sha256=...)``).
     ``device`` / ``dtype`` place the parameters, as for timm's own models."""
     requested = kwargs.pop('pretrained_cfg', None)
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
@@ -230,6 +293,7 @@ def build_zoo_model(
     # The architecture arguments published with the weights (a folder's config.json model_args, which timm
     # has already merged into kwargs, or a manifest entry's) apply whenever those weights are loaded or named.
     published_args: Mapping[str, Any] = kwargs.get('pretrained_model_args') or {}
+    where = None  # the document the published arguments come from
     located = None
     if pretrained:
         located = _locate(variant, cfg, weights, cache_dir)
@@ -239,28 +303,30 @@ def build_zoo_model(
                 f'No pretrained weights for {variant}; published tags: {tags or "none"}. Use pretrained=False for '
                 f'a randomly initialised model.'
             )
-        published_args = located.model_args
+        published_args, where = located.model_args, located.where
     elif weights is not None or isinstance(requested, str):
         named = weights or get_weights(f'{variant}.{cfg.get("tag")}')
         published_args = named.model_args if named is not None else {}
+        where = f'{variant}.{cfg.get("tag")}' if weights is None else f'weights from {weights.sources[0]}'
     elif cfg.get('source') in ('local-dir', 'hf-hub'):
-        _folder_config(cfg, cache_dir)  # validated as data even when no weights are loaded
+        where = str(_folder_config(cfg, cache_dir))  # validated as data even when no weights are loaded
     for key, value in published_args.items():
         kwargs.setdefault(key, value)
 
     state_dict = None
-    if pretrained:
+    if pretrained or published_args:
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
-        with torch.device('meta'):
-            reference = build_model_with_cfg(model_cls, variant, False, pretrained_cfg=cfg, **model_kwargs)
+        reference = _build_on_meta(model_cls, variant, cfg, model_kwargs, where if published_args else None)
+    if pretrained:
         found = located.shapes()
         _check_shapes(found, reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
-        state_dict = located.load()
+        state_dict, expected = located.load(), reference.state_dict()
+        _check_values(state_dict, expected, located.name, located.path)
         # timm drops the classifier whenever num_classes differs from the cfg's; a file whose head already fits
         # (e.g. a fine-tuned checkpoint of another class count) keeps it.
         head = {
             k: tuple(v.shape)
-            for k, v in reference.state_dict().items()
+            for k, v in expected.items()
             if any(k.startswith(c + '.') for c in _as_names(cfg.get('classifier')))
         }
         if head and all(found.get(k) == shape for k, shape in head.items()):
@@ -274,7 +340,7 @@ def build_zoo_model(
     # Where the weights came from, not a second copy of them.
     model.pretrained_cfg = model.default_cfg = {
         **model.pretrained_cfg,
-        **{k: cfg.get(k) for k in hub.WEIGHT_SOURCE_KEYS if k in cfg},
+        **{k: cfg.get(k) for k in WEIGHT_SOURCE_KEYS if k in cfg},
     }
     arch_args = {k: v for k, v in published_args.items() if k in config_args(variant)}
     update_model_args(model, **arch_args)  # what timm.models.save_for_hf exports as model_args
@@ -299,10 +365,9 @@ def create_model(
             raise WeightsError(f'{name} names its own weights; do not pass checkpoint_path as well')
         folder = name.partition(':')[2]
         if name.startswith('local-dir:'):
-            check_model_name(hub.read_config(Path(folder).expanduser())['architecture'])
+            read_config(Path(folder).expanduser())  # names an architecture the zoo knows, and is valid data
         else:
-            config_path = hub.fetch(hub.parse_source(name), CONFIG_NAME, cache_dir=kwargs.get('cache_dir'))
-            check_model_name(hub.read_config(config_path)['architecture'])
+            read_config(hub.fetch(hub.parse_source(name), CONFIG_NAME, cache_dir=kwargs.get('cache_dir')))
     else:
         check_model_name(name)
     if checkpoint_path is not None:

@@ -2,29 +2,35 @@
 
 Architectures register with timm through ``@register_model`` in ``zoo/models/*.py``; each family's
 ``default_cfgs = zoo_cfgs({...}, config_args=...)`` adds the published weights of its architectures, read
-from the hub directory's ``manifest.json`` (written by ``zoo publish --register``, see ``zoo.publish``), and
-records which constructor arguments a published ``config.json`` may set for them. Nothing about published
-weights is written in source code.
+from the manifest (``zoo.hub.manifest_path``: the package's ``zoo/manifest.json``, or that of
+``$ZOO_HUB_DIR``; written by ``zoo publish --register``, see ``zoo.publish``), and records which
+constructor arguments a published ``config.json`` may set for them. Nothing about published weights is
+written in source code. A manifest that does not validate makes the registry unusable: every lookup raises
+its one-line :class:`~zoo.hub.ConfigError`, and ``import zoo`` still works.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
 import json
+import os
 from collections.abc import Collection, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from timm.models import generate_default_cfgs, get_pretrained_cfg, model_entrypoint
 
-from .hub import WEIGHTS_NAME, Weights, hub_dir, parse_source
+from .hub import WEIGHTS_NAME, ConfigError, Weights, WeightsError, manifest_path, parse_source, read_manifest
+from .hub_config import check_config, check_model_args, check_pretrained_cfg, load_config
+from .io import atomic_write_bytes
 from .profile import count_macs
 
 __all__ = [
-    'MANIFEST_NAME',
     'UnknownModelError',
     'base_cfg',
     'check_model_name',
@@ -32,15 +38,15 @@ __all__ = [
     'get_weights',
     'list_models',
     'list_weights',
-    'load_manifest',
     'model_info',
     'model_task',
+    'published',
+    'read_config',
     'split_tag',
     'timm_source_fields',
     'zoo_cfgs',
 ]
 
-MANIFEST_NAME = 'manifest.json'
 _TASK_BY_MODULE = {'hovernet': 'nuclei-segmentation'}
 _CONFIG_ARGS: dict[str, frozenset[str]] = {}  # architecture -> arguments a config.json may set
 _BASE_CFGS: dict[str, dict] = {}  # architecture -> its own pretrained cfg (before any published tag)
@@ -50,22 +56,30 @@ class UnknownModelError(ValueError):
     """A model name the zoo does not know; the message suggests close matches."""
 
 
-def load_manifest(path=None) -> dict[str, Weights]:
-    """``{'architecture.tag': Weights}`` of a hub directory's manifest (default: :func:`zoo.hub.hub_dir`'s)."""
-    path = path or hub_dir() / MANIFEST_NAME
+def _read_published() -> tuple[dict[str, Weights], list[WeightsError]]:
+    path = manifest_path()
     try:
-        entries = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    weights = {}
-    for key, entry in entries.items():
-        if '.' not in key:
-            raise ValueError(f'{path}: {key!r} must be "architecture.tag"')
-        weights[key] = Weights(**entry)
-    return weights
+        return read_manifest(path), []
+    except WeightsError as e:
+        return {}, [e]
+    except OSError as e:  # unreadable (permissions): the registry reports it, import zoo still works
+        return {}, [ConfigError(f'{path}: cannot be read ({e.strerror or e})')]
 
 
-_WEIGHTS: dict[str, Weights] = load_manifest()
+# Published weights by 'architecture.tag', and the manifest's problems (any makes the registry unusable).
+_WEIGHTS, _PROBLEMS = _read_published()
+
+
+def published() -> dict[str, Weights]:
+    """Every published ``'architecture.tag'``; raises the manifest's :class:`~zoo.hub.ConfigError` when it
+    does not validate (an entry of an architecture the zoo does not have included)."""
+    # Lookups come after every family has registered (import zoo imports them all).
+    unknown = sorted(k for k in _WEIGHTS if split_tag(k)[0] not in _CONFIG_ARGS)
+    if unknown and not _PROBLEMS:
+        _PROBLEMS.append(ConfigError(f'{manifest_path()}: {unknown[0]}: the zoo has no such architecture'))
+    if _PROBLEMS:
+        raise _PROBLEMS[0]
+    return _WEIGHTS
 
 
 def zoo_cfgs(cfgs: Mapping[str, dict], config_args: Collection[str]) -> dict:
@@ -73,29 +87,36 @@ def zoo_cfgs(cfgs: Mapping[str, dict], config_args: Collection[str]) -> dict:
 
     ``config_args`` are the constructor arguments of the family that a published ``config.json`` may set
     (its architecture, never where weights or code come from). A manifest entry's tag gets the
-    architecture's cfg updated with the entry's ``pretrained_cfg`` and the timm source field of its
-    ``source``, so ``timm.list_models(pretrained=True)`` and ``timm.create_model('arch.tag')`` see it.
+    architecture's cfg updated with the entry's ``pretrained_cfg`` and the timm source field of its first
+    source, so ``timm.list_models(pretrained=True)`` and ``timm.create_model('arch.tag')`` see it. An entry
+    whose arguments or cfg do not validate is not registered, and makes the registry unusable.
     """
     timm_cfgs = {}
     for architecture, cfg in cfgs.items():
         _CONFIG_ARGS[architecture] = frozenset(config_args)
         _BASE_CFGS[architecture] = dict(cfg)
-        tags = {k: w for k, w in _WEIGHTS.items() if split_tag(k)[0] == architecture}
         # Published weights come first: the first tag with weights is what pretrained=True loads.
-        for key, weights in tags.items():
-            timm_cfgs[key] = dict(cfg, **weights.pretrained_cfg, **timm_source_fields(weights.source))
+        for key, weights in list_weights(architecture, check=False).items():
+            where = f'{manifest_path()}: {key}'
+            try:
+                check_model_args(weights.model_args, where, architecture, config_args)
+                check_pretrained_cfg(weights.pretrained_cfg, where)
+            except ConfigError as e:
+                _PROBLEMS.append(e)
+                continue
+            timm_cfgs[key] = dict(cfg, **weights.pretrained_cfg, **timm_source_fields(weights))
         timm_cfgs[architecture] = dict(cfg)
     return generate_default_cfgs(timm_cfgs)
 
 
-def timm_source_fields(text: str) -> dict:
-    """The fields of timm's pretrained cfg that point at a weights ``source``."""
-    source = parse_source(text)
+def timm_source_fields(weights: Weights) -> dict:
+    """The fields of timm's pretrained cfg that point at the first source of ``weights``."""
+    source = parse_source(weights.sources[0])
     if source.kind == 'hf-hub':
         hub_id = source.location + (f'@{source.revision}' if source.revision else '')
         return dict(hf_hub_id=hub_id, hf_hub_filename=WEIGHTS_NAME)
-    if source.kind == 'url':
-        return dict(url=source.location)
+    if source.kind in ('url', 'release'):
+        return dict(url=source.url)
     return dict(file=str(source.folder / WEIGHTS_NAME))
 
 
@@ -120,7 +141,17 @@ def get_weights(name: str) -> Weights | None:
     if tag is None:
         cfg = get_pretrained_cfg(architecture)
         tag = cfg.tag if cfg is not None else None
-    return _WEIGHTS.get(f'{architecture}.{tag}')
+    return published().get(f'{architecture}.{tag}')
+
+
+def read_config(path: str | Path) -> dict:
+    """Read and validate a ``config.json`` (``path`` is the file or its folder) as data of its architecture:
+    a name the zoo does not know fails with suggestions, arguments are checked against its family's."""
+    path, config = load_config(path)
+    architecture = config.get('architecture') if isinstance(config, Mapping) else None
+    if isinstance(architecture, str):
+        check_model_name(architecture)
+    return check_config(config, str(path), config_args(architecture) if isinstance(architecture, str) else ())
 
 
 @cache
@@ -131,16 +162,18 @@ def _zoo_model_names() -> tuple[str, ...]:
 def list_models(pattern: str = '*', pretrained: bool = False, tags: bool = False) -> list[str]:
     """Zoo architectures matching a wildcard ``pattern``; with ``pretrained`` only those with weights,
     and with ``tags`` the ``'architecture.tag'`` names of the published weights instead."""
+    weights = published()
     names = [n for n in _zoo_model_names() if fnmatch.fnmatch(n, pattern)]
     if tags:
-        return sorted(k for k in _WEIGHTS if split_tag(k)[0] in names)
+        return sorted(k for k in weights if split_tag(k)[0] in names)
     if pretrained:
         names = [n for n in names if list_weights(n)]
     return names
 
 
-def list_weights(architecture: str) -> dict[str, Weights]:
-    return {k: w for k, w in _WEIGHTS.items() if split_tag(k)[0] == architecture}
+def list_weights(architecture: str, check: bool = True) -> dict[str, Weights]:
+    weights = published() if check else _WEIGHTS
+    return {k: w for k, w in weights.items() if split_tag(k)[0] == architecture}
 
 
 def model_task(name: str) -> str:
@@ -151,6 +184,7 @@ def model_task(name: str) -> str:
 
 def check_model_name(name: str) -> str:
     """Return the architecture of ``name`` or raise ``UnknownModelError`` with close matches."""
+    published()  # a manifest that does not validate is reported before anything else
     architecture, tag = split_tag(name)
     known = _zoo_model_names()
     if architecture not in known:
@@ -164,23 +198,69 @@ def check_model_name(name: str) -> str:
     return architecture
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Parameters and MACs: a published tag's from its manifest entry; an architecture's (by its arguments)
+# counted once on the meta device, then kept in a file, because counting every architecture takes seconds
+# (zoo list). The file holds a fingerprint of the code that decides the counts: an edited model is recounted.
+
+_FACTS_FILE = 'architecture_facts.json'
+
+
+def _facts_path() -> Path:
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'cuttlefish-mrl-zoo' / _FACTS_FILE
+
+
 @cache
+def _code_fingerprint() -> str:
+    package = Path(__file__).parent
+    digest = hashlib.sha256(f'{torch.__version__} {timm.__version__}'.encode())
+    for path in sorted([*package.glob('models/*.py'), *package.glob('layers/*.py'), package / 'profile.py']):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@cache
+def _stored_facts() -> dict[str, list]:
+    try:
+        stored = json.loads(_facts_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(stored, dict) and stored.get('fingerprint') == _code_fingerprint()
+    return stored['facts'] if ok and isinstance(stored.get('facts'), dict) else {}
+
+
 def _architecture_facts(name: str) -> tuple[int, int, tuple]:
-    # Built on the meta device: exact parameter counts and MACs without allocating any weights.
-    with torch.device('meta'):
-        model = timm.create_model(name).eval()
-    input_size = tuple(model.pretrained_cfg['input_size'])
-    return sum(p.numel() for p in model.parameters()), count_macs(model, input_size), input_size
+    """Parameters, MACs at the default input size, and that size, of ``'architecture[.tag]'`` built as
+    ``timm.create_model(name)`` builds it (a tag with its manifest entry's arguments)."""
+    architecture, tag = split_tag(name)
+    weights = get_weights(name) if tag else None
+    if weights is not None and weights.num_params is not None and weights.macs is not None:
+        return weights.num_params, weights.macs, tuple(get_pretrained_cfg(name).input_size)
+    key = json.dumps([architecture, weights.model_args if weights else {}], sort_keys=True)
+    facts = _stored_facts().get(key)
+    if not (isinstance(facts, list) and len(facts) == 3):
+        with torch.device('meta'):  # exact counts without allocating any weights
+            model = timm.create_model(name).eval()
+        input_size = list(model.pretrained_cfg['input_size'])
+        facts = [sum(p.numel() for p in model.parameters()), count_macs(model, input_size), input_size]
+        _stored_facts()[key] = facts
+        document = dict(fingerprint=_code_fingerprint(), facts=_stored_facts())
+        try:
+            atomic_write_bytes(_facts_path(), json.dumps(document, indent=1).encode())
+        except OSError:  # a read-only home: counted again next time
+            pass
+    return facts[0], facts[1], tuple(facts[2])
 
 
 def model_info(name: str) -> dict[str, Any]:
-    """Parameters, MACs at the default input size, task, published weights with metrics and recipe."""
+    """Parameters, MACs at the default input size, task, published weights with metrics and recipe (a
+    published tag's parameters and MACs are those its manifest entry records)."""
     architecture = check_model_name(name)
     num_params, macs, input_size = _architecture_facts(name)
     cfg = get_pretrained_cfg(name) or get_pretrained_cfg(architecture)
     weights = {
         k: dict(
-            source=w.source,
+            sources=list(w.sources),
             sha256=w.sha256,
             dataset=w.dataset,
             metrics=dict(w.metrics),

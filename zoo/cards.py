@@ -17,7 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .hub import CARD_DATA_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_config
+from ._registry import read_config
+from .hub import CARD_DATA_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from .io import atomic_write_bytes
 
 __all__ = ['ModelCard', 'INPUT_DOMAINS', 'read_card', 'render_card', 'sync_cards']

@@ -81,6 +81,25 @@ def test_published_files_are_readable_by_others(published):
         assert path.stat().st_mode & 0o044, f'{path.name} is private'
 
 
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_the_published_folder_gets_the_users_umask(tmp_path, umask):
+    saved = os.umask(umask)
+    try:
+        publish(trained_model(), tmp_path / 'pub', make_card())
+    finally:
+        os.umask(saved)
+    assert (tmp_path / 'pub').stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+
+
+def test_weights_that_are_not_finite_are_not_published(tmp_path):
+    model = trained_model()
+    with torch.no_grad():
+        model.fc.bias[3] = float('nan')
+    with pytest.raises(zoo.WeightsError, match=r'fc.bias holds 1 NaN or infinite values of 10'):
+        publish(model, tmp_path / 'pub', make_card())
+    assert not (tmp_path / 'pub').exists()
+
+
 def test_a_non_empty_target_is_replaced_only_on_request_and_atomically(published, tmp_path):
     folder, model, weights = published
     (folder / 'old_overlay.png').write_bytes(b'left over from an earlier model')
@@ -109,7 +128,9 @@ def test_register_writes_the_manifest_the_registry_reads(tmp_path):
         trained_model(seed=4), hub / 'tiny', make_card(model_id=f'{ARCH}.tiny'), register_as=f'{ARCH}.tiny'
     )
     manifest = json.loads((hub / 'manifest.json').read_text())
-    assert manifest[f'{ARCH}.tiny']['sha256'] == weights.sha256 and manifest[f'{ARCH}.tiny']['source'] == 'local:tiny'
+    assert manifest[f'{ARCH}.tiny']['sha256'] == weights.sha256 and manifest[f'{ARCH}.tiny']['sources'] == [
+        'local:tiny'
+    ]
     with pytest.raises(PublishError, match='cannot register cf_resnet18 weights as'):
         publish(trained_model(), hub / 'other', make_card(), register_as='cf_vgg19.tiny')
     # A fresh process with this hub directory loads the weights by name, with their architecture arguments.

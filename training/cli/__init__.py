@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import evaluate, models, publish, slide, train
@@ -91,8 +92,14 @@ def _describe_os_error(error: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = f'zoo {args.subcommand}'
+
+    def show_warning(message, *_args, **_kwargs):  # one line, as errors are (not Python's file:line + code)
+        print(f'{command}: warning: {_one_line(message)}', file=sys.stderr)
+
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

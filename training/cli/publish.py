@@ -85,7 +85,7 @@ def cmd_publish(args) -> None:
 
     import zoo
     from zoo.cards import ModelCard
-    from zoo.publish import publish
+    from zoo.publish import check_target, publish
 
     options = dict(overwrite=args.overwrite, register_as=args.register)
     if (Path(args.source) / 'best').is_dir():
@@ -110,6 +110,9 @@ def cmd_publish(args) -> None:
                 f'{args.source} is not a training run directory (no best/run.json); to publish a '
                 f'weights file name its architecture with --model'
             )
+        # Refused before the weights are read; a folder's architecture is known only from its config.json.
+        architecture = None if args.model.startswith(('local-dir:', 'hf-hub:')) else args.model.partition('.')[0]
+        check_target(args.out, architecture, args.register, args.overwrite)
         model = zoo.create_model(args.model, checkpoint_path=args.source, **args.model_args).eval()
         metrics: dict = {}
         for split, key, value in args.metric:

@@ -90,7 +90,7 @@ from zoo.layers import (
 from zoo.profile import paired_median_seconds
 
 from .callbacks import Callback
-from .recipe import RecipeError
+from .errors import RecipeError
 
 if TYPE_CHECKING:
     from .trainer import Trainer

@@ -8,8 +8,8 @@ is a list), with ``1e-3`` read as a number as YAML 1.2 does (PyYAML's YAML 1.1 r
 
 :class:`Recipe` holds the types, defaults and ranges of every fixed key. The free-form sections are
 checked against what will consume them, so no list of their arguments is kept here: ``task.args``
-against the constructor of the task class named in ``training.tasks.TASKS``, a callback section such as
-``cuttlefish`` against its class in ``training.callbacks.CALLBACKS`` (then built once, so its own checks
+against the constructor of the task class named in ``training.registry.TASKS``, a callback section such as
+``cuttlefish`` against its class in ``training.registry.CALLBACKS`` (then built once, so its own checks
 run), and ``model.args`` by building the model on the meta device (no memory, no weights). Every problem
 is a :class:`RecipeError` with one line naming the key path (``optim.lr: must be greater than 0, got -1``).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import inspect
 import re
 import typing
@@ -30,14 +29,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
 
-from .callbacks import CALLBACKS
-from .tasks import MODEL_TASKS, TASKS
+from .errors import RecipeError
+from .registry import CALLBACKS, MODEL_TASKS, TASKS, load
 
 __all__ = ['Recipe', 'RecipeError', 'load_recipe', 'apply_overrides', 'validate_recipe', 'bundled_recipes']
-
-
-class RecipeError(ValueError):
-    """A recipe file or override that cannot be used; the one-line message names the key path."""
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -64,7 +59,7 @@ class ModelSection(_Section):
 
 
 class TaskSection(_Section):
-    name: str = 'classification'  # a key of training.tasks.TASKS
+    name: str = 'classification'  # a key of training.registry.TASKS
     args: dict[str, Any] = {}  # checked against that task class's constructor
 
 
@@ -130,7 +125,7 @@ class Recipe(_Section):
     schedule: ScheduleSection = ScheduleSection()
     amp: Literal['auto', 'off', 'fp16', 'bf16'] = 'auto'  # auto: fp16/bf16 on CUDA, off on CPU
     distributed: DistributedSection = DistributedSection()
-    # One section per training.callbacks.CALLBACKS entry: a mapping enables that callback with these arguments.
+    # One section per training.registry.CALLBACKS entry: a mapping enables that callback with these arguments.
     cuttlefish: dict[str, Any] | None = None  # the stable-rank switch (training.cuttlefish)
     data: DataSection = DataSection()
     log: LogSection = LogSection()
@@ -215,11 +210,6 @@ def _first_error(e: ValidationError) -> RecipeError:
 
 
 # ------------------------------------------------------------------------------ free-form sections
-
-
-def _import(target: str) -> Any:
-    module, _, name = target.partition(':')
-    return getattr(importlib.import_module(module), name)
 
 
 def _annotation_text(annotation: Any) -> str:
@@ -308,10 +298,10 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
     task = checked['task']['name']
     if task not in TASKS:
         raise RecipeError(f'task.name: unknown task {task!r}; available: {sorted(TASKS)}{_did_you_mean(task, TASKS)}')
-    _check_arguments(_import(TASKS[task]), checked['task']['args'], 'task.args')
+    _check_arguments(load(TASKS[task]), checked['task']['args'], 'task.args')
     for section, target in CALLBACKS.items():
         if checked.get(section) is not None:
-            callback = _import(target)
+            callback = load(target)
             _check_arguments(callback, checked[section], section)
             try:
                 callback(**checked[section])  # its own checks (choices, conflicts); building it does no work

@@ -9,7 +9,6 @@ by ``count``, so a metric defined per image then averaged (HoVer-Net's conventio
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,14 @@ from torch.utils.data import Dataset, Subset
 
 from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
-__all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS', 'MODEL_TASKS']
+from .errors import RecipeError
+from .registry import TASKS, load
+
+__all__ = ['Task', 'ClassificationTask', 'build_task']
 
 
 class Task:
-    """Base class; subclasses are registered in ``TASKS`` under the recipe's ``task.name``."""
+    """Base class; subclasses are registered in ``training.registry.TASKS`` under the recipe's ``task.name``."""
 
     main_metric: str = ''  # key of ``evaluate``'s result that selects the best checkpoint (higher is better)
 
@@ -252,26 +254,11 @@ class ClassificationTask(Task):
         return sums
 
 
-# Tasks defined in other modules are imported when first asked for.
-TASKS: dict[str, str] = {
-    'classification': 'training.tasks:ClassificationTask',
-    'nuclei-segmentation': 'training.segmentation:NucleiSegmentationTask',
-}
-# The kind of zoo model (``zoo.model_task``) each task trains; recipes pairing another kind are refused.
-MODEL_TASKS: dict[str, str] = {
-    'classification': 'image-classification',
-    'nuclei-segmentation': 'nuclei-segmentation',
-}
-
-
 def build_task(name: str, args: Mapping[str, Any]) -> Task:
     if name not in TASKS:
         raise ValueError(f'unknown task {name!r}; available: {sorted(TASKS)}')
-    module, _, cls = TASKS[name].partition(':')
-    task_cls = getattr(importlib.import_module(module), cls)
+    task_cls = load(TASKS[name])
     try:
         return task_cls(**args)
     except (TypeError, ValueError) as e:
-        from .recipe import RecipeError
-
         raise RecipeError(f'task.args of {name!r}: {e}') from e

@@ -57,8 +57,8 @@ from .callbacks import Callback, build_callbacks
 from .checkpoint import Checkpoint, CheckpointDir, UnreadableCheckpoint, set_rng_state
 from .data.on_device import OnDeviceImages
 from .distributed import DistContext
-from .errors import RunError
-from .recipe import RecipeError, load_recipe
+from .errors import RecipeError, RunError
+from .recipe import load_recipe
 from .runlog import RunDirLock, RunLog, code_version, describe_device
 from .tasks import build_task
 

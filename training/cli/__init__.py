@@ -53,8 +53,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean the input is wrong (exit 2, one line), not that the zoo has a bug."""
     import zoo
     from training.data import DatasetLayoutError
-    from training.errors import RunError
-    from training.recipe import RecipeError
+    from training.errors import RecipeError, RunError
     from zoo.io import ImageReadError
     from zoo.slide import SlideError
 

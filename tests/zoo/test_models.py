@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 import torch.fx
-from _helpers import ALL_CASE_IDS, ALL_CASES, CASE_IDS, CASES, CLASSIFIERS, SEGMENTERS, input_size
+from _helpers import ALL_CASE_IDS, ALL_CASES, CASE_IDS, CASES, CLASSIFIERS, MODELS, SEGMENTERS, input_size
 from timm.models import FeatureGraphNet, FeatureInfo, get_model_args, get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import NodePathTracer
 
@@ -154,15 +154,33 @@ def test_model_backward(case):
         assert any(isinstance(m, LowRankLayer) for m in model.modules())
 
 
+def _names(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@pytest.mark.parametrize('name', MODELS + zoo.list_models(tags=True))
+def test_model_attributes_and_cfg_names(name):
+    """What timm's tests read from every model, published tags included (timm lists them with ``include_tags``):
+    the class count, the feature and pre-logit widths, and the layers the cfg names as classifier and first conv."""
+    model = timm.create_model(name, device='meta')
+    cfg = model.pretrained_cfg
+    for key in ('classifier', 'first_conv', 'pool_size', 'input_size', 'mean', 'std', 'license', 'paper_ids'):
+        assert key in cfg, f'pretrained_cfg has no {key}'
+    assert model.num_classes == cfg['num_classes'] >= 0
+    assert model.num_features > 0 and model.head_hidden_size > 0
+    state_dict = model.state_dict()
+    for layer in _names(cfg['classifier']) if cfg['num_classes'] else ():
+        assert layer + '.weight' in state_dict
+    for layer in _names(cfg['first_conv']):
+        assert layer + '.weight' in state_dict
+
+
 @pytest.mark.parametrize('name', CLASSIFIERS)
 def test_model_default_cfgs(name):
     """timm's default-cfg checks: shapes at the cfg's input size, so on the meta device (no weights to compute)."""
     model = timm.create_model(name, device='meta').eval()
-    state_dict = model.state_dict()
     cfg = model.pretrained_cfg
-    for key in ('classifier', 'first_conv', 'pool_size', 'input_size', 'mean', 'std', 'license', 'paper_ids'):
-        assert key in cfg, f'pretrained_cfg has no {key}'
-    assert model.num_classes == cfg['num_classes'] > 0 and model.num_features > 0 and model.head_hidden_size > 0
+    assert model.num_classes > 0
     x = torch.empty(1, *cfg['input_size'], device='meta')
     features = model.forward_features(x)
     if cfg['pool_size'] is not None:  # NCHW family
@@ -175,6 +193,8 @@ def test_model_default_cfgs(name):
     model.reset_classifier(0)
     assert model.num_classes == 0
     assert model(x).shape == pre_logits.shape
+    headless = timm.create_model(name, num_classes=0, device='meta').eval()
+    assert headless(x).shape == pre_logits.shape
     if cfg['pool_size'] is not None:
         model.reset_classifier(0, '')
         assert model(x).shape == features.shape
@@ -183,9 +203,6 @@ def test_model_default_cfgs(name):
         model.reset_classifier(0, 'catavgmax')  # pooling that widens the pre-logits
         assert model.head_hidden_size == 2 * model.num_features
         assert model(x).shape == (1, model.head_hidden_size)
-    for head in (cfg['classifier'],) if isinstance(cfg['classifier'], str) else cfg['classifier']:
-        assert head + '.weight' in state_dict
-    assert cfg['first_conv'] + '.weight' in state_dict
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,7 +341,7 @@ def test_forward_intermediates_and_pruning(case):
         model.set_grad_checkpointing(False)
 
         assert model.prune_intermediate_layers([1, 2]) == [1, 2]
-        assert model.num_classes == 0 and model.num_features == channels[2]
+        assert model.num_classes == 0 and model.num_features == model.head_hidden_size == channels[2]
         pruned = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
         assert all(torch.equal(a, b) for a, b in zip(pruned, maps[1:3], strict=True))
         features = model.forward_features(x)

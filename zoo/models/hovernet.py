@@ -339,7 +339,8 @@ class HoVerNet(nn.Module):
             raise ValueError(f"HoVer-Net mode must be 'original' or 'fast', got {mode!r}")
         self.mode, self.same_size = mode, same_size
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.num_features = 64  # channels each output head reads
+        # Channels each output head reads: its pre-logit features (timm's head_hidden_size), one vector a pixel.
+        self.num_features = self.head_hidden_size = 64
         original = mode == 'original'
         # Input pixels before the first output pixel (valid stem 3 + decoder crop 92, or 46), and the offset
         # of valid input sizes from a multiple of 8 (the valid 7x7 stem removes 6).
@@ -455,7 +456,8 @@ class HoVerNet(nn.Module):
             self.decoder = nn.ModuleDict()
             self.conv_bot = nn.Identity()
             self.num_classes = 0
-            self.num_features = self.feature_info[max_index]['num_chs']  # what forward_features now returns
+            # What forward_features now returns; no head is left to read anything else.
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
 
     def forward_valid(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -619,7 +621,8 @@ class TimmHoVerNet(nn.Module):
         self.encoder = model
         self.encoder_name = encoder
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.num_features = decoder_dims[-1]  # channels each output head reads
+        # Channels each output head reads: its pre-logit features (timm's head_hidden_size), one vector a pixel.
+        self.num_features = self.head_hidden_size = decoder_dims[-1]
         self.pad_multiple = DECODER_REDUCTIONS[-1]
         # What the encoder was trained on (its pretrained cfg), averaged for another channel count.
         mean, std = model.pretrained_cfg.get('mean', (0.0,)), model.pretrained_cfg.get('std', (1.0,))
@@ -717,7 +720,8 @@ class TimmHoVerNet(nn.Module):
             self.trunk, self.branches = nn.ModuleList(), nn.ModuleDict()
             self.full_res = self.half_res = nn.Identity()
             self.num_classes = 0
-            self.num_features = self.feature_info[-1]['num_chs']  # what forward_features now returns
+            # What forward_features now returns; no head is left to read anything else.
+            self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
         return take_indices
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

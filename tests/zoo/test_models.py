@@ -434,3 +434,59 @@ MODEL_SOURCES = sorted((REPO / 'zoo' / 'models').glob('*.py')) + sorted((REPO / 
 def test_no_future_annotations_in_model_code(path):
     """TorchScript reads real annotations (``torch.jit.Final`` attributes, traced forward signatures)."""
     assert 'from __future__ import annotations' not in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments that cannot build a working network
+
+
+BAD_ARGUMENTS = [
+    ('cf_resnet18', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('cf_resnet18', dict(num_classes=2.5), 'num_classes must be a whole number >= 0, got 2.5'),
+    ('cf_resnet18', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('cf_resnet18', dict(drop_rate=math.nan), 'drop_rate must be a number in [0, 1), got nan'),
+    ('cf_resnet18', dict(layers=(2, 0, 2, 2)), 'layers must be whole numbers >= 1, got (2, 0, 2, 2)'),
+    ('cf_resnet18', dict(block='dense'), "block must be 'basic' or 'bottleneck', got 'dense'"),
+    (
+        'cf_resnet50',
+        dict(widths=(8, 16, 32, 64), base_width=4),
+        'widths (8, 16, 32, 64) at base_width 4 make bottlenecks',
+    ),
+    ('cf_vgg19', dict(depths=(2, 2, -1, 4, 4)), 'depths must be whole numbers >= 1, got (2, 2, -1, 4, 4)'),
+    ('mrl_nano', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('mrl_nano', dict(kernel_size=4), 'kernel_size must be odd (a depthwise conv that keeps the size), got 4'),
+    ('mrl_nano', dict(mlp_ratio=math.inf), 'mlp_ratio must be a finite number > 0, got inf'),
+    ('mrl_nano', dict(window_size=0), 'window_size must be a whole number >= 1, got 0'),
+    ('mrl_nano', dict(ffn_groups=0), 'ffn_groups must be a whole number >= 1, got 0'),
+    ('mrl_nano', dict(drop_path_rate=1.5), 'drop_path_rate must be a number in [0, 1), got 1.5'),
+    ('cf_deit_small', dict(img_size=100), 'img_size 100 is not a multiple of patch_size 16; give a multiple, or'),
+    ('cf_deit_small', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('cf_deit_small', dict(num_heads=5), 'embed_dim 384 is not divisible by num_heads 5'),
+    ('cf_deit_small', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('mrl_seg_nano', dict(num_types=-2), 'num_types must be a whole number >= 0, got -2'),
+    ('mrl_seg_nano', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('mrl_seg_nano', dict(decoder_dims=(128, 64, 0, 32, 16)), 'decoder_dims must be whole numbers >= 1'),
+    ('hovernet_fast', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+]
+
+
+@pytest.mark.parametrize(
+    'name,kwargs,message', BAD_ARGUMENTS, ids=[f'{n}-{next(iter(kw))}' for n, kw, _ in BAD_ARGUMENTS]
+)
+def test_arguments_that_cannot_build_a_working_network_are_refused_at_creation(name, kwargs, message):
+    with pytest.raises(ValueError) as caught:
+        zoo.create_model(name, device='meta', **kwargs)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize('name', ['cf_resnet18', 'mrl_nano', 'mrl_seg_nano', 'hovernet_fast'])
+def test_reset_classifier_refuses_a_negative_class_count(name):
+    model = zoo.create_model(name, device='meta')
+    with pytest.raises(ValueError, match=r'^num_classes must be a whole number >= 0, got -3$'):
+        model.reset_classifier(-3)
+
+
+@pytest.mark.parametrize('name', [None, 3, ['cf_resnet18']])
+def test_a_model_name_that_is_not_a_string_is_refused(name):
+    with pytest.raises(TypeError, match=r"^a model name is a string such as 'cf_resnet18' \(see zoo.list_models\(\)\)"):
+        zoo.create_model(name)

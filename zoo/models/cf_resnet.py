@@ -26,6 +26,7 @@ from ..datasets import (
     FASHION_MNIST_STD,
 )
 from ..layers import factorize_, resolve_ranks
+from ._arguments import check_count, check_counts, check_head, check_rate
 from ._pooled import PooledClassifier
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']
@@ -127,10 +128,19 @@ class ResNet(PooledClassifier):
         dtype=None,
     ):
         super().__init__()
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
         if stem not in ('cifar', 'imagenet'):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f'ResNet has four stages: got layers {tuple(layers)} and widths {tuple(widths)}')
+        check_counts('layers', layers)
+        check_counts('widths', widths)
+        check_count('base_width', base_width)
+        if block == 'bottleneck' and min(widths) * base_width < 64:
+            raise ValueError(f'widths {tuple(widths)} at base_width {base_width} make bottlenecks of 0 channels')
+        check_head(num_classes, in_chans)
+        check_rate('drop_rate', drop_rate)
         dd = {'device': device, 'dtype': dtype}
         block_cls = _BLOCKS[block]
         self.grad_checkpointing = False

@@ -84,6 +84,7 @@ from timm.models._features import feature_take_indices
 from .._builder import build_zoo_model
 from .._registry import UnknownModelError, split_tag, zoo_cfgs
 from ..hub import WeightsError
+from ._arguments import check_count, check_counts, check_head, check_rate
 
 __all__ = ['HoVerNet', 'TimmHoVerNet', 'DecoderBlock', 'EncoderError']
 
@@ -337,6 +338,7 @@ class HoVerNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if mode not in ('original', 'fast'):
             raise ValueError(f"HoVer-Net mode must be 'original' or 'fast', got {mode!r}")
+        check_head(num_classes, in_chans)
         self.mode, self.same_size = mode, same_size
         self.num_classes, self.in_chans = num_classes, in_chans
         # Channels each output head reads: its pre-logit features (timm's head_hidden_size), one vector a pixel.
@@ -397,6 +399,7 @@ class HoVerNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised TP branch for ``num_classes`` types (0 removes it)."""
+        check_count('num_classes', num_classes, 0)
         param = self.conv0[-3].weight  # the stem conv: kept by every pruning
         branches = {k: v for k, v in self.decoder.items() if k != 'tp'}
         if num_classes:
@@ -585,6 +588,10 @@ class TimmHoVerNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if len(decoder_dims) != 5:
             raise ValueError(f'decoder_dims needs widths at strides 16, 8, 4, 2, 1; got {tuple(decoder_dims)}')
+        check_counts('decoder_dims', decoder_dims)
+        check_head(num_classes, in_chans)
+        if drop_path_rate is not None:
+            check_rate('drop_path_rate', drop_path_rate)
         encoder_args = dict(encoder_args or {})
         refused = sorted(set(encoder_args) & _NOT_ENCODER_ARGS)
         if refused:
@@ -665,6 +672,7 @@ class TimmHoVerNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised TP branch for ``num_classes`` types (0 removes it)."""
+        check_count('num_classes', num_classes, 0)
         branches = {k: v for k, v in self.branches.items() if k != 'tp'}
         if num_classes:
             param = self.branches['np'].head.weight
@@ -748,6 +756,7 @@ def _num_types_to_classes(kwargs: dict) -> dict:
     # `num_types` is the task's name for what timm passes around as `num_classes` (the TP channels).
     if 'num_types' in kwargs:
         num_types = kwargs.pop('num_types') or 0
+        check_count('num_types', num_types, 0)
         if kwargs.get('num_classes', num_types) != num_types:
             raise ValueError(f'num_types={num_types} and num_classes={kwargs["num_classes"]} disagree')
         kwargs['num_classes'] = num_types

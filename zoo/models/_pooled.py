@@ -6,7 +6,7 @@ from timm.layers import create_classifier, get_device_dtype
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-from ._arguments import check_count
+from .._arguments import check_count
 
 __all__ = ['PooledClassifier']
 

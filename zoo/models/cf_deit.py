@@ -13,10 +13,10 @@ from timm.layers import to_2tuple
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from .._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..layers import factorize_, resolve_ranks
-from ._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 
 __all__ = ['LowRankDeiT']
 

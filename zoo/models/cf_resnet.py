@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq, register_model
 
+from .._arguments import check_count, check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import (
@@ -26,7 +27,6 @@ from ..datasets import (
     FASHION_MNIST_STD,
 )
 from ..layers import factorize_, resolve_ranks
-from ._arguments import check_count, check_counts, check_head, check_rate
 from ._pooled import PooledClassifier
 
 __all__ = ['ResNet', 'BasicBlock', 'Bottleneck']

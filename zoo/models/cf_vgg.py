@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq, register_model
 
+from .._arguments import check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import CIFAR10_MEAN, CIFAR10_STD
 from ..layers import factorize_, resolve_ranks
-from ._arguments import check_counts, check_head, check_rate
 from ._pooled import PooledClassifier
 
 __all__ = ['VGG']

@@ -81,10 +81,10 @@ from timm.layers import ConvNormAct, SeparableConvNormAct, register_notrace_func
 from timm.models import checkpoint, register_model
 from timm.models._features import feature_take_indices
 
+from .._arguments import check_count, check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import UnknownModelError, split_tag, zoo_cfgs
 from ..hub import WeightsError
-from ._arguments import check_count, check_counts, check_head, check_rate
 
 __all__ = ['HoVerNet', 'TimmHoVerNet', 'DecoderBlock', 'EncoderError']
 

@@ -69,6 +69,7 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get
 from timm.models import checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
+from .._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import (
@@ -76,7 +77,6 @@ from ..datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
 )
-from ._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 
 __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'RegionalAttention', 'GroupedFFN']
 

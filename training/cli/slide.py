@@ -6,6 +6,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .options import positive_number, whole_number
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
@@ -17,14 +19,23 @@ def add_commands(sub) -> None:
     p.add_argument('--out', type=Path, default=Path('slides'), help='output folder (default: slides)')
     p.add_argument(
         '--mpp',
-        type=float,
+        type=positive_number,
         help="microns per pixel to run the model at (default: the model's; level 0 as it is when unknown)",
     )
-    p.add_argument('--slide-mpp', type=float, help="microns per pixel of the slide's level 0, overriding the file's")
-    p.add_argument('--tile', type=int, default=256, help='network tile side in pixels (default: 256)')
-    p.add_argument('--overlap', type=int, default=64, help='pixels neighbouring tiles share (default: 64)')
-    p.add_argument('--batch-size', type=int, default=8, help='tiles per forward pass (default: 8)')
-    p.add_argument('--workers', type=int, default=2, help='threads reading and decoding tiles (default: 2)')
+    p.add_argument(
+        '--slide-mpp', type=positive_number, help="microns per pixel of the slide's level 0, overriding the file's"
+    )
+    # Bounds that need the library (a tile of at least 32 px, at most 64 workers...) are its checks, with the same
+    # one-line errors: importing it here would slow every command's start.
+    p.add_argument('--tile', type=whole_number(1), default=256, help='network tile side in pixels (default: 256)')
+    p.add_argument(
+        '--overlap',
+        type=whole_number(0),
+        default=64,
+        help='pixels neighbouring tiles share, <= half a tile (default: 64)',
+    )
+    p.add_argument('--batch-size', type=whole_number(1), default=8, help='tiles per forward pass (default: 8)')
+    p.add_argument('--workers', type=whole_number(0), default=2, help='threads reading and decoding tiles (default: 2)')
     p.add_argument('--all-tiles', action='store_true', help='process every tile, not only those with tissue')
     p.add_argument('--label-image', action='store_true', help='also write a pyramidal OME-TIFF of nucleus ids')
     p.add_argument('--device', help="where to run, e.g. 'cuda' (default: cpu)")
@@ -32,23 +43,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_segment_slide)
 
 
-def _fail(message: str) -> None:
-    from zoo.slide import SlideError
-
-    raise SlideError(message)  # one line and exit 2, as every user error (training.cli.main)
-
-
 def cmd_segment_slide(args) -> None:
     from zoo.slide import SlideWarning, segment_slide
-
-    for name in ('tile', 'batch_size'):
-        if getattr(args, name) < 1:
-            _fail(f'--{name.replace("_", "-")} must be at least 1')
-    if not 0 <= args.overlap < args.tile:
-        _fail(f'--overlap must be at least 0 and smaller than --tile ({args.tile}), got {args.overlap}')
-    for name in ('mpp', 'slide_mpp'):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            _fail(f'--{name.replace("_", "-")} must be positive')
 
     def show_warning(message, *_args, **_kwargs):
         print(f'zoo segment-slide: warning: {message}', file=sys.stderr)

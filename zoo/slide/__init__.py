@@ -33,7 +33,7 @@ from .pipeline import Timings, forward_tiles, run_tiles
 from .reading import ArraySlide, OpenSlideSlide, Slide, TiffSlide, open_slide
 from .resolution import Resolution, choose_resolution, read_working
 from .store import NucleusStore
-from .tiles import TileGrid, tile_starts
+from .tiles import TileGrid, check_tiling, tile_starts
 from .tissue import tissue_mask
 from .whole_slide import SlideResult, segment_slide
 
@@ -50,6 +50,7 @@ __all__ = [
     'TiffSlide',
     'TileGrid',
     'Timings',
+    'check_tiling',
     'choose_resolution',
     'forward_tiles',
     'nucleus_polygon',

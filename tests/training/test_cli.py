@@ -428,3 +428,25 @@ def test_train_onto_a_full_disk_leaves_nothing_half_written(capsys, tmp_path, mo
     )
     # no partial recipe.yaml, no temporary file; only the run-directory lock, which holds no results
     assert [p.name for p in run_dir.rglob('*') if p.is_file()] == ['.lock']
+
+
+@pytest.mark.parametrize(
+    'argv,option',
+    [
+        (['segment-slide', SEGMENTER, 'slide.svs', '--out', '{file}'], '--out'),
+        (['predict', SEGMENTER, 'x.png', '--out-dir', '{file}/overlays'], '--out-dir'),
+        (['train', '--recipe', 'fmnist_resnet18', '--run-dir', '{file}/run'], '--run-dir'),
+        (['finetune', '--run-dir', '{file}'], '--run-dir'),
+    ],
+    ids=['segment-slide', 'predict', 'train', 'finetune'],
+)
+def test_an_output_folder_that_is_a_file_is_refused_naming_the_option(capsys, tmp_path, argv, option):
+    (tmp_path / 'results').write_text('a file the user keeps')
+    with pytest.raises(SystemExit) as exit_:
+        main([arg.format(file=tmp_path / 'results') for arg in argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f'zoo {argv[0]}: error: argument {option}: {tmp_path / "results"} is a file, not a folder; give a folder '
+        f'(created if missing) (see zoo {argv[0]} --help)\n'
+    )
+    assert (tmp_path / 'results').read_text() == 'a file the user keeps'

@@ -83,6 +83,8 @@ def _describe_os_error(error: OSError) -> str:
         errno.EPERM: 'check the permissions or write elsewhere',
         errno.EROFS: 'write elsewhere',
         errno.ENOENT: 'check the path',
+        errno.EEXIST: 'a file is in the way: move it, or write elsewhere',
+        errno.ENOTDIR: 'a file is in the way: move it, or write elsewhere',
     }.get(error.errno)
     return f'{where}{what}' + (f'; {advice}' if advice else '')
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from .options import whole_number
+from .options import output_folder, whole_number
 
 
 def add_commands(sub) -> None:
@@ -23,7 +22,7 @@ def add_commands(sub) -> None:
     p.add_argument('name')
     p.add_argument('images', nargs='+')
     p.add_argument('--topk', type=whole_number(1), default=5, help='how many classes to print (default 5)')
-    p.add_argument('--out-dir', type=Path, default=Path('predictions'), help='where segmentation overlays go')
+    p.add_argument('--out-dir', type=output_folder, default='predictions', help='where segmentation overlays go')
     p.set_defaults(func=cmd_predict)
 
 

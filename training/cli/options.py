@@ -1,14 +1,15 @@
-"""Types of numeric command-line options, checked against their meaning when the command line is parsed:
-argparse then names the option in its one-line error (``argument --tile: must be a whole number >= 32, got '8'``)
-and nothing has started."""
+"""Types of command-line options, checked against their meaning when the command line is parsed: argparse then
+names the option in its one-line error (``argument --tile: must be a whole number >= 1, got '0'``) and nothing has
+started."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ['positive_number', 'whole_number']
+__all__ = ['output_folder', 'positive_number', 'whole_number']
 
 
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -36,3 +37,13 @@ def positive_number(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f'must be a finite number > 0, got {text!r}')
     return value
+
+
+def output_folder(text: str) -> Path:
+    """An option type: a folder to write into, created if missing; refused when a file is in the way (the path
+    itself, or a folder above it, exists as something else)."""
+    path = Path(text)
+    in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        raise argparse.ArgumentTypeError(f'{in_the_way} is a file, not a folder; give a folder (created if missing)')
+    return path

@@ -6,7 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .options import positive_number, whole_number
+from .options import output_folder, positive_number, whole_number
 
 
 def add_commands(sub) -> None:
@@ -16,7 +16,7 @@ def add_commands(sub) -> None:
     )
     p.add_argument('name', help="segmentation model with published weights, e.g. 'mrl_seg_nano.stardist'")
     p.add_argument('slide', type=Path)
-    p.add_argument('--out', type=Path, default=Path('slides'), help='output folder (default: slides)')
+    p.add_argument('--out', type=output_folder, default='slides', help='output folder (default: slides)')
     p.add_argument(
         '--mpp',
         type=positive_number,

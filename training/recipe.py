@@ -92,12 +92,12 @@ class ScheduleSection(_Section):
 class DistributedSection(_Section):
     allreduce: Literal['torus', 'ring'] = 'torus'  # 2D-torus DDP hook, or DDP's default ring all-reduce
     grid: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None  # [X, Y]; null: chosen
-    bucket_cap_mb: float = Field(25, gt=0)
-    timeout_s: float = Field(300, gt=0)
+    bucket_cap_mb: float = Field(25, gt=0, le=2**20)  # DDP hands C++ int(bucket_cap_mb * 2**20) bytes (64 bits)
+    timeout_s: float = Field(300, gt=0, le=10**7)  # a timedelta; 10**7 s is 115 days
 
 
 class DataSection(_Section):
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=64)  # loader processes per rank, each with its own copy of the dataset
     eval_batch: PositiveInt = 256
 
 
@@ -116,8 +116,8 @@ class Recipe(_Section):
 
     name: str | None = None  # default: the recipe file's stem
     description: str = ''
-    seed: int = 0
-    epochs: PositiveInt = 10
+    seed: int = Field(0, ge=0, lt=2**63)  # torch's generators take 64-bit seeds, and each rank adds its rank
+    epochs: int = Field(10, ge=1, le=100_000)  # resuming compares learning rates at every epoch
     model: ModelSection
     task: TaskSection = TaskSection()
     batch: BatchSection = BatchSection()
@@ -237,7 +237,8 @@ def _check_arguments(cls: type, args: Mapping[str, Any], where: str) -> None:
             continue
         if parameter.annotation is parameter.empty:
             continue
-        adapter = TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True))
+        config = ConfigDict(arbitrary_types_allowed=True, allow_inf_nan=False)  # NaN and inf: as in the schema
+        adapter = TypeAdapter(parameter.annotation, config=config)
         try:
             adapter.validate_python(args[name], strict=True)
         except ValidationError:

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from zoo.hovernet import STAT_NAMES, TypeMatches, hovernet_loss, instance_info, instance_stats, match_types, type_stats
 from zoo.segment import overlay, predict_instances
+from zoo.slide import check_tiling
 
 from .data import (
     CONSEP_MERGED_TYPE_NAMES,
@@ -107,6 +108,17 @@ class NucleiSegmentationTask(Task):
             raise ValueError(f'unknown nuclei dataset {dataset!r}; available: {DATASETS}')
         if dataset != 'stardist' and data_dir is None:
             raise ValueError(f'dataset {dataset!r} needs data_dir')
+        check_tiling(tile, overlap, 1)  # the evaluation's tiles, as zoo.segment refuses them
+        if not (patch_size >= 1 and (step is None or step >= 1) and (window_size is None or window_size >= patch_size)):
+            raise ValueError(
+                f'patch_size and step must be at least 1 and window_size at least patch_size, got {patch_size}, '
+                f'{step} and {window_size}'
+            )
+        if not (0 < val_fraction < 1 and num_examples >= 0 and (num_types or 0) >= 0):
+            raise ValueError(
+                f'val_fraction must be in (0, 1), num_examples and num_types at least 0; got {val_fraction}, '
+                f'{num_examples} and {num_types}'
+            )
         num_types = num_types or None
         if num_types is not None:
             if dataset == 'consep' and num_types not in (len(CONSEP_MERGED_TYPE_NAMES), len(CONSEP_TYPE_NAMES)):

@@ -490,3 +490,12 @@ def test_reset_classifier_refuses_a_negative_class_count(name):
 def test_a_model_name_that_is_not_a_string_is_refused(name):
     with pytest.raises(TypeError, match=r"^a model name is a string such as 'cf_resnet18' \(see zoo.list_models\(\)\)"):
         zoo.create_model(name)
+
+
+def test_a_timing_of_no_runs_is_refused():
+    from zoo.profile import median_seconds, paired_median_seconds
+
+    with pytest.raises(ValueError, match=r'^repeats must be a whole number >= 1, got 0$'):
+        median_seconds(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match=r'^warmup must be a whole number >= 0, got -1$'):
+        paired_median_seconds(lambda: None, lambda: None, warmup=-1)

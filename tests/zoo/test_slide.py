@@ -448,6 +448,13 @@ def test_arguments_that_cannot_work_are_refused_before_the_slide_is_read(tmp_pat
     assert not (tmp_path / 'out').exists()
 
 
+def test_a_slide_resolution_that_cannot_be_is_refused_when_opening(tmp_path):
+    _write_ome(tmp_path / 'plain.ome.tif', np.zeros((64, 64, 3), np.uint8))
+    for mpp in (math.nan, math.inf, 0.0, -1.0):
+        with pytest.raises(SlideError, match=rf'^mpp must be a finite number > 0, got {mpp}$'):
+            open_slide(tmp_path / 'plain.ome.tif', mpp=mpp)
+
+
 def test_a_resolution_is_refused_where_it_would_create_unbounded_work():
     slide = _Pyramid(0.25)
     assert choose_resolution(slide, 0.0625).scale == 0.25  # 4x finer: the limit

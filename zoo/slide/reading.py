@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .._arguments import check_positive
 from ..io import read_image
 from .errors import SlideError
 
@@ -233,6 +234,8 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         FileNotFoundError: no such file.
         SlideError: unknown format, unreadable file, or OpenSlide missing for a format only it reads.
     """
+    if mpp is not None:
+        check_positive('mpp', mpp, error=SlideError)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, 'no such slide file', str(path))

@@ -17,12 +17,14 @@ layers may choose differently if the kill falls in the epoch that decides it).
 Safety of a run directory:
 
 * One run at a time: rank 0 locks ``.lock`` in it (``flock``, released when the process ends, however it
-  ends); a second run into the directory stops with a :class:`~training.errors.RunError` naming the holder.
+  ends); a second run into the directory stops with a :class:`~training.errors.RunError` naming the holder,
+  before it loads its data and model.
 * All ranks write into the same checkpoint folders, so the run directory must be on a filesystem shared by
   all nodes, at the same path. At start every rank must read back the token rank 0 wrote into ``.lock``;
   a rank that cannot stops the job with a ``RunError``.
-* A damaged newest checkpoint (a file missing or not parsing) is passed over with a warning and the previous
-  one resumed (``checkpoint.keep``, default 2); if none can be read, a ``RunError`` says so.
+* A damaged newest checkpoint (a file missing or not parsing, a ``state.json`` value of the wrong type, model
+  arguments that do not build) is passed over with a warning and the previous one resumed
+  (``checkpoint.keep``, default 2); if none can be read, a ``RunError`` says so.
 * A resume is refused (``RunError``, nothing restored or rewritten) when the recipe differs in anything that
   changes what is computed (``_recipe_changes``): ``log``, ``data``, ``description`` and
   ``distributed.timeout_s`` may change, ``epochs`` only where the learning-rate schedule is the same under

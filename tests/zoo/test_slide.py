@@ -430,7 +430,7 @@ BAD_SLIDE_ARGUMENTS = [
     (dict(overlap=-1), 'overlap must be a whole number from 0 to 128, got -1'),
     (dict(overlap=200), 'overlap must be a whole number from 0 to 128, got 200'),
     (dict(batch_size=0), 'batch_size must be a whole number >= 1, got 0'),
-    (dict(batch_size=10**6), 'a batch of 1000000 tiles of 256 px is 65536 megapixels; at most 67 go through'),
+    (dict(batch_size=10**6), 'a batch of 1000000 tiles of 256 px is 65536 megapixels; at most 268 go through'),
     (dict(workers=-1), 'workers must be a whole number from 0 to 64, got -1'),
     (dict(workers=10**4), 'workers must be a whole number from 0 to 64, got 10000'),
     (dict(mpp=math.nan), 'mpp must be a finite number > 0, got nan'),

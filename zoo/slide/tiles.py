@@ -8,7 +8,7 @@ from .._arguments import check_count
 from .errors import SlideError
 
 MIN_TILE = 32  # the segmenters pad a tile to a multiple of 32: a smaller one costs as much and covers less
-MAX_BATCH_PIXELS = 2**26  # one batch's pixels (batch_size x tile x tile), 64 tiles of 1024 px: memory grows with it
+MAX_BATCH_PIXELS = 2**28  # one batch's pixels (batch_size x tile x tile), 256 tiles of 1024 px: memory grows with it
 
 
 def check_tiling(tile: int, overlap: int, batch_size: int) -> None:

@@ -1,8 +1,9 @@
 """One direction through the house: the library (zoo/) never imports the application (training/, the CLI), the
-application uses only the library's public API (no ``zoo._private`` names), and inside a package every
-dependency runs one way (no import circles)."""
+application uses only the library's public API (no ``zoo._private`` names), and no package's modules import each
+other in a circle."""
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,91 +11,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def import_circles(package: Path) -> list[list[str]]:
-    """The import circles among the modules of a package folder (each a sorted list of module names).
-
-    Every import statement counts, at module level or inside a function (a deferred import only hides a
-    circle). ``from . import x`` depends on the module ``x`` when there is one, otherwise on the package that
-    holds the name; importing a module's parent packages first is Python's doing, not a dependency."""
-    package = Path(package)
-
-    def module_name(path: Path) -> str:
-        parts = path.relative_to(package.parent).with_suffix('').parts
-        return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
-
-    files = {module_name(p): p for p in package.rglob('*.py')}
-
-    def resolve(name: str) -> str | None:  # the module that defines ``name``: itself, or the nearest package
-        while name and name not in files:
-            name = name.rpartition('.')[0]
-        return name or None
-
-    graph = {}
-    for name, path in files.items():
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                targets.update(resolve(alias.name) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ''
-                if node.level:
-                    parts = name.split('.') if path.name == '__init__.py' else name.split('.')[:-1]
-                    base = '.'.join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-                targets.update(resolve(f'{base}.{alias.name}') for alias in node.names)
-        graph[name] = targets - {None, name}
-
-    # Tarjan's strongly connected components: each component of more than one module is a circle.
-    index, low, stack, circles = {}, {}, [], []
-
-    def visit(module: str) -> None:
-        index[module] = low[module] = len(index)
-        stack.append(module)
-        for target in graph[module]:
-            if target not in index:
-                visit(target)
-                low[module] = min(low[module], low[target])
-            elif target in stack:
-                low[module] = min(low[module], index[target])
-        if low[module] == index[module]:
-            component = []
-            while not component or component[-1] != module:
-                component.append(stack.pop())
-            if len(component) > 1:
-                circles.append(sorted(component))
-
-    for module in sorted(graph):
-        if module not in index:
-            visit(module)
-    return circles
-
-
-def test_the_library_has_no_import_circles():
-    assert import_circles(REPO / 'zoo') == []
-
-
-def test_import_circles_are_found(tmp_path):
-    package = tmp_path / 'pkg'
-    (package / 'sub').mkdir(parents=True)
-    (package / '__init__.py').write_text('from . import a\n')
-    (package / 'a.py').write_text('from .sub import b\n')
-    (package / 'sub' / '__init__.py').write_text('')
-    (package / 'sub' / 'b.py').write_text('def late():\n    from ..a import x\n')  # deferred: still a circle
-    (package / 'c.py').write_text('import pkg.a\nfrom . import __version__\n')  # one way: no circle
-    assert import_circles(package) == [['pkg.a', 'pkg.sub.b']]
-
-
-def _imports(path: Path) -> list[str]:
-    """Every module a file imports, and every ``zoo._x`` attribute it reaches for."""
+def _imports(path: Path, package: str = '') -> list[str]:
+    """Every module a file imports, each name of a ``from`` import as ``module.name`` (relative imports resolved
+    against ``package``, the file's own package), and every ``zoo._x`` attribute the file reaches for. Imports inside
+    functions and under ``TYPE_CHECKING`` count: deferring an import hides a dependency, it does not remove it."""
     tree = ast.parse(path.read_text(), str(path))
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names += [node.module] + [f'{node.module}.{alias.name}' for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split('.')[: len(package.split('.')) - node.level + 1] if node.level else []
+            module = '.'.join([*base, *([node.module] if node.module else [])])
+            names += [f'{module}.{alias.name}' for alias in node.names]
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'zoo':
             names.append(f'zoo.{node.attr}')
     return names
+
+
+def import_circle(package: Path) -> list[str]:
+    """A circle of imports between the modules of the package in folder ``package`` (``[]`` when there is none):
+    ``[a, b, ..., a]``, each importing the next. Every import counts (see ``_imports``); an edge goes to the module
+    an imported name belongs to (``from a import f``: ``a``; ``from a import b``, ``b`` a module: ``a.b``)."""
+    modules = {}
+    for path in package.rglob('*.py'):
+        parts = path.relative_to(package.parent).with_suffix('').parts
+        modules['.'.join(parts[:-1] if parts[-1] == '__init__' else parts)] = path
+    graph = {}
+    for module, path in modules.items():
+        own_package = module if path.name == '__init__.py' else module.rpartition('.')[0]
+        targets = set()
+        for name in _imports(path, own_package):
+            while name and name not in modules:
+                name = name.rpartition('.')[0]
+            targets.add(name)
+        graph[module] = targets - {'', module}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        return list(reversed(e.args[1]))
+    return []
 
 
 def test_the_library_never_imports_the_application():
@@ -126,3 +82,28 @@ def test_the_application_uses_only_public_library_names():
             if parts[0] == 'zoo' and any(part.startswith('_') for part in parts[1:]):
                 offenders.append(f'{path.relative_to(REPO)}: {name}')
     assert not offenders, offenders
+
+
+def test_import_circle_finds_circles_that_deferred_imports_hide(tmp_path):
+    package = tmp_path / 'package'
+    (package / 'sub').mkdir(parents=True)
+    (package / '__init__.py').write_text('')
+    (package / 'sub' / '__init__.py').write_text('')
+    (package / 'errors.py').write_text('class Problem(Exception): ...\n')
+    (package / 'schema.py').write_text('from .errors import Problem\nfrom .sub import tasks\n')
+    (package / 'sub' / 'tasks.py').write_text('def build():\n    from ..schema import Problem\n')
+    assert import_circle(package) == ['package.schema', 'package.sub.tasks', 'package.schema']
+    (package / 'sub' / 'tasks.py').write_text('def build():\n    from ..errors import Problem\n')
+    assert import_circle(package) == []
+    (package / 'errors.py').write_text(
+        'from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import schema\n'
+    )
+    assert import_circle(package) == ['package.errors', 'package.schema', 'package.errors']
+
+
+def test_the_application_imports_in_one_direction():
+    assert import_circle(REPO / 'training') == []
+
+
+def test_the_library_imports_in_one_direction():
+    assert import_circle(REPO / 'zoo') == []

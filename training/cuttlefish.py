@@ -90,7 +90,7 @@ from zoo.layers import (
 from zoo.profile import paired_median_seconds
 
 from .callbacks import Callback
-from .recipe import RecipeError
+from .errors import RecipeError
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -209,6 +209,8 @@ class SwitchRule:
             raise RecipeError(f"cuttlefish.estimate_at must be 'epoch_start' or 'epoch_end', got {self.estimate_at!r}")
         if self.window < 1 or self.last_n < 1:
             raise RecipeError(f'cuttlefish.window and last_n must be at least 1, got {self.window} and {self.last_n}')
+        if not all(0 <= eps < math.inf for eps in (self.epsilon, *(e for _, e in self.relaxed))):
+            raise RecipeError(f'cuttlefish.epsilon and relaxed thresholds must be finite and >= 0, got {self.epsilon}')
         object.__setattr__(self, 'relaxed', tuple(sorted((int(k), float(e)) for k, e in self.relaxed)))
 
     @classmethod
@@ -341,6 +343,15 @@ class CuttlefishSwitch(Callback):
     ):
         if preset not in PRESETS:
             raise RecipeError(f'unknown Cuttlefish preset {preset!r}; available: {sorted(PRESETS)}')
+        if not 0 <= frobenius_decay < math.inf:
+            raise RecipeError(f'cuttlefish.frobenius_decay must be a finite number >= 0, got {frobenius_decay}')
+        if not 0 < min_speedup < math.inf or profile_repeats < 1:
+            raise RecipeError(
+                f'cuttlefish.min_speedup must be a finite number > 0 and profile_repeats at least 1, got '
+                f'{min_speedup} and {profile_repeats}'
+            )
+        if floor is not None and not 0 <= floor <= 1:
+            raise RecipeError(f'cuttlefish.floor is a fraction of full rank, from 0 to 1, got {floor}')
         if frobenius_decay and low_rank_bn:
             raise RecipeError(
                 'Frobenius decay and a BatchNorm between the factors are mutually exclusive '

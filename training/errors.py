@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ['RunError']
+__all__ = ['RecipeError', 'RunError']
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that cannot be used; the one-line message names the key path."""
 
 
 class RunError(Exception):

@@ -8,8 +8,8 @@ is a list), with ``1e-3`` read as a number as YAML 1.2 does (PyYAML's YAML 1.1 r
 
 :class:`Recipe` holds the types, defaults and ranges of every fixed key. The free-form sections are
 checked against what will consume them, so no list of their arguments is kept here: ``task.args``
-against the constructor of the task class named in ``training.tasks.TASKS``, a callback section such as
-``cuttlefish`` against its class in ``training.callbacks.CALLBACKS`` (then built once, so its own checks
+against the constructor of the task class named in ``training.registry.TASKS``, a callback section such as
+``cuttlefish`` against its class in ``training.registry.CALLBACKS`` (then built once, so its own checks
 run), and ``model.args`` by building the model on the meta device (no memory, no weights). Every problem
 is a :class:`RecipeError` with one line naming the key path (``optim.lr: must be greater than 0, got -1``).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import inspect
 import re
 import typing
@@ -30,14 +29,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
 
-from .callbacks import CALLBACKS
-from .tasks import MODEL_TASKS, TASKS
+from .errors import RecipeError
+from .registry import CALLBACKS, MODEL_TASKS, TASKS, load
 
 __all__ = ['Recipe', 'RecipeError', 'load_recipe', 'apply_overrides', 'validate_recipe', 'bundled_recipes']
-
-
-class RecipeError(ValueError):
-    """A recipe file or override that cannot be used; the one-line message names the key path."""
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -64,7 +59,7 @@ class ModelSection(_Section):
 
 
 class TaskSection(_Section):
-    name: str = 'classification'  # a key of training.tasks.TASKS
+    name: str = 'classification'  # a key of training.registry.TASKS
     args: dict[str, Any] = {}  # checked against that task class's constructor
 
 
@@ -97,12 +92,12 @@ class ScheduleSection(_Section):
 class DistributedSection(_Section):
     allreduce: Literal['torus', 'ring'] = 'torus'  # 2D-torus DDP hook, or DDP's default ring all-reduce
     grid: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] | None = None  # [X, Y]; null: chosen
-    bucket_cap_mb: float = Field(25, gt=0)
-    timeout_s: float = Field(300, gt=0)
+    bucket_cap_mb: float = Field(25, gt=0, le=2**20)  # DDP hands C++ int(bucket_cap_mb * 2**20) bytes (64 bits)
+    timeout_s: float = Field(300, gt=0, le=10**7)  # a timedelta; 10**7 s is 115 days
 
 
 class DataSection(_Section):
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=64)  # loader processes per rank, each with its own copy of the dataset
     eval_batch: PositiveInt = 256
 
 
@@ -121,8 +116,8 @@ class Recipe(_Section):
 
     name: str | None = None  # default: the recipe file's stem
     description: str = ''
-    seed: int = 0
-    epochs: PositiveInt = 10
+    seed: int = Field(0, ge=0, lt=2**63)  # torch's generators take 64-bit seeds, and each rank adds its rank
+    epochs: int = Field(10, ge=1, le=100_000)  # resuming compares learning rates at every epoch
     model: ModelSection
     task: TaskSection = TaskSection()
     batch: BatchSection = BatchSection()
@@ -130,7 +125,7 @@ class Recipe(_Section):
     schedule: ScheduleSection = ScheduleSection()
     amp: Literal['auto', 'off', 'fp16', 'bf16'] = 'auto'  # auto: fp16/bf16 on CUDA, off on CPU
     distributed: DistributedSection = DistributedSection()
-    # One section per training.callbacks.CALLBACKS entry: a mapping enables that callback with these arguments.
+    # One section per training.registry.CALLBACKS entry: a mapping enables that callback with these arguments.
     cuttlefish: dict[str, Any] | None = None  # the stable-rank switch (training.cuttlefish)
     data: DataSection = DataSection()
     log: LogSection = LogSection()
@@ -217,11 +212,6 @@ def _first_error(e: ValidationError) -> RecipeError:
 # ------------------------------------------------------------------------------ free-form sections
 
 
-def _import(target: str) -> Any:
-    module, _, name = target.partition(':')
-    return getattr(importlib.import_module(module), name)
-
-
 def _annotation_text(annotation: Any) -> str:
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
     return re.sub(r'\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])', '', text)  # collections.abc.Sequence -> Sequence
@@ -247,7 +237,8 @@ def _check_arguments(cls: type, args: Mapping[str, Any], where: str) -> None:
             continue
         if parameter.annotation is parameter.empty:
             continue
-        adapter = TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True))
+        config = ConfigDict(arbitrary_types_allowed=True, allow_inf_nan=False)  # NaN and inf: as in the schema
+        adapter = TypeAdapter(parameter.annotation, config=config)
         try:
             adapter.validate_python(args[name], strict=True)
         except ValidationError:
@@ -308,10 +299,10 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
     task = checked['task']['name']
     if task not in TASKS:
         raise RecipeError(f'task.name: unknown task {task!r}; available: {sorted(TASKS)}{_did_you_mean(task, TASKS)}')
-    _check_arguments(_import(TASKS[task]), checked['task']['args'], 'task.args')
+    _check_arguments(load(TASKS[task]), checked['task']['args'], 'task.args')
     for section, target in CALLBACKS.items():
         if checked.get(section) is not None:
-            callback = _import(target)
+            callback = load(target)
             _check_arguments(callback, checked[section], section)
             try:
                 callback(**checked[section])  # its own checks (choices, conflicts); building it does no work

@@ -50,6 +50,21 @@ class RunDirLock:
         self._file = file
         return True
 
+    def held_by_another(self) -> bool:
+        """Whether another run holds the lock now, creating nothing: the check a run makes before its work ahead
+        of taking the lock (data, model). A shared lock is taken and dropped at once; a run trying to lock the
+        directory in that instant is refused as if this one held it."""
+        try:
+            file = open(self.path, 'rb')
+        except OSError:  # no lock file, so no holder (one that cannot be opened: acquire() reports it)
+            return False
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the lock

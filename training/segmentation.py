@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from zoo.hovernet import STAT_NAMES, TypeMatches, hovernet_loss, instance_info, instance_stats, match_types, type_stats
 from zoo.segment import overlay, predict_instances
+from zoo.slide import check_tiling
 
 from .data import (
     CONSEP_MERGED_TYPE_NAMES,
@@ -168,6 +169,17 @@ class NucleiSegmentationTask(Task):
         folds = list(folds or (1, 2, 3))
         if sorted(folds) != [1, 2, 3]:
             raise ValueError(f'folds must name folds 1, 2 and 3 once each (train, validation, test), got {folds}')
+        check_tiling(tile, overlap, 1)  # the evaluation's tiles, as zoo.segment refuses them
+        if not (patch_size >= 1 and (step is None or step >= 1) and (window_size is None or window_size >= patch_size)):
+            raise ValueError(
+                f'patch_size and step must be at least 1 and window_size at least patch_size, got {patch_size}, '
+                f'{step} and {window_size}'
+            )
+        if not (0 < val_fraction < 1 and num_examples >= 0 and (num_types or 0) >= 0):
+            raise ValueError(
+                f'val_fraction must be in (0, 1), num_examples and num_types at least 0; got {val_fraction}, '
+                f'{num_examples} and {num_types}'
+            )
         num_types = num_types or None
         if types is not None:
             if num_types not in (None, len(types) + 1):

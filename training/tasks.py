@@ -9,7 +9,6 @@ by ``count``, so a metric defined per image then averaged (HoVer-Net's conventio
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,16 @@ from torch.utils.data import Dataset, Subset
 
 from zoo.datasets import FASHION_MNIST_TEST_SPLIT
 
-__all__ = ['Task', 'ClassificationTask', 'build_task', 'TASKS', 'MODEL_TASKS']
+from .errors import RecipeError
+from .registry import TASKS, load
+
+__all__ = ['Task', 'ClassificationTask', 'build_task']
+
+FASHION_MNIST_TRAIN_SIZE = 60_000
 
 
 class Task:
-    """Base class; subclasses are registered in ``TASKS`` under the recipe's ``task.name``."""
+    """Base class; subclasses are registered in ``training.registry.TASKS`` under the recipe's ``task.name``."""
 
     main_metric: str = ''  # key of ``evaluate``'s result that selects the best checkpoint (higher is better)
 
@@ -111,6 +115,19 @@ class ClassificationTask(Task):
             )
         if dataset != 'fashion_mnist' and not data_dir:
             raise ValueError(f'dataset {dataset!r} needs task.args.data_dir')
+        for name, value in dict(train_subset=train_subset, val_subset=val_subset, num_classes=num_classes).items():
+            if value is not None and value < 1:
+                raise ValueError(f'{name} must be at least 1 (or null: all), got {value}')
+        if not (0 <= holdout < FASHION_MNIST_TRAIN_SIZE and input_size >= 1):
+            raise ValueError(
+                f'holdout must be from 0 to {FASHION_MNIST_TRAIN_SIZE - 1} and input_size at least 1, got '
+                f'{holdout} and {input_size}'
+            )
+        if not (0 <= label_smoothing < 1 and 0 <= re_prob <= 1 and mixup >= 0 and cutmix >= 0):
+            raise ValueError(
+                f'label_smoothing must be in [0, 1), re_prob in [0, 1], mixup and cutmix >= 0; got {label_smoothing}, '
+                f'{re_prob}, {mixup}, {cutmix}'
+            )
         self.dataset, self.data_dir = dataset, data_dir
         self.label_smoothing = label_smoothing
         self.train_subset, self.val_subset = train_subset, val_subset
@@ -138,11 +155,11 @@ class ClassificationTask(Task):
             from .data.fashion_mnist import MEAN, STD, FashionMNIST
 
             transform = v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]) if self.augment else None
-            size = 60_000 - self.holdout
+            size = FASHION_MNIST_TRAIN_SIZE - self.holdout
             train_idx = np.arange(min(self.train_subset or size, size))
             train = FashionMNIST('train', self.data_dir, transform, train_idx)
             if self.holdout:
-                val = FashionMNIST('train', self.data_dir, None, np.arange(size, 60_000))
+                val = FashionMNIST('train', self.data_dir, None, np.arange(size, FASHION_MNIST_TRAIN_SIZE))
             else:
                 val = FashionMNIST('test', self.data_dir, None, np.arange(self.val_subset) if self.val_subset else None)
             if self.on_device:  # held in accelerator memory by the trainer, augmented there in batches
@@ -252,26 +269,11 @@ class ClassificationTask(Task):
         return sums
 
 
-# Tasks defined in other modules are imported when first asked for.
-TASKS: dict[str, str] = {
-    'classification': 'training.tasks:ClassificationTask',
-    'nuclei-segmentation': 'training.segmentation:NucleiSegmentationTask',
-}
-# The kind of zoo model (``zoo.model_task``) each task trains; recipes pairing another kind are refused.
-MODEL_TASKS: dict[str, str] = {
-    'classification': 'image-classification',
-    'nuclei-segmentation': 'nuclei-segmentation',
-}
-
-
 def build_task(name: str, args: Mapping[str, Any]) -> Task:
     if name not in TASKS:
         raise ValueError(f'unknown task {name!r}; available: {sorted(TASKS)}')
-    module, _, cls = TASKS[name].partition(':')
-    task_cls = getattr(importlib.import_module(module), cls)
+    task_cls = load(TASKS[name])
     try:
         return task_cls(**args)
     except (TypeError, ValueError) as e:
-        from .recipe import RecipeError
-
         raise RecipeError(f'task.args of {name!r}: {e}') from e

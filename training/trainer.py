@@ -17,12 +17,14 @@ layers may choose differently if the kill falls in the epoch that decides it).
 Safety of a run directory:
 
 * One run at a time: rank 0 locks ``.lock`` in it (``flock``, released when the process ends, however it
-  ends); a second run into the directory stops with a :class:`~training.errors.RunError` naming the holder.
+  ends); a second run into the directory stops with a :class:`~training.errors.RunError` naming the holder,
+  before it loads its data and model.
 * All ranks write into the same checkpoint folders, so the run directory must be on a filesystem shared by
   all nodes, at the same path. At start every rank must read back the token rank 0 wrote into ``.lock``;
   a rank that cannot stops the job with a ``RunError``.
-* A damaged newest checkpoint (a file missing or not parsing) is passed over with a warning and the previous
-  one resumed (``checkpoint.keep``, default 2); if none can be read, a ``RunError`` says so.
+* A damaged newest checkpoint (a file missing or not parsing, a ``state.json`` value of the wrong type, model
+  arguments that do not build) is passed over with a warning and the previous one resumed
+  (``checkpoint.keep``, default 2); if none can be read, a ``RunError`` says so.
 * A resume is refused (``RunError``, nothing restored or rewritten) when the recipe differs in anything that
   changes what is computed (``_recipe_changes``): ``log``, ``data``, ``description`` and
   ``distributed.timeout_s`` may change, ``epochs`` only where the learning-rate schedule is the same under
@@ -40,10 +42,12 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
 import torch.distributed as dist
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from timm.optim import param_groups_weight_decay
 from timm.utils import distribute_bn
 from torch.nn.parallel import DistributedDataParallel
@@ -57,8 +61,8 @@ from .callbacks import Callback, build_callbacks
 from .checkpoint import Checkpoint, CheckpointDir, UnreadableCheckpoint, set_rng_state
 from .data.on_device import OnDeviceImages
 from .distributed import DistContext
-from .errors import RunError
-from .recipe import RecipeError, load_recipe
+from .errors import RecipeError, RunError
+from .recipe import load_recipe
 from .runlog import RunDirLock, RunLog, code_version, describe_device
 from .tasks import build_task
 
@@ -76,6 +80,30 @@ def _param_groups(model: torch.nn.Module, weight_decay: float, exclude: set[int]
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
+_Count = Annotated[int, Field(ge=0)]
+
+
+class _State(BaseModel):
+    """What ``Trainer._state`` saves in a checkpoint's ``state.json``; checked when read back (strictly: a value of
+    another type is damage), so a damaged file is passed over like a damaged weights file."""
+
+    model_config = ConfigDict(strict=True, protected_namespaces=(), arbitrary_types_allowed=True)
+
+    epoch: _Count
+    warmup_from: _Count
+    model_name: str
+    model_args: dict[str, Any]
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    train_seconds: Annotated[float, Field(ge=0)]
+    world_size: Annotated[int, Field(ge=1)]
+    no_weight_decay: list[_Count]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    callbacks: list[dict[str, Any]]
+    recipe: dict[str, Any]
+
+
 class Trainer:
     """Runs a recipe. ``callbacks`` are added to those the recipe asks for (e.g. Cuttlefish)."""
 
@@ -84,6 +112,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.ctx = DistContext(recipe['distributed']['timeout_s'])
         self.device = self.ctx.device
+        self.lock = RunDirLock(self.run_dir)
+        # A second run into the directory stops here, before the data and the model load (fit() takes the lock).
+        if self.ctx.ranks_where(self.ctx.is_main and self.lock.held_by_another()):
+            raise self._in_use()
         _seed_all(recipe['seed'])  # identical initial weights on every rank
         self.task = build_task(recipe['task']['name'], recipe['task']['args'])
         self.train_set, self.val_set = self.task.datasets()
@@ -114,7 +146,6 @@ class Trainer:
         self.amp_dtype = self._amp_dtype(recipe['amp'])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.checkpoints = CheckpointDir(self.run_dir, keep=recipe['checkpoint']['keep'])
-        self.lock = RunDirLock(self.run_dir)
         self.runlog = RunLog(self.run_dir, recipe['log']['tensorboard'])
         self._rebuild_optimizer()
 
@@ -275,6 +306,7 @@ class Trainer:
         for folder in self.checkpoints.candidates():
             try:
                 checkpoint, problem = self.checkpoints.read(folder, self.ctx.rank), ''
+                self._check_state(checkpoint.state)
             except UnreadableCheckpoint as e:
                 checkpoint, problem = None, str(e)
             unreadable = self.ctx.ranks_where(checkpoint is None)
@@ -290,6 +322,24 @@ class Trainer:
             )
         return None
 
+    def _check_state(self, state: Any) -> None:
+        """Raise :class:`UnreadableCheckpoint` for a ``state.json`` that parses but cannot be resumed from: a value
+        of the wrong type, or model arguments that do not build this run's model (built on the meta device)."""
+        try:
+            _State.model_validate(state)
+        except ValidationError as e:
+            error = e.errors(include_url=False)[0]
+            where, shown = '.'.join(str(part) for part in error['loc']), repr(error['input'])
+            shown = shown if len(shown) <= 60 else shown[:57] + '...'
+            raise UnreadableCheckpoint(f'state.json: {where}: {error["msg"]}, got {shown}') from None
+        try:
+            with torch.device('meta'):
+                parameters = len(list(zoo.create_model(self.model_name, **state['model_args']).parameters()))
+        except Exception as e:  # whatever arguments damaged by hand or by a crash make the builder raise
+            raise UnreadableCheckpoint(f'state.json: model_args do not build {self.model_name} ({e})') from e
+        if any(index >= parameters for index in state['no_weight_decay']):
+            raise UnreadableCheckpoint(f'state.json: no_weight_decay names parameters {self.model_name} does not have')
+
     def _claim_run_dir(self) -> None:
         """Lock ``run_dir`` for this run (rank 0) and check that every rank sees it: the token rank 0 writes into
         the lock file must be read back by every rank, as checkpoints need (a filesystem shared by all nodes)."""
@@ -297,11 +347,7 @@ class Trainer:
         locked = self.lock.acquire(token) if self.ctx.is_main else True
         token, locked = self.ctx.broadcast_tensor(torch.tensor([token, int(locked)])).tolist()
         if not locked:
-            holder = self.lock.holder()
-            raise RunError(
-                f'{self.run_dir} is in use by another run{f" (process {holder})" if holder else ""}; '
-                f'wait for it to finish, or train into another --run-dir'
-            )
+            raise self._in_use()
         blind = self.ctx.ranks_where(self.lock.token() != token)
         if blind:
             self.lock.release()
@@ -312,6 +358,13 @@ class Trainer:
         if self.ctx.is_main:  # the lock is ours: what killed runs left half-written can go
             self.checkpoints.remove_leftovers()
             self.runlog.remove_leftovers()
+
+    def _in_use(self) -> RunError:
+        holder = self.lock.holder()
+        return RunError(
+            f'{self.run_dir} is in use by another run{f" (process {holder})" if holder else ""}; '
+            f'wait for it to finish, or train into another --run-dir'
+        )
 
     def _check_batches(self) -> None:
         """Every batch stage the run reaches must split over the ranks and fit the training set."""
@@ -384,7 +437,7 @@ class Trainer:
                     with autocast:
                         loss, _ = self.task.loss(self.train_model, batch, self.device)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f'epoch {epoch} step {step}: loss is {loss.item()}')
+                        self._diverged(loss.item(), epoch, step, lr)
                     self.scaler.scale(loss / accumulation).backward()
                 loss_sum += loss.item() / accumulation
             self.scaler.unscale_(self.optimizer)
@@ -405,6 +458,19 @@ class Trainer:
         totals = self.ctx.all_reduce_sums(dict(loss=loss_sum, steps=float(steps)))
         return dict(
             train_loss=totals['loss'] / totals['steps'], lr=lr, global_batch=self.batch_schedule.global_batch(epoch)
+        )
+
+    def _diverged(self, loss: float, epoch: int, step: int, lr: float) -> None:
+        """A loss that is no longer finite. After updates, the learning rate drove the weights there: a
+        :class:`RecipeError` naming it; at the first step, before any update, it is the data or the model."""
+        where = f'epoch {epoch}, step {step}'
+        if epoch == 0 and step == 0:
+            raise FloatingPointError(
+                f'the loss is {loss} at {where}, before any update: the data or the model gives it'
+            )
+        raise RecipeError(
+            f'optim.lr: training diverged (the loss is {loss} at {where}, learning rate {lr:.3g}); lower optim.lr '
+            f'(now {self.recipe["optim"]["lr"]:g}), or clip the gradients with optim.clip_grad_norm'
         )
 
     def evaluate(self) -> dict:

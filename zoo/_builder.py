@@ -360,6 +360,8 @@ def create_model(
     raise ``UnknownModelError`` suggesting close matches; a malformed ``config.json`` raises ``ConfigError``
     before anything is built from it.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"a model name is a string such as 'cf_resnet18' (see zoo.list_models()), got {name!r}")
     if name.startswith(('local-dir:', 'hf-hub:')):
         if checkpoint_path is not None:
             raise WeightsError(f'{name} names its own weights; do not pass checkpoint_path as well')

@@ -28,6 +28,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save as safetensors_bytes
 
+from ._arguments import check_count
+
 __all__ = [
     'atomic_file',
     'atomic_write_bytes',
@@ -158,6 +160,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
       and out-of-memory): default :func:`max_image_pixels`, i.e. ``$ZOO_MAX_IMAGE_PIXELS`` or 100,000,000.
     """
     path = Path(path)
+    if max_pixels is not None:
+        check_count('max_pixels', max_pixels, error=ImageReadError)
     limit = max_pixels or max_image_pixels()
     if path.is_dir():
         raise ImageReadError(f'{path}: is a directory, not an image file')

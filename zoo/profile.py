@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._arguments import check_count
+
 __all__ = ['count_macs', 'median_seconds', 'paired_median_seconds']
 
 
@@ -33,6 +35,8 @@ def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2)
     (which synchronises CUDA around each run) with the process's own thread count."""
     from torch.utils.benchmark import Timer  # imported when timing: importing it probes for a CUDA toolchain
 
+    check_count('repeats', repeats)
+    check_count('warmup', warmup, 0)
     timer = Timer(stmt='fn()', globals={'fn': fn}, num_threads=torch.get_num_threads())
     if warmup:
         timer.timeit(warmup)
@@ -44,6 +48,8 @@ def paired_median_seconds(
 ) -> tuple[float, float]:
     """Median seconds of ``fn_a`` and ``fn_b`` timed alternately, so that a change in the machine's load
     during the measurement affects both alike and their ratio stays meaningful."""
+    check_count('repeats', repeats)
+    check_count('warmup', warmup, 0)
     for _ in range(warmup):
         fn_a()
         fn_b()

@@ -31,6 +31,7 @@ from .slide import (
     ArraySlide,
     NucleusStore,
     TileGrid,
+    check_tiling,
     forward_tiles,
     paint_labels,
     resolve_duplicates,
@@ -72,9 +73,9 @@ def predict_maps(
         model: a segmentation net returning ``np`` (2-class logits), ``hv`` and optionally ``tp`` logits
             at the input's size from ``[0, 1]`` RGB. It runs in eval mode; its mode is restored after.
         image: ``H x W x 3`` uint8 RGB.
-        tile: tile side in pixels (images smaller than a tile are processed whole).
-        overlap: pixels shared by neighbouring tiles; must be smaller than ``tile``.
-        batch_size: tiles per forward pass.
+        tile: tile side in pixels, at least 32 (images smaller than a tile are processed whole).
+        overlap: pixels shared by neighbouring tiles, at most half a tile.
+        batch_size: tiles per forward pass (``zoo.slide.check_tiling`` bounds all three).
         device: where to run; the model is moved there. Default: where the model's parameters are.
 
     Returns:
@@ -83,8 +84,7 @@ def predict_maps(
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}')
-    if not 0 <= overlap < tile:
-        raise ValueError(f'need 0 <= overlap < tile, got overlap {overlap}, tile {tile}')
+    check_tiling(tile, overlap, batch_size)
     if device is not None:
         model.to(device)
     device = next(model.parameters()).device
@@ -141,6 +141,7 @@ def predict_instances(
         ``{id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}`` as
         :func:`zoo.hovernet.postprocess.hovernet_postprocess` reports them, in image coordinates.
     """
+    check_tiling(tile, overlap, batch_size)
     slide = ArraySlide(image)
     if device is not None:
         model.to(device)

@@ -337,6 +337,17 @@ def test_ctrl_c_exits_130_and_says_the_run_resumes(capsys, monkeypatch):
         (['batch.stages=[[0,'], "override 'batch.stages=[[0,': the value '[[0,' is not valid YAML"),
         (['model.args.foo=1'], 'model.args.foo: cf_resnet18_fmnist takes no such argument'),
         (['cuttlefish.presett=short'], "cuttlefish.presett: unknown key; CuttlefishSwitch takes: ['epsilon', "),
+        # numbers against their meaning: 0, negative, NaN, inf, absurdly large
+        (['seed=-1'], 'seed: must be greater than or equal to 0, got -1'),
+        (['epochs=10000000'], 'epochs: must be less than or equal to 100000, got 10000000'),
+        (['data.workers=100000'], 'data.workers: must be less than or equal to 64, got 100000'),
+        (['distributed.timeout_s=1e300'], 'distributed.timeout_s: must be less than or equal to 10000000, got 1e+300'),
+        (['optim.lr=.inf'], 'optim.lr: must be a finite number, got inf'),
+        (['task.args.label_smoothing=.nan'], 'task.args.label_smoothing: expected float, got nan'),
+        (['task.args.holdout=-5'], "task.args of 'classification': holdout must be from 0 to 59999 and input_size"),
+        (['task.args.val_subset=0'], "task.args of 'classification': val_subset must be at least 1 (or null: all)"),
+        (['cuttlefish.profile_repeats=0'], 'cuttlefish: cuttlefish.min_speedup must be a finite number > 0 and'),
+        (['cuttlefish.epsilon=-1'], 'cuttlefish: cuttlefish.epsilon and relaxed thresholds must be finite and >= 0'),
     ],
 )
 def test_train_refuses_bad_recipes_before_any_work(capsys, tmp_path, overrides, message):
@@ -374,6 +385,10 @@ def test_finetune_refuses_a_classifier_bad_epochs_and_an_unknown_dataset(capsys,
     assert _one_error_line(capsys, 'finetune') == (
         "zoo finetune: error: task.args of 'nuclei-segmentation': unknown nuclei dataset 'monuseg'; available: "
         "('stardist', 'kumar', 'consep', 'cpm17', 'pannuke', 'lizard', 'conic', 'monusac', 'folder', 'geojson')"
+    )
+    assert main(['finetune', '--run-dir', str(tmp_path / 'r'), 'task.args.overlap=200']) == 2
+    assert _one_error_line(capsys, 'finetune') == (
+        "zoo finetune: error: task.args of 'nuclei-segmentation': overlap must be a whole number from 0 to 128, got 200"
     )
     assert not (tmp_path / 'r').exists()
 
@@ -428,3 +443,25 @@ def test_train_onto_a_full_disk_leaves_nothing_half_written(capsys, tmp_path, mo
     )
     # no partial recipe.yaml, no temporary file; only the run-directory lock, which holds no results
     assert [p.name for p in run_dir.rglob('*') if p.is_file()] == ['.lock']
+
+
+@pytest.mark.parametrize(
+    'argv,option',
+    [
+        (['segment-slide', SEGMENTER, 'slide.svs', '--out', '{file}'], '--out'),
+        (['predict', SEGMENTER, 'x.png', '--out-dir', '{file}/overlays'], '--out-dir'),
+        (['train', '--recipe', 'fmnist_resnet18', '--run-dir', '{file}/run'], '--run-dir'),
+        (['finetune', '--run-dir', '{file}'], '--run-dir'),
+    ],
+    ids=['segment-slide', 'predict', 'train', 'finetune'],
+)
+def test_an_output_folder_that_is_a_file_is_refused_naming_the_option(capsys, tmp_path, argv, option):
+    (tmp_path / 'results').write_text('a file the user keeps')
+    with pytest.raises(SystemExit) as exit_:
+        main([arg.format(file=tmp_path / 'results') for arg in argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f'zoo {argv[0]}: error: argument {option}: {tmp_path / "results"} is a file, not a folder; give a folder '
+        f'(created if missing) (see zoo {argv[0]} --help)\n'
+    )
+    assert (tmp_path / 'results').read_text() == 'a file the user keeps'

@@ -2,6 +2,7 @@
 killed run's lock does not block, a damaged newest checkpoint falls back to the previous one, and resumes that
 would compute something else are refused. Every refusal is one line with exit status 2 that loses nothing."""
 
+import json
 import logging
 import os
 import shutil
@@ -110,6 +111,38 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(run_dir, nam
     assert sorted(p.name for p in checkpoints.iterdir()) == ['epoch-0002', 'epoch-0003', 'latest']
 
 
+def _set_state(path: Path, key: str, value) -> None:
+    """Overwrite one entry of a checkpoint's state.json (flattened by training.checkpoint) with a JSON value."""
+    state = json.loads(path.read_text())
+    next(item for item in state['__dict__'] if item[0] == key)[1] = value
+    path.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    'key,value,problem',
+    [
+        ('epoch', 'three', "state.json: epoch: Input should be a valid integer, got 'three'"),
+        ('history', {'__dict__': [['rows', 3]]}, "state.json: history: Input should be a valid list, got {'rows': 3}"),
+        (
+            'model_args',
+            {'__dict__': [['widths', [4, 8, 16, 0]]]},
+            'state.json: model_args do not build cf_resnet18_fmnist (widths must be whole numbers >= 1, got '
+            '(4, 8, 16, 0))',
+        ),
+    ],
+    ids=['wrong-type', 'wrong-shape', 'model-args'],
+)
+def test_a_checkpoint_whose_state_is_damaged_falls_back_like_damaged_weights(run_dir, caplog, key, value, problem):
+    checkpoints = run_dir / 'checkpoints'
+    _set_state(checkpoints / 'epoch-0003' / 'state.json', key, value)
+    trainer = Trainer(load_recipe('fmnist_resnet18', TINY), run_dir)
+    with caplog.at_level(logging.INFO, logger='training'):
+        assert trainer.resume() and trainer.epoch == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f'{checkpoints / "epoch-0003"} cannot be read ({problem}); resuming from {checkpoints / "epoch-0002"} instead'
+    ]
+
+
 def test_no_readable_checkpoint_is_an_error_that_changes_nothing(run_dir, capsys):
     checkpoints = run_dir / 'checkpoints'
     _garbage(checkpoints / 'epoch-0003' / 'state.json')
@@ -215,7 +248,9 @@ def _wait_for_lock(run_dir: Path, process: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
-def test_a_second_run_into_a_directory_in_use_stops_at_once(tmp_path, capsys):
+def test_a_second_run_into_a_directory_in_use_stops_at_once(tmp_path, capsys, monkeypatch):
+    import training.trainer
+
     run_dir, gate = tmp_path / 'run', tmp_path / 'gate'
     first = subprocess.Popen(
         [sys.executable, '-c', _HOLDER, str(run_dir), str(gate), *TINY, 'epochs=1'],
@@ -226,8 +261,10 @@ def test_a_second_run_into_a_directory_in_use_stops_at_once(tmp_path, capsys):
     )
     try:
         _wait_for_lock(run_dir, first)
-        # another recipe too: the lock is checked before anything is read or written
-        assert main(_train(run_dir, 'epochs=1', 'optim.lr=0.05')) == 2
+        # another recipe too: the lock is checked before anything is read or written, the data and model not loaded
+        with monkeypatch.context() as patch:
+            patch.setattr(training.trainer, 'build_task', lambda *_: pytest.fail('the data was loaded first'))
+            assert main(_train(run_dir, 'epochs=1', 'optim.lr=0.05')) == 2
         assert _error_line(capsys) == (
             f'zoo train: error: {run_dir} is in use by another run (process {first.pid}@{socket.gethostname()}); '
             f'wait for it to finish, or train into another --run-dir'
@@ -268,6 +305,13 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_any_work(tmp_pat
         '(48 samples); give a smaller batch or more data'
     )
     assert not (tmp_path / 'run').exists()
+
+
+def test_a_learning_rate_that_diverges_names_the_value_to_lower(tmp_path, capsys):
+    assert main(_train(tmp_path / 'run', 'optim.lr=1e6')) == 2
+    error = _error_line(capsys)
+    assert error.startswith('zoo train: error: optim.lr: training diverged (the loss is nan at epoch 0, step ')
+    assert error.endswith('); lower optim.lr (now 1e+06), or clip the gradients with optim.clip_grad_norm')
 
 
 def _finetune(dataset: str, data_dir: Path, run_dir: Path) -> list[str]:

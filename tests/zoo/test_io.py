@@ -161,3 +161,9 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setenv('ZOO_MAX_IMAGE_PIXELS', 'lots')
     with pytest.raises(ImageReadError, match="ZOO_MAX_IMAGE_PIXELS must be a positive number of pixels, got 'lots'"):
         read_image(tmp_path / 'small.png')
+
+
+def test_a_pixel_limit_below_one_is_refused(tmp_path):
+    Image.new('L', (4, 4)).save(tmp_path / 'x.png')
+    with pytest.raises(ImageReadError, match=r'^max_pixels must be a whole number >= 1, got -3$'):
+        read_image(tmp_path / 'x.png', max_pixels=-3)

@@ -16,7 +16,7 @@ import pytest
 import timm
 import torch
 import torch.fx
-from _helpers import ALL_CASE_IDS, ALL_CASES, CASE_IDS, CASES, CLASSIFIERS, SEGMENTERS, input_size
+from _helpers import ALL_CASE_IDS, ALL_CASES, CASE_IDS, CASES, CLASSIFIERS, MODELS, SEGMENTERS, input_size
 from timm.models import FeatureGraphNet, FeatureInfo, get_model_args, get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import NodePathTracer
 
@@ -154,15 +154,33 @@ def test_model_backward(case):
         assert any(isinstance(m, LowRankLayer) for m in model.modules())
 
 
+def _names(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@pytest.mark.parametrize('name', MODELS + zoo.list_models(tags=True))
+def test_model_attributes_and_cfg_names(name):
+    """What timm's tests read from every model, published tags included (timm lists them with ``include_tags``):
+    the class count, the feature and pre-logit widths, and the layers the cfg names as classifier and first conv."""
+    model = timm.create_model(name, device='meta')
+    cfg = model.pretrained_cfg
+    for key in ('classifier', 'first_conv', 'pool_size', 'input_size', 'mean', 'std', 'license', 'paper_ids'):
+        assert key in cfg, f'pretrained_cfg has no {key}'
+    assert model.num_classes == cfg['num_classes'] >= 0
+    assert model.num_features > 0 and model.head_hidden_size > 0
+    state_dict = model.state_dict()
+    for layer in _names(cfg['classifier']) if cfg['num_classes'] else ():
+        assert layer + '.weight' in state_dict
+    for layer in _names(cfg['first_conv']):
+        assert layer + '.weight' in state_dict
+
+
 @pytest.mark.parametrize('name', CLASSIFIERS)
 def test_model_default_cfgs(name):
     """timm's default-cfg checks: shapes at the cfg's input size, so on the meta device (no weights to compute)."""
     model = timm.create_model(name, device='meta').eval()
-    state_dict = model.state_dict()
     cfg = model.pretrained_cfg
-    for key in ('classifier', 'first_conv', 'pool_size', 'input_size', 'mean', 'std', 'license', 'paper_ids'):
-        assert key in cfg, f'pretrained_cfg has no {key}'
-    assert model.num_classes == cfg['num_classes'] > 0 and model.num_features > 0 and model.head_hidden_size > 0
+    assert model.num_classes > 0
     x = torch.empty(1, *cfg['input_size'], device='meta')
     features = model.forward_features(x)
     if cfg['pool_size'] is not None:  # NCHW family
@@ -175,6 +193,8 @@ def test_model_default_cfgs(name):
     model.reset_classifier(0)
     assert model.num_classes == 0
     assert model(x).shape == pre_logits.shape
+    headless = timm.create_model(name, num_classes=0, device='meta').eval()
+    assert headless(x).shape == pre_logits.shape
     if cfg['pool_size'] is not None:
         model.reset_classifier(0, '')
         assert model(x).shape == features.shape
@@ -183,9 +203,6 @@ def test_model_default_cfgs(name):
         model.reset_classifier(0, 'catavgmax')  # pooling that widens the pre-logits
         assert model.head_hidden_size == 2 * model.num_features
         assert model(x).shape == (1, model.head_hidden_size)
-    for head in (cfg['classifier'],) if isinstance(cfg['classifier'], str) else cfg['classifier']:
-        assert head + '.weight' in state_dict
-    assert cfg['first_conv'] + '.weight' in state_dict
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,7 +341,7 @@ def test_forward_intermediates_and_pruning(case):
         model.set_grad_checkpointing(False)
 
         assert model.prune_intermediate_layers([1, 2]) == [1, 2]
-        assert model.num_classes == 0 and model.num_features == channels[2]
+        assert model.num_classes == 0 and model.num_features == model.head_hidden_size == channels[2]
         pruned = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
         assert all(torch.equal(a, b) for a, b in zip(pruned, maps[1:3], strict=True))
         features = model.forward_features(x)
@@ -417,3 +434,68 @@ MODEL_SOURCES = sorted((REPO / 'zoo' / 'models').glob('*.py')) + sorted((REPO / 
 def test_no_future_annotations_in_model_code(path):
     """TorchScript reads real annotations (``torch.jit.Final`` attributes, traced forward signatures)."""
     assert 'from __future__ import annotations' not in path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments that cannot build a working network
+
+
+BAD_ARGUMENTS = [
+    ('cf_resnet18', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('cf_resnet18', dict(num_classes=2.5), 'num_classes must be a whole number >= 0, got 2.5'),
+    ('cf_resnet18', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('cf_resnet18', dict(drop_rate=math.nan), 'drop_rate must be a number in [0, 1), got nan'),
+    ('cf_resnet18', dict(layers=(2, 0, 2, 2)), 'layers must be whole numbers >= 1, got (2, 0, 2, 2)'),
+    ('cf_resnet18', dict(block='dense'), "block must be 'basic' or 'bottleneck', got 'dense'"),
+    (
+        'cf_resnet50',
+        dict(widths=(8, 16, 32, 64), base_width=4),
+        'widths (8, 16, 32, 64) at base_width 4 make bottlenecks',
+    ),
+    ('cf_vgg19', dict(depths=(2, 2, -1, 4, 4)), 'depths must be whole numbers >= 1, got (2, 2, -1, 4, 4)'),
+    ('mrl_nano', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('mrl_nano', dict(kernel_size=4), 'kernel_size must be odd (a depthwise conv that keeps the size), got 4'),
+    ('mrl_nano', dict(mlp_ratio=math.inf), 'mlp_ratio must be a finite number > 0, got inf'),
+    ('mrl_nano', dict(window_size=0), 'window_size must be a whole number >= 1, got 0'),
+    ('mrl_nano', dict(ffn_groups=0), 'ffn_groups must be a whole number >= 1, got 0'),
+    ('mrl_nano', dict(drop_path_rate=1.5), 'drop_path_rate must be a number in [0, 1), got 1.5'),
+    ('cf_deit_small', dict(img_size=100), 'img_size 100 is not a multiple of patch_size 16; give a multiple, or'),
+    ('cf_deit_small', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('cf_deit_small', dict(num_heads=5), 'embed_dim 384 is not divisible by num_heads 5'),
+    ('cf_deit_small', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('mrl_seg_nano', dict(num_types=-2), 'num_types must be a whole number >= 0, got -2'),
+    ('mrl_seg_nano', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
+    ('mrl_seg_nano', dict(decoder_dims=(128, 64, 0, 32, 16)), 'decoder_dims must be whole numbers >= 1'),
+    ('hovernet_fast', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+]
+
+
+@pytest.mark.parametrize(
+    'name,kwargs,message', BAD_ARGUMENTS, ids=[f'{n}-{next(iter(kw))}' for n, kw, _ in BAD_ARGUMENTS]
+)
+def test_arguments_that_cannot_build_a_working_network_are_refused_at_creation(name, kwargs, message):
+    with pytest.raises(ValueError) as caught:
+        zoo.create_model(name, device='meta', **kwargs)
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize('name', ['cf_resnet18', 'mrl_nano', 'mrl_seg_nano', 'hovernet_fast'])
+def test_reset_classifier_refuses_a_negative_class_count(name):
+    model = zoo.create_model(name, device='meta')
+    with pytest.raises(ValueError, match=r'^num_classes must be a whole number >= 0, got -3$'):
+        model.reset_classifier(-3)
+
+
+@pytest.mark.parametrize('name', [None, 3, ['cf_resnet18']])
+def test_a_model_name_that_is_not_a_string_is_refused(name):
+    with pytest.raises(TypeError, match=r"^a model name is a string such as 'cf_resnet18' \(see zoo.list_models\(\)\)"):
+        zoo.create_model(name)
+
+
+def test_a_timing_of_no_runs_is_refused():
+    from zoo.profile import median_seconds, paired_median_seconds
+
+    with pytest.raises(ValueError, match=r'^repeats must be a whole number >= 1, got 0$'):
+        median_seconds(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match=r'^warmup must be a whole number >= 0, got -1$'):
+        paired_median_seconds(lambda: None, lambda: None, warmup=-1)

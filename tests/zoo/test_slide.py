@@ -131,11 +131,6 @@ def test_unreadable_slides_are_one_line_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, 'openslide', None)  # as if openslide-python were not installed
     with pytest.raises(SlideError, match='needs OpenSlide.*pip install openslide-python openslide-bin'):
         open_slide(SVS)
-    monkeypatch.undo()
-    assert main(['segment-slide', 'mrl_seg_nano.stardist', str(SVS), '--overlap', '300']) == 2
-    assert capsys.readouterr().err == (
-        'zoo segment-slide: error: --overlap must be at least 0 and smaller than --tile (256), got 300\n'
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,3 +413,163 @@ def test_memory_is_bounded_by_the_batch_not_the_slide(tmp_path):
     assert result.num_nuclei == len(centres)
     one_float_map = size * size * 4  # blending whole-slide NP and HV maps would need three of them
     assert peak < one_float_map, f'peak {peak / 2**20:.1f} MiB'
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Arguments, pixels and stores that cannot work: one line, before the work
+
+
+BAD_SLIDE_ARGUMENTS = [
+    (dict(tile=8), 'tile must be a whole number >= 32, got 8'),
+    (dict(tile=256.0), 'tile must be a whole number >= 32, got 256.0'),
+    (dict(overlap=-1), 'overlap must be a whole number from 0 to 128, got -1'),
+    (dict(overlap=200), 'overlap must be a whole number from 0 to 128, got 200'),
+    (dict(batch_size=0), 'batch_size must be a whole number >= 1, got 0'),
+    (dict(batch_size=10**6), 'a batch of 1000000 tiles of 256 px is 65536 megapixels; at most 268 go through'),
+    (dict(workers=-1), 'workers must be a whole number from 0 to 64, got -1'),
+    (dict(workers=10**4), 'workers must be a whole number from 0 to 64, got 10000'),
+    (dict(mpp=math.nan), 'mpp must be a finite number > 0, got nan'),
+    (dict(mpp=math.inf), 'mpp must be a finite number > 0, got inf'),
+    (dict(mpp=0.0), 'mpp must be a finite number > 0, got 0.0'),
+    (dict(slide_mpp=-0.5), 'slide_mpp must be a finite number > 0, got -0.5'),
+]
+
+
+@pytest.mark.parametrize('kwargs,message', BAD_SLIDE_ARGUMENTS, ids=[str(kw) for kw, _ in BAD_SLIDE_ARGUMENTS])
+def test_arguments_that_cannot_work_are_refused_before_the_slide_is_read(tmp_path, kwargs, message):
+    with pytest.raises(SlideError) as caught:  # the slide does not exist: it is never opened
+        segment_slide(oracle(), tmp_path / 'missing.svs', tmp_path / 'out', **kwargs)
+    assert str(caught.value).startswith(message)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_slide_resolution_that_cannot_be_is_refused_when_opening(tmp_path):
+    _write_ome(tmp_path / 'plain.ome.tif', np.zeros((64, 64, 3), np.uint8))
+    for mpp in (math.nan, math.inf, 0.0, -1.0):
+        with pytest.raises(SlideError, match=rf'^mpp must be a finite number > 0, got {mpp}$'):
+            open_slide(tmp_path / 'plain.ome.tif', mpp=mpp)
+
+
+def test_a_resolution_is_refused_where_it_would_create_unbounded_work():
+    slide = _Pyramid(0.25)
+    assert choose_resolution(slide, 0.0625).scale == 0.25  # 4x finer: the limit
+    with pytest.raises(SlideError, match=r'^0.001 µm/px on a slide of 0.25 µm/px enlarges it 250x, which adds no'):
+        choose_resolution(slide, 0.001)
+    assert choose_resolution(slide, 32.0).scale == 8.0  # level 2 (4 µm/px) shrunk 8x: the limit
+    with pytest.raises(SlideError, match=r'^1e\+03 µm/px on a slide of 0.25 µm/px shrinks its coarsest level 250x;'):
+        choose_resolution(slide, 1000.0)
+    tiny = ArraySlide(np.zeros((3, 4, 3), np.uint8), mpp=0.25)
+    with pytest.raises(SlideError, match=r'^1.5 µm/px on a slide of 0.25 µm/px: the slide would be 0x0 px;'):
+        choose_resolution(tiny, 1.5)
+
+
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (['--mpp', 'nan'], "argument --mpp: must be a finite number > 0, got 'nan'"),
+        (['--slide-mpp', 'inf'], "argument --slide-mpp: must be a finite number > 0, got 'inf'"),
+        (['--mpp', '0'], "argument --mpp: must be a finite number > 0, got '0'"),
+        (['--tile', '-5'], "argument --tile: must be a whole number >= 1, got '-5'"),
+        (['--overlap', '1.5'], "argument --overlap: must be a whole number >= 0, got '1.5'"),
+        (['--batch-size', '0'], "argument --batch-size: must be a whole number >= 1, got '0'"),
+        (['--workers', '-1'], "argument --workers: must be a whole number >= 0, got '-1'"),
+    ],
+)
+def test_segment_slide_options_are_checked_as_the_command_line_is_parsed(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(['segment-slide', 'mrl_seg_nano.stardist', str(tmp_path / 'missing.svs'), *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f'zoo segment-slide: error: {message} (see zoo segment-slide --help)\n'
+
+
+def test_segment_slide_refuses_bounds_and_a_classifier_before_reading_the_slide(tmp_path, capsys):
+    missing = str(tmp_path / 'missing.svs')
+    for argv, message in [
+        (['--tile', '8'], 'tile must be a whole number >= 32, got 8'),
+        (['--overlap', '300'], 'overlap must be a whole number from 0 to 128, got 300'),
+        (['--workers', '1000'], 'workers must be a whole number from 0 to 64, got 1000'),
+    ]:
+        assert main(['segment-slide', 'mrl_seg_nano.stardist', missing, *argv]) == 2
+        assert capsys.readouterr().err == f'zoo segment-slide: error: {message}\n'
+    assert main(['segment-slide', 'cf_resnet18_fmnist', missing]) == 2
+    assert capsys.readouterr().err == (
+        'zoo segment-slide: error: cf_resnet18_fmnist is a model for image-classification; segmenting a slide needs '
+        'a nuclei segmentation model, e.g. mrl_seg_nano.stardist\n'
+    )
+    with pytest.raises(SlideError, match='^cf_resnet18 is a model for image-classification'):  # built, not named
+        segment_slide(zoo.create_model('cf_resnet18', device='meta'), missing, tmp_path / 'out')
+
+
+def test_an_extreme_resolution_is_refused_before_any_tile_is_read(tmp_path, capsys):
+    args = ['segment-slide', 'mrl_seg_nano.stardist', str(SVS), '--out', str(tmp_path), '--no-progress']
+    assert main([*args, '--mpp', '0.0001']) == 2
+    assert capsys.readouterr().err == (
+        'zoo segment-slide: error: 0.0001 µm/px on a slide of 0.499 µm/px enlarges it 4.99e+03x, which adds no '
+        'detail, only work; at most 4x: check the microns per pixel given (--mpp, --slide-mpp)\n'
+    )
+    assert main([*args, '--mpp', '0.5', '--slide-mpp', '1e-6']) == 2
+    assert 'shrinks its coarsest level 5e+05x; at most 8x' in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nan_pixels_are_refused_not_turned_black(tmp_path, capsys):
+    image = np.linspace(0, 1, 128 * 96, dtype=np.float32).reshape(128, 96)
+    image[5, 7] = np.nan
+    _write_ome(tmp_path / 'float.ome.tif', image)
+    assert (
+        main(['segment-slide', 'mrl_seg_nano.stardist', str(tmp_path / 'float.ome.tif'), '--out', str(tmp_path)]) == 2
+    )
+    assert capsys.readouterr().err == (
+        f'zoo segment-slide: error: {tmp_path / "float.ome.tif"}: 1 values of level 0 at x 0-96, y 0-128 are NaN or '
+        'infinite; replace them (e.g. with 0) and save it again\n'
+    )
+    image[5, 7], image[33, 41] = 0.5, np.inf  # in level 0 only: its pyramid level skips odd rows
+    _write_ome(tmp_path / 'pyramid.ome.tif', image, levels=2)
+    with open_slide(tmp_path / 'pyramid.ome.tif') as slide:
+        assert slide.read(0, 0, 0, 32, 32).std() > 0
+        with pytest.raises(SlideError, match=r'1 values of level 0 at x 32-64, y 32-64 are NaN or infinite;'):
+            slide.read(0, 32, 32, 32, 32)
+
+
+def _read_only_store(folder: Path, monkeypatch) -> None:
+    """``folder`` made read-only; as root, where permissions do not stop writes, SQLite opens read-only."""
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        connect = sqlite3.connect
+        monkeypatch.setattr(sqlite3, 'connect', lambda path: connect(f'file:{path}?mode=ro', uri=True))
+
+
+def _full_disk(monkeypatch) -> None:
+    """SQLite's own 'database or disk is full', at its first page past the store's schema."""
+    connect = sqlite3.connect
+
+    def small(path):
+        db = connect(path)
+        db.execute('PRAGMA max_page_count = 6')
+        return db
+
+    monkeypatch.setattr(sqlite3, 'connect', small)
+
+
+@pytest.mark.parametrize(
+    'damage,error',
+    [
+        (
+            lambda out, mp: (out.mkdir(), (out / 'disks.tiles.sqlite').write_bytes(b'\x07' * 4096)),
+            'file is not a '
+            'database; the file is damaged: delete it to segment the slide from the start, or choose another output',
+        ),
+        (_read_only_store, 'unable to open database file; check that its folder is writable, or choose another'),
+        (lambda out, mp: _full_disk(mp), 'database or disk is full; free some space, or choose another output'),
+    ],
+    ids=['damaged', 'read-only', 'full'],
+)
+def test_tile_store_errors_name_the_file_and_what_to_do(tmp_path, monkeypatch, damage, error):
+    image, _ = disks(300, 300, [(r, c) for r in range(30, 300, 40) for c in range(30, 300, 40)])
+    slide, out = ArraySlide(image, mpp=0.5, path=str(tmp_path / 'disks.png')), tmp_path / 'out'
+    damage(out, monkeypatch)
+    with pytest.raises(SlideError) as caught:
+        segment_slide(oracle(), slide, out, mpp=0.5, tile=64, overlap=16, batch_size=1, progress=False)
+    assert str(caught.value).startswith(f'{out / "disks.tiles.sqlite"}: {error}')
+    assert not (out / 'disks.geojson').exists()

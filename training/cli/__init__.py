@@ -54,8 +54,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean the input is wrong (exit 2, one line), not that the zoo has a bug."""
     import zoo
     from training.data import DatasetLayoutError
-    from training.errors import RunError
-    from training.recipe import RecipeError
+    from training.errors import RecipeError, RunError
     from zoo.io import ImageReadError
     from zoo.slide import SlideError
 
@@ -85,6 +84,8 @@ def _describe_os_error(error: OSError) -> str:
         errno.EPERM: 'check the permissions or write elsewhere',
         errno.EROFS: 'write elsewhere',
         errno.ENOENT: 'check the path',
+        errno.EEXIST: 'a file is in the way: move it, or write elsewhere',
+        errno.ENOTDIR: 'a file is in the way: move it, or write elsewhere',
     }.get(error.errno)
     return f'{where}{what}' + (f'; {advice}' if advice else '')
 

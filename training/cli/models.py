@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
+
+from .options import output_folder, whole_number
 
 
 def add_commands(sub) -> None:
@@ -21,19 +21,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser('predict', help='classify images (or segment nuclei) with published weights')
     p.add_argument('name')
     p.add_argument('images', nargs='+')
-    p.add_argument('--topk', type=_positive_int, default=5, help='how many classes to print (default 5)')
-    p.add_argument('--out-dir', type=Path, default=Path('predictions'), help='where segmentation overlays go')
+    p.add_argument('--topk', type=whole_number(1), default=5, help='how many classes to print (default 5)')
+    p.add_argument('--out-dir', type=output_folder, default='predictions', help='where segmentation overlays go')
     p.set_defaults(func=cmd_predict)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be a whole number >= 1, got {text!r}')
-    return value
 
 
 def _format_metrics(metrics) -> str:

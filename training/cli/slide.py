@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from pathlib import Path
+
+from .options import output_folder, positive_number, whole_number
 
 
 def add_commands(sub) -> None:
@@ -38,17 +39,26 @@ def add_commands(sub) -> None:
 
 def add_slide_options(p) -> None:
     """The options of segment_slide, shared by ``segment-slide`` and ``segment-slides``."""
-    p.add_argument('--out', type=Path, default=Path('slides'), help='output folder (default: slides)')
+    p.add_argument('--out', type=output_folder, default='slides', help='output folder (default: slides)')
     p.add_argument(
         '--mpp',
-        type=float,
+        type=positive_number,
         help="microns per pixel to run the model at (default: the model's; level 0 as it is when unknown)",
     )
-    p.add_argument('--slide-mpp', type=float, help="microns per pixel of the slide's level 0, overriding the file's")
-    p.add_argument('--tile', type=int, default=256, help='network tile side in pixels (default: 256)')
-    p.add_argument('--overlap', type=int, default=64, help='pixels neighbouring tiles share (default: 64)')
-    p.add_argument('--batch-size', type=int, default=8, help='tiles per forward pass (default: 8)')
-    p.add_argument('--workers', type=int, default=2, help='threads reading and decoding tiles (default: 2)')
+    p.add_argument(
+        '--slide-mpp', type=positive_number, help="microns per pixel of the slide's level 0, overriding the file's"
+    )
+    # Bounds that need the library (a tile of at least 32 px, at most 64 workers...) are its checks, with the same
+    # one-line errors: importing it here would slow every command's start.
+    p.add_argument('--tile', type=whole_number(1), default=256, help='network tile side in pixels (default: 256)')
+    p.add_argument(
+        '--overlap',
+        type=whole_number(0),
+        default=64,
+        help='pixels neighbouring tiles share, <= half a tile (default: 64)',
+    )
+    p.add_argument('--batch-size', type=whole_number(1), default=8, help='tiles per forward pass (default: 8)')
+    p.add_argument('--workers', type=whole_number(0), default=2, help='threads reading and decoding tiles (default: 2)')
     p.add_argument('--all-tiles', action='store_true', help='process every tile, not only those with tissue')
     p.add_argument('--label-image', action='store_true', help='also write a pyramidal OME-TIFF of nucleus ids')
     p.add_argument('--device', help="where to run, e.g. 'cuda' (default: cpu)")
@@ -62,15 +72,8 @@ def _fail(message: str) -> None:
 
 
 def slide_options(args) -> dict:
-    """segment_slide's keyword arguments from the options of :func:`add_slide_options`, checked."""
-    for name in ('tile', 'batch_size'):
-        if getattr(args, name) < 1:
-            _fail(f'--{name.replace("_", "-")} must be at least 1')
-    if not 0 <= args.overlap < args.tile:
-        _fail(f'--overlap must be at least 0 and smaller than --tile ({args.tile}), got {args.overlap}')
-    for name in ('mpp', 'slide_mpp'):
-        if getattr(args, name) is not None and not getattr(args, name) > 0:
-            _fail(f'--{name.replace("_", "-")} must be positive')
+    """segment_slide's keyword arguments from the options of :func:`add_slide_options` (their ranges are
+    checked by the option types here and by segment_slide itself)."""
     return dict(
         mpp=args.mpp,
         slide_mpp=args.slide_mpp,
@@ -86,16 +89,11 @@ def slide_options(args) -> dict:
 
 
 @contextlib.contextmanager
-def _slide_warnings(command: str):
-    """SlideWarnings as one line each on stderr."""
-
-    def show_warning(message, *_args, **_kwargs):
-        print(f'zoo {command}: warning: {message}', file=sys.stderr)
-
+def _every_slide_warning():
+    """Each slide's warnings, also where a cohort repeats one (``main`` prints every warning as one line)."""
     from zoo.slide import SlideWarning
 
     with warnings.catch_warnings():
-        warnings.showwarning = show_warning
         warnings.simplefilter('always', SlideWarning)
         yield
 
@@ -104,7 +102,7 @@ def cmd_segment_slide(args) -> None:
     from zoo.slide import segment_slide
 
     options = slide_options(args)
-    with _slide_warnings('segment-slide'):
+    with _every_slide_warning():
         result = segment_slide(args.name, args.slide, args.out, **options)
     res, t = result.resolution, result.timings
     mpp = f'{res.mpp:.3g} µm/px' if res.mpp else 'unknown µm/px'
@@ -125,7 +123,7 @@ def cmd_segment_slides(args) -> None:
     from zoo.slide import segment_slides
 
     options = slide_options(args)
-    with _slide_warnings('segment-slides'):
+    with _every_slide_warning():
         result = segment_slides(args.name, args.slides, args.out, **options)
     index, count = result.shard
     failed = sum(record['status'] != 'finished' for record in result.records)

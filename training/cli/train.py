@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .options import output_folder
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser(
@@ -12,7 +14,7 @@ def add_commands(sub) -> None:
         description='Train a recipe; rerunning with the same run directory resumes it.',
     )
     p.add_argument('--recipe', required=True, help='a recipe file or the name of a bundled one')
-    p.add_argument('--run-dir', help='default: runs/<recipe name>')
+    p.add_argument('--run-dir', type=output_folder, help='default: runs/<recipe name>')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE', help='e.g. epochs=3 optim.lr=0.05')
     p.set_defaults(func=cmd_train)
 
@@ -34,7 +36,7 @@ def add_commands(sub) -> None:
         '--epochs', type=int, help="train this many epochs; a step schedule's milestones keep their share of the run"
     )
     p.add_argument('--recipe', default='histology_finetune')
-    p.add_argument('--run-dir')
+    p.add_argument('--run-dir', type=output_folder, help='default: runs/finetune-<model>-<dataset>')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE')
     p.set_defaults(func=cmd_finetune)
 

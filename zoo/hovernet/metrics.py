@@ -175,8 +175,8 @@ def _aji_plus(overlaps: _Overlaps) -> float:
 
 
 def _panoptic_quality(overlaps: _Overlaps, match_iou: float) -> tuple[float, float, float]:
-    if match_iou < 0:
-        raise ValueError(f'match_iou must be >= 0, got {match_iou}')
+    if not 0 <= match_iou < 1:  # NaN too: no pair would ever match
+        raise ValueError(f'match_iou must be in [0, 1), got {match_iou}')
     if overlaps.both_empty:
         return 1.0, 1.0, 1.0
     iou = overlaps.inter / overlaps.union

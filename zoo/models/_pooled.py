@@ -6,6 +6,8 @@ from timm.layers import create_classifier, get_device_dtype
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
+from .._arguments import check_count
+
 __all__ = ['PooledClassifier']
 
 
@@ -38,6 +40,7 @@ class PooledClassifier(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
         """A new ``fc`` for ``num_classes`` (0: none) on the model's device and dtype; the pooling changes
         only when ``global_pool`` is given (``''``: no pooling, ``forward`` returns the feature map)."""
+        check_count('num_classes', num_classes, 0)
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         self._init_head(num_classes, pool_type, self.drop_rate, **get_device_dtype(self))
         self.global_pool.train(self.training)

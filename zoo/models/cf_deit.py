@@ -6,16 +6,45 @@ The transformer itself is timm's ``VisionTransformer`` (this family adds only th
 built with ``dynamic_img_size=True`` so any input size divisible by 16 works.
 """
 
+import inspect
 from collections.abc import Mapping
 
+from timm.layers import to_2tuple
 from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from .._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..layers import factorize_, resolve_ranks
 
 __all__ = ['LowRankDeiT']
+
+_VIT_DEFAULTS = {name: p.default for name, p in inspect.signature(VisionTransformer).parameters.items()}
+_VIT_RATES = ('drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate')
+
+
+def _check_vit_arguments(kwargs: Mapping) -> None:
+    """timm's VisionTransformer arguments that would otherwise fail at the first forward (or in an assert)."""
+    args = {**_VIT_DEFAULTS, **kwargs}
+    check_head(args['num_classes'], args['in_chans'])
+    img_size, patch_size = to_2tuple(args['img_size']), to_2tuple(args['patch_size'])
+    check_counts('img_size', img_size)
+    check_counts('patch_size', patch_size)
+    if not args['dynamic_img_pad'] and any(side % patch for side, patch in zip(img_size, patch_size)):
+        raise ValueError(
+            f'img_size {args["img_size"]} is not a multiple of patch_size {args["patch_size"]}; '
+            f'give a multiple, or dynamic_img_pad=True to pad the input'
+        )
+    for name in ('embed_dim', 'depth', 'num_heads'):
+        check_count(name, args[name])
+    if args['embed_dim'] % args['num_heads']:
+        raise ValueError(f'embed_dim {args["embed_dim"]} is not divisible by num_heads {args["num_heads"]}')
+    check_positive('mlp_ratio', args['mlp_ratio'])
+    if args['init_values'] is not None:
+        check_finite('init_values', args['init_values'])
+    for name in _VIT_RATES:
+        check_rate(name, args[name])
 
 
 class LowRankDeiT(VisionTransformer):
@@ -23,6 +52,7 @@ class LowRankDeiT(VisionTransformer):
 
     def __init__(self, ranks: Mapping[str, int] | None = None, rank_ratio: float | None = None, **kwargs):
         kwargs.setdefault('dynamic_img_size', True)
+        _check_vit_arguments(kwargs)
         super().__init__(**kwargs)
         ranks = resolve_ranks(self, ranks, rank_ratio)
         if ranks:

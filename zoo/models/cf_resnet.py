@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq, register_model
 
+from .._arguments import check_count, check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import (
@@ -127,10 +128,19 @@ class ResNet(PooledClassifier):
         dtype=None,
     ):
         super().__init__()
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
         if stem not in ('cifar', 'imagenet'):
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f'ResNet has four stages: got layers {tuple(layers)} and widths {tuple(widths)}')
+        check_counts('layers', layers)
+        check_counts('widths', widths)
+        check_count('base_width', base_width)
+        if block == 'bottleneck' and min(widths) * base_width < 64:
+            raise ValueError(f'widths {tuple(widths)} at base_width {base_width} make bottlenecks of 0 channels')
+        check_head(num_classes, in_chans)
+        check_rate('drop_rate', drop_rate)
         dd = {'device': device, 'dtype': dtype}
         block_cls = _BLOCKS[block]
         self.grad_checkpointing = False

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.models import checkpoint_seq, register_model
 
+from .._arguments import check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import CIFAR10_MEAN, CIFAR10_STD
@@ -53,6 +54,10 @@ class VGG(PooledClassifier):
         super().__init__()
         if len(widths) != 5 or len(depths) != 5:
             raise ValueError(f'VGG has five stages: got widths {tuple(widths)} and depths {tuple(depths)}')
+        check_counts('widths', widths)
+        check_counts('depths', depths)
+        check_head(num_classes, in_chans)
+        check_rate('drop_rate', drop_rate)
         dd = {'device': device, 'dtype': dtype}
         self.grad_checkpointing = False
         self.in_chans = in_chans

@@ -81,6 +81,7 @@ from timm.layers import ConvNormAct, SeparableConvNormAct, register_notrace_func
 from timm.models import checkpoint, register_model
 from timm.models._features import feature_take_indices
 
+from .._arguments import check_count, check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import UnknownModelError, split_tag, zoo_cfgs
 from ..hub import WeightsError
@@ -337,9 +338,11 @@ class HoVerNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if mode not in ('original', 'fast'):
             raise ValueError(f"HoVer-Net mode must be 'original' or 'fast', got {mode!r}")
+        check_head(num_classes, in_chans)
         self.mode, self.same_size = mode, same_size
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.num_features = 64  # channels each output head reads
+        # Channels each output head reads: its pre-logit features (timm's head_hidden_size), one vector a pixel.
+        self.num_features = self.head_hidden_size = 64
         original = mode == 'original'
         # Input pixels before the first output pixel (valid stem 3 + decoder crop 92, or 46), and the offset
         # of valid input sizes from a multiple of 8 (the valid 7x7 stem removes 6).
@@ -396,6 +399,7 @@ class HoVerNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised TP branch for ``num_classes`` types (0 removes it)."""
+        check_count('num_classes', num_classes, 0)
         param = self.conv0[-3].weight  # the stem conv: kept by every pruning
         branches = {k: v for k, v in self.decoder.items() if k != 'tp'}
         if num_classes:
@@ -455,7 +459,8 @@ class HoVerNet(nn.Module):
             self.decoder = nn.ModuleDict()
             self.conv_bot = nn.Identity()
             self.num_classes = 0
-            self.num_features = self.feature_info[max_index]['num_chs']  # what forward_features now returns
+            # What forward_features now returns; no head is left to read anything else.
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         return take_indices
 
     def forward_valid(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -583,6 +588,10 @@ class TimmHoVerNet(nn.Module):
         dd = dict(device=device, dtype=dtype)
         if len(decoder_dims) != 5:
             raise ValueError(f'decoder_dims needs widths at strides 16, 8, 4, 2, 1; got {tuple(decoder_dims)}')
+        check_counts('decoder_dims', decoder_dims)
+        check_head(num_classes, in_chans)
+        if drop_path_rate is not None:
+            check_rate('drop_path_rate', drop_path_rate)
         encoder_args = dict(encoder_args or {})
         refused = sorted(set(encoder_args) & _NOT_ENCODER_ARGS)
         if refused:
@@ -619,7 +628,8 @@ class TimmHoVerNet(nn.Module):
         self.encoder = model
         self.encoder_name = encoder
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.num_features = decoder_dims[-1]  # channels each output head reads
+        # Channels each output head reads: its pre-logit features (timm's head_hidden_size), one vector a pixel.
+        self.num_features = self.head_hidden_size = decoder_dims[-1]
         self.pad_multiple = DECODER_REDUCTIONS[-1]
         # What the encoder was trained on (its pretrained cfg), averaged for another channel count.
         mean, std = model.pretrained_cfg.get('mean', (0.0,)), model.pretrained_cfg.get('std', (1.0,))
@@ -662,6 +672,7 @@ class TimmHoVerNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new, randomly initialised TP branch for ``num_classes`` types (0 removes it)."""
+        check_count('num_classes', num_classes, 0)
         branches = {k: v for k, v in self.branches.items() if k != 'tp'}
         if num_classes:
             param = self.branches['np'].head.weight
@@ -717,7 +728,8 @@ class TimmHoVerNet(nn.Module):
             self.trunk, self.branches = nn.ModuleList(), nn.ModuleDict()
             self.full_res = self.half_res = nn.Identity()
             self.num_classes = 0
-            self.num_features = self.feature_info[-1]['num_chs']  # what forward_features now returns
+            # What forward_features now returns; no head is left to read anything else.
+            self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
         return take_indices
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -744,6 +756,7 @@ def _num_types_to_classes(kwargs: dict) -> dict:
     # `num_types` is the task's name for what timm passes around as `num_classes` (the TP channels).
     if 'num_types' in kwargs:
         num_types = kwargs.pop('num_types') or 0
+        check_count('num_types', num_types, 0)
         if kwargs.get('num_classes', num_types) != num_types:
             raise ValueError(f'num_types={num_types} and num_classes={kwargs["num_classes"]} disagree')
         kwargs['num_classes'] = num_types

@@ -69,6 +69,7 @@ from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get
 from timm.models import checkpoint_seq, register_model
 from timm.models._features import feature_take_indices
 
+from .._arguments import check_count, check_counts, check_finite, check_head, check_positive, check_rate
 from .._builder import build_zoo_model
 from .._registry import zoo_cfgs
 from ..datasets import (
@@ -268,6 +269,22 @@ class MRL(nn.Module):
             )
         if output_stride != 32:
             raise ValueError(f'MRL only supports output_stride=32, got {output_stride}')
+        check_counts('dims', dims, 2)  # the stem's first conv has dims[0] // 2 channels
+        check_counts('depths', depths)
+        check_counts('num_heads', num_heads)
+        check_count('window_size', window_size)
+        check_count('kernel_size', kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be odd (a depthwise conv that keeps the size), got {kernel_size}')
+        check_positive('mlp_ratio', mlp_ratio)
+        if min(dims) * mlp_ratio < 1:
+            raise ValueError(f'mlp_ratio {mlp_ratio} makes an FFN of 0 channels at width {min(dims)}')
+        check_count('ffn_groups', ffn_groups)
+        if ls_init_value is not None:
+            check_finite('ls_init_value', ls_init_value)
+        check_head(num_classes, in_chans)
+        check_rate('drop_rate', drop_rate)
+        check_rate('drop_path_rate', drop_path_rate)
         dd = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -345,6 +362,7 @@ class MRL(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (0: none) on the model's device and dtype; the pooling
         changes only when ``global_pool`` is given."""
+        check_count('num_classes', num_classes, 0)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features

@@ -41,7 +41,7 @@ from .reading import ArraySlide, OpenSlideSlide, Slide, TiffSlide, open_slide
 from .resolution import Resolution, choose_resolution, read_working
 from .store import NucleusStore
 from .summary import write_cohort_summary
-from .tiles import TileGrid, tile_starts
+from .tiles import TileGrid, check_tiling, tile_starts
 from .tissue import tissue_mask
 from .whole_slide import SlideResult, segment_slide
 
@@ -59,6 +59,7 @@ __all__ = [
     'TiffSlide',
     'TileGrid',
     'Timings',
+    'check_tiling',
     'choose_resolution',
     'forward_tiles',
     'list_slides',

@@ -35,7 +35,7 @@ from ..io import ImageReadError, atomic_write_bytes
 from .errors import SlideError
 from .reading import SLIDE_SUFFIXES
 from .summary import RECORD_SUFFIX, SUMMARY_NAME, slide_figures, write_cohort_summary
-from .whole_slide import _type_names, model_sha256, segment_slide
+from .whole_slide import _type_names, check_slide_arguments, model_sha256, segment_slide
 
 COHORT_RECORD = 'cohort.json'
 LIST_SUFFIXES = ('.txt', '.csv')
@@ -141,15 +141,20 @@ def worker_shard(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
     return position * ranks + rank, tasks * ranks
 
 
-def _parameters(options: Mapping) -> dict:
-    """What decides a slide's outputs: segment_slide's keyword options, defaults filled in, less ``RUN_OPTIONS``."""
+def _with_defaults(options: Mapping) -> dict:
+    """segment_slide's keyword options, its defaults filled in; an option it does not take is refused."""
     defaults = {
         name: p.default for name, p in inspect.signature(segment_slide).parameters.items() if p.kind is p.KEYWORD_ONLY
     }
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise TypeError(f'segment_slides() takes the options of segment_slide ({", ".join(defaults)}), not {unknown}')
-    chosen = {name: value for name, value in {**defaults, **options}.items() if name not in RUN_OPTIONS}
+    return {**defaults, **options}
+
+
+def _parameters(options: Mapping) -> dict:
+    """What decides a slide's outputs: every option of segment_slide but ``RUN_OPTIONS``, as JSON reads it back."""
+    chosen = {name: value for name, value in options.items() if name not in RUN_OPTIONS}
     return json.loads(json.dumps(chosen, default=str))  # as they read back from JSON (tuples as lists...)
 
 
@@ -285,19 +290,22 @@ def segment_slides(
             ``device='cuda'`` takes the GPU of the process's ``LOCAL_RANK``. Under torchrun, the processes of a
             machine share its cores (``torch.set_num_threads``).
 
-    Every precondition is checked before any slide is touched: the sources exist, no two slides share a stem, the
-    folder holds no cohort of another model or other parameters (``SlideError``). A slide that fails (unreadable,
+    Every precondition is checked before any slide is touched: the options (as segment_slide checks them), the
+    sources exist, no two slides share a stem, the folder holds no cohort of another model or other parameters
+    (``SlideError``). A slide that fails (unreadable,
     no tissue, out of memory) is recorded with its one-line reason and the others go on; a failure that is a bug
     is recorded as ``error`` and its traceback printed. Finished and failed records both count as recorded: the
     worker that records the last slide of the list writes ``cohort.csv``.
     """
+    chosen = _with_defaults(options)
+    check_slide_arguments(model, *(chosen[k] for k in ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp')))
     out_dir = Path(out_dir)
     all_slides = list_slides([slides] if isinstance(slides, (str, Path)) else slides, exclude=out_dir)
     _check_names(all_slides)
     index, count = shard or worker_shard()
     if not 0 <= index < count:
         raise ValueError(f'shard must be (index, count) with 0 <= index < count, got {shard}')
-    parameters = _parameters(options)
+    parameters = _parameters(chosen)
     local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
     if local_processes > 1:  # torchrun's default OMP_NUM_THREADS=1 would leave most cores idle
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._arguments import check_count
+from .errors import SlideError
 from .nuclei import tile_nuclei
 from .store import NucleusStore
 from .tiles import TileGrid
@@ -74,6 +76,7 @@ def run_tiles(
     are read while the network runs. ``progress`` shows a bar (a string sets its label). Returns the number of
     tiles processed now.
     """
+    check_count('batch_size', batch_size, error=SlideError)
     timings = timings if timings is not None else Timings()
     device = device or next(model.parameters()).device
     batches = [tiles[first : first + batch_size] for first in range(0, len(tiles), batch_size)]

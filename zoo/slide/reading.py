@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .._arguments import check_positive
 from ..io import read_image
 from .errors import SlideError
 
@@ -129,6 +130,7 @@ class TiffSlide(Slide):
         self._scale = None
         if self._pages[0].dtype != np.uint8:
             smallest = self._read_raw(len(self._pages) - 1, 0, 0, *self.level_dimensions[-1])
+            self._check_finite(smallest, len(self._pages) - 1, 0, 0)
             self._scale = tuple(np.percentile(smallest, (1.0, 99.8)))
 
     def _read_raw(self, level: int, left: int, top: int, width: int, height: int) -> np.ndarray:
@@ -160,8 +162,21 @@ class TiffSlide(Slide):
                 out[out_top : out_top + part.shape[0], out_left : out_left + part.shape[1]] = part
         return out
 
+    def _check_finite(self, image: np.ndarray, level: int, left: int, top: int) -> None:
+        """Refuse NaN or infinite pixels, which no scaling maps to a colour (cast to 8 bits, a NaN becomes 0 and
+        a whole slide can turn black), as ``zoo.io.read_image`` refuses them in images."""
+        if np.issubdtype(image.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(image)))
+            if bad:
+                height, width = image.shape[:2]
+                raise SlideError(
+                    f'{self.path}: {bad:,} values of level {level} at x {left}-{left + width}, y {top}-{top + height} '
+                    'are NaN or infinite; replace them (e.g. with 0) and save it again'
+                )
+
     def read(self, level: int, left: int, top: int, width: int, height: int) -> np.ndarray:
         image = self._read_raw(level, left, top, width, height)
+        self._check_finite(image, level, left, top)
         if self._scale is not None:
             low, high = self._scale
             image = np.round(np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255)
@@ -221,6 +236,8 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         FileNotFoundError: no such file.
         SlideError: unknown format, unreadable file, or OpenSlide missing for a format only it reads.
     """
+    if mpp is not None:
+        check_positive('mpp', mpp, error=SlideError)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, 'no such slide file', str(path))

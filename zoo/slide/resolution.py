@@ -9,10 +9,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import SlideWarning
+from .errors import SlideError, SlideWarning
 from .reading import Slide
 
 RESOLUTION_TOLERANCE = 0.1  # a level within 10 % of the target microns per pixel is used as it is
+# The work a resolution can create is bounded: enlarging adds no detail, only pixels (4x finer is 16x the work),
+# and a working pixel made of more than 8x8 pixels of the level read costs that many reads and a blur as wide.
+MAX_ENLARGEMENT = 4.0
+MAX_REDUCTION = 8.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ def choose_resolution(slide: Slide, target_mpp: float | None) -> Resolution:
     The coarsest level no coarser than the target (within 10 %) is read; when its resolution is off by more
     than 10 %, it is resampled to the target (down, or up from level 0 for a target finer than the slide).
     When the model's or the slide's resolution is unknown, level 0 is used as it is, with a
-    :class:`SlideWarning` naming the option that fixes it.
+    :class:`SlideWarning` naming the option that fixes it. A :class:`SlideError` refuses a target more than
+    ``MAX_ENLARGEMENT`` times finer than level 0, or ``MAX_REDUCTION`` times coarser than the coarsest level.
     """
     if target_mpp is None or slide.mpp is None:
         level0_mpp = f'{slide.mpp:.3g} µm/px' if slide.mpp else 'unknown µm/px'
@@ -52,9 +57,23 @@ def choose_resolution(slide: Slide, target_mpp: float | None) -> Resolution:
     scale = wanted / slide.level_downsamples[level]
     if abs(scale - 1) <= RESOLUTION_TOLERANCE:
         scale = 1.0
+    given = f'{target_mpp:.3g} µm/px on a slide of {slide.mpp:.3g} µm/px'
+    if scale < 1 / MAX_ENLARGEMENT:
+        raise SlideError(
+            f'{given} enlarges it {1 / scale:.3g}x, which adds no detail, only work; at most {MAX_ENLARGEMENT:g}x: '
+            f'check the microns per pixel given (--mpp, --slide-mpp)'
+        )
+    if scale > MAX_REDUCTION:
+        raise SlideError(
+            f'{given} shrinks its coarsest level {scale:.3g}x; at most {MAX_REDUCTION:g}x: check the microns per '
+            f'pixel given (--mpp, --slide-mpp)'
+        )
     downsample = slide.level_downsamples[level] * scale
     width, height = slide.level_dimensions[level]
-    return Resolution(level, scale, downsample, slide.mpp * downsample, (int(width / scale), int(height / scale)))
+    size = (int(width / scale), int(height / scale))
+    if min(size) < 1:
+        raise SlideError(f'{given}: the slide would be {size[0]}x{size[1]} px; check the microns per pixel given')
+    return Resolution(level, scale, downsample, slide.mpp * downsample, size)
 
 
 def read_working(slide: Slide, resolution: Resolution, left: int, top: int, width: int, height: int) -> np.ndarray:

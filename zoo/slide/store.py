@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,15 +12,48 @@ import numpy as np
 from .errors import SlideError
 from .nuclei import Nucleus
 
+_DAMAGED = 'the file is damaged: delete it to segment the slide from the start, or choose another output folder'
+# What to do about SQLite's errors (by the prefix of their name), said in the one line a SlideError is.
+_ADVICE = {
+    'SQLITE_CANTOPEN': 'check that its folder is writable, or choose another output folder',
+    'SQLITE_READONLY': 'check its permissions, or choose another output folder',
+    'SQLITE_PERM': 'check its permissions, or choose another output folder',
+    'SQLITE_FULL': 'free some space, or choose another output folder',
+    'SQLITE_IOERR': 'check the disk (is it full?), or choose another output folder',
+    'SQLITE_NOTADB': _DAMAGED,
+    'SQLITE_CORRUPT': _DAMAGED,
+    'SQLITE_BUSY': 'another run is writing it: wait for that run, or choose another output folder',
+}
+
+
+def _slide_errors(method):
+    """SQLite's errors of ``method`` as one-line ``SlideError``s naming the store's file and what to do."""
+
+    @functools.wraps(method)
+    def translated(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            name = getattr(e, 'sqlite_errorname', '')
+            advice = next(
+                (a for prefix, a in _ADVICE.items() if name.startswith(prefix)), 'choose another output folder'
+            )
+            raise SlideError(f'{self.path}: {e}; {advice}') from e
+
+    return translated
+
 
 class NucleusStore:
     """Nuclei per tile in SQLite: on disk for resumable slides, in memory for images.
 
-    Each batch of tiles is one transaction, so a killed run leaves whole batches only.
+    Each batch of tiles is one transaction, so a killed run leaves whole batches only. SQLite's errors (a folder
+    that cannot be written, a full disk, a damaged file) are one-line ``SlideError``s naming the file.
     """
 
+    @_slide_errors
     def __init__(self, path: str | Path = ':memory:'):
-        self.db = sqlite3.connect(str(path))
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path)
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -32,6 +66,7 @@ class NucleusStore:
             """
         )
 
+    @_slide_errors
     def check_meta(self, meta: dict[str, str], where: str) -> None:
         """Record the run's parameters, or check that those recorded match (a resumed run must be the same)."""
         stored = dict(self.db.execute('SELECT key, value FROM meta'))
@@ -46,9 +81,11 @@ class NucleusStore:
                     'delete it or choose another output folder'
                 )
 
+    @_slide_errors
     def done_batches(self) -> set[int]:
         return {row[0] for row in self.db.execute('SELECT id FROM batches')}
 
+    @_slide_errors
     def add_batch(self, batch: int, nuclei: Sequence[Nucleus]) -> None:
         rows = [
             (
@@ -71,14 +108,17 @@ class NucleusStore:
             )
             self.db.execute('INSERT INTO batches VALUES (?)', (batch,))
 
+    @_slide_errors
     def nuclei(self, tile: int, include_duplicates: bool = False) -> list[Nucleus]:
         query = 'SELECT id, tile, rmin, cmin, rmax, cmax, depth, cx, cy, type, type_prob, mask, contour FROM nuclei '
         query += 'WHERE tile = ?' + ('' if include_duplicates else ' AND duplicate = 0') + ' ORDER BY id'
         return [_nucleus_from_row(row) for row in self.db.execute(query, (tile,))]
 
+    @_slide_errors
     def tiles_with_nuclei(self) -> list[int]:
         return [row[0] for row in self.db.execute('SELECT DISTINCT tile FROM nuclei ORDER BY tile')]
 
+    @_slide_errors
     def mark_duplicates(self, ids: set[int]) -> None:
         with self.db:
             self.db.execute('UPDATE nuclei SET duplicate = 0')

@@ -4,6 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._arguments import check_count
+from .errors import SlideError
+
+MIN_TILE = 32  # the segmenters pad a tile to a multiple of 32: a smaller one costs as much and covers less
+MAX_BATCH_PIXELS = 2**28  # one batch's pixels (batch_size x tile x tile), 256 tiles of 1024 px: memory grows with it
+
+
+def check_tiling(tile: int, overlap: int, batch_size: int) -> None:
+    """Tiling that bounds the work: tiles of at least ``MIN_TILE`` px, an overlap of at most half a tile (beyond
+    it every pixel runs through the network four times or more) and batches of at most ``MAX_BATCH_PIXELS``."""
+    check_count('tile', tile, MIN_TILE, error=SlideError)
+    check_count('overlap', overlap, 0, tile // 2, error=SlideError)
+    check_count('batch_size', batch_size, 1, error=SlideError)
+    if batch_size * tile * tile > MAX_BATCH_PIXELS:
+        raise SlideError(
+            f'a batch of {batch_size} tiles of {tile} px is {batch_size * tile * tile / 1e6:.0f} megapixels; '
+            f'at most {MAX_BATCH_PIXELS / 1e6:.0f} go through the network at once: give a smaller batch_size or tile'
+        )
+
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Tile offsets along one axis: stride ``tile - overlap``, the last tile flush with the far edge."""

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from .._arguments import check_count, check_positive
+from .._registry import check_model_name, list_models, model_task
+from .errors import SlideError
 from .geojson import write_nuclei
 from .label_image import write_label_image
 from .merge import resolve_duplicates
@@ -18,8 +21,10 @@ from .pipeline import Timings, run_tiles, timed
 from .reading import Slide, open_slide
 from .resolution import Resolution, choose_resolution, read_working
 from .store import NucleusStore
-from .tiles import TileGrid
+from .tiles import TileGrid, check_tiling
 from .tissue import tissue_tiles
+
+MAX_WORKERS = 64  # reader threads, each holding a batch read ahead of the network: more only fill memory
 
 
 @dataclass
@@ -61,6 +66,33 @@ def _type_names(model: torch.nn.Module, type_names: Sequence[str] | None) -> lis
     return names if len(names) == num_types else [f'Type {k}' for k in range(num_types)]
 
 
+def check_slide_arguments(
+    model: torch.nn.Module | str, tile: int, overlap: int, batch_size: int, workers: int, mpp, slide_mpp
+) -> None:
+    """Refuse, before any slide is read or weights are loaded, what :func:`segment_slide` cannot work with:
+    tiling (:func:`zoo.slide.tiles.check_tiling`), reader threads, resolutions, and a model of another task."""
+    check_tiling(tile, overlap, batch_size)
+    check_count('workers', workers, 0, MAX_WORKERS, error=SlideError)
+    for name, value in (('mpp', mpp), ('slide_mpp', slide_mpp)):
+        if value is not None:
+            check_positive(name, value, error=SlideError)
+    _check_segmenter(model)
+
+
+def _check_segmenter(model: torch.nn.Module | str) -> None:
+    """Refuse a zoo model of another task, by its name."""
+    name = model if isinstance(model, str) else getattr(model, 'pretrained_cfg', {}).get('architecture')
+    if not isinstance(model, str) and name not in list_models():
+        return  # a network of the caller's own
+    task = model_task(check_model_name(name))
+    if task != 'nuclei-segmentation':
+        published = [n for n in list_models(tags=True) if model_task(n) == 'nuclei-segmentation']
+        raise SlideError(
+            f'{name} is a model for {task}; segmenting a slide needs a nuclei segmentation model, e.g. '
+            f'{", ".join(published)}'
+        )
+
+
 def segment_slide(
     model: torch.nn.Module | str,
     slide: str | Path | Slide,
@@ -89,16 +121,21 @@ def segment_slide(
         mpp: microns per pixel to run the model at; default ``model.microns_per_pixel``. When neither is
             known, level 0 is used as it is (with a :class:`SlideWarning`).
         slide_mpp: microns per pixel of the slide's level 0, overriding the file's.
-        tile, overlap: network tile side and the pixels neighbouring tiles share; a nucleus is found whole
-            when it is smaller than ``overlap``.
+        tile, overlap: network tile side (at least 32) and the pixels neighbouring tiles share (at most half a
+            tile); a nucleus is found whole when it is smaller than ``overlap``.
         batch_size: tiles per forward pass (memory grows with it, not with the slide).
-        workers: threads reading and decoding tiles ahead of the network (0: read in turn).
+        workers: threads reading and decoding tiles ahead of the network (0: read in turn; at most 64).
+
+    Arguments that cannot work (:func:`zoo.slide.tiles.check_tiling`) and a model of another task raise a
+    :class:`SlideError` before the slide is opened; a resolution that would create unbounded work
+    (:func:`choose_resolution`) before any tile is read.
         detect_tissue: skip tiles without tissue (:func:`tissue_mask`).
         label_image: also write a pyramidal OME-TIFF of nucleus ids at the working resolution.
         type_names: names of the model's nuclear types (default: its ``label_names``, else ``Type k``).
         device: where to run; the model is moved there.
         progress: show a progress bar with ETA on stderr.
     """
+    check_slide_arguments(model, tile, overlap, batch_size, workers, mpp, slide_mpp)
     owned = not isinstance(slide, Slide)
     slide = open_slide(slide) if owned else slide  # a bad slide fails before the model loads
     if slide_mpp is not None:

@@ -309,3 +309,11 @@ def test_type_stats_without_any_pair() -> None:
     # The only prediction is 30 px away from the only GT nucleus: no pair, accuracy has nothing to count.
     stats = type_stats(match_types([[0, 0]], [1], [[30, 0]], [1]))
     assert stats['f_d'] == 0.0 and np.isnan(stats['acc']) and stats['f_c_1'] == 0.0
+
+
+@pytest.mark.parametrize('match_iou', [float('nan'), -0.1, 1.0])
+def test_a_match_threshold_no_pair_can_pass_is_refused(match_iou):
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:6, 2:6] = 1
+    with pytest.raises(ValueError, match=rf'^match_iou must be in \[0, 1\), got {match_iou}$'):
+        panoptic_quality(inst, inst, match_iou)

@@ -6,6 +6,7 @@ run's plots), optionally registering it in the hub directory's manifest so the z
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -73,7 +74,10 @@ def publish_run(
         model.load_state_dict(
             {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
         )
-    test = {k: round(v, 4) for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
+    measured = {k: v for k, v in evaluate_weights(model, recipe).items() if not k.endswith('loss')}
+    # A metric the test data cannot define (F_c of a type with no nucleus there) is named, not published as NaN.
+    undefined = sorted(k for k, v in measured.items() if math.isnan(v))
+    test = {k: round(v, 4) for k, v in measured.items() if k not in undefined}
     task = build_task(recipe['task']['name'], recipe['task']['args'])
     split = task.test_description()
     # A bundled recipe is named by its place in the package (the run may come from another checkout).
@@ -96,6 +100,8 @@ def publish_run(
         f'data ({task.main_metric} {validation[task.main_metric]:.4g}); '
         f'{_SELECTION[task.selects_on_test_data()]}{code}'
     )
+    if undefined:
+        training += f' Not defined on the test data (no instance there): {", ".join(undefined)}.'
     card = ModelCard(
         title=title,
         summary=summary,

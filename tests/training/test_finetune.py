@@ -2,12 +2,15 @@
 
 import csv
 import json
+import math
+import re
 
 import numpy as np
 import tifffile
 from _segment_oracle import synthetic_sample, write_qupath
 from PIL import Image
 
+import training.publish
 from training.cli import main
 from training.data import split_stardist_sample
 
@@ -88,11 +91,12 @@ def test_predict_segments_nuclei_with_published_weights(tmp_path, capsys):
     assert (tmp_path / 'out' / 'tile_overlay.png').exists()
 
 
-def test_finetune_on_classified_qupath_annotations_publish_and_evaluate(tmp_path, capsys):
+def test_finetune_on_classified_qupath_annotations_publish_and_evaluate(tmp_path, capsys, monkeypatch):
     """The walkthrough's loop on a small real net (HoVer-Net's branches on timm's test_efficientnet, one epoch):
     --types turns QuPath classes into the model's types, the published folder names them (config.json
     label_names, what segment-slide writes into its GeoJSON), and zoo evaluate reads the annotations with those
-    names without being told them again."""
+    names without being told them again. A metric the test data cannot define (NaN: a type with no nucleus
+    there, as one epoch on two tiles gives) is named on the card, not published."""
     names = ['Tumor', 'Immune cells', 'Stroma', 'Necrosis']
     write_qupath(
         tmp_path / 'data',
@@ -108,7 +112,12 @@ def test_finetune_on_classified_qupath_annotations_publish_and_evaluate(tmp_path
     assert main(args) == 0
     info = json.loads((run / 'best' / 'run.json').read_text())
     assert info['model_args']['num_types'] == 5 and info['recipe']['task']['args']['types'] == names
+    measure = training.publish.evaluate_weights
+    monkeypatch.setattr(training.publish, 'evaluate_weights', lambda *a: {**measure(*a), 'f_c_2': math.nan})
     assert main(['publish', str(run), str(tmp_path / 'published')]) == 0
+    card = (tmp_path / 'published' / 'README.md').read_text()
+    assert '| f_c_2 |' not in card and 'nan' not in card.lower()
+    assert re.search(r'Not defined on the test data \(no instance there\): [^.]*f_c_2', card)
     config = json.loads((tmp_path / 'published' / 'config.json').read_text())
     assert config['label_names'] == ['background', *names]
     capsys.readouterr()

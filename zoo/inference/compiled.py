@@ -1,0 +1,228 @@
+"""The entry point: :func:`compile` a model for a backend and precision into an :class:`InferenceModel`, which is
+called like the model itself."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import backend_onnxruntime, backend_openvino, backend_torch
+from .auto import choose_fastest
+from .cache import cached_export, export_folder, model_name
+from .errors import InferenceError, InferenceWarning
+from .onnx_export import export_onnx, missing_exporter
+
+__all__ = ['BACKENDS', 'PRECISIONS', 'InferenceModel', 'available_backends', 'check_backend', 'compile']
+
+_RUNTIMES = {runtime.NAME: runtime for runtime in (backend_torch, backend_onnxruntime, backend_openvino)}
+BACKENDS = ('auto', *_RUNTIMES)
+_EXPORTED = ('onnxruntime', 'openvino')  # the backends that run an ONNX export, on the CPU
+PRECISIONS = ('fp32', 'bf16')
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+
+
+def _missing(backend: str) -> str | None:
+    """Why ``backend`` cannot run here (a package not installed), or ``None``."""
+    return _RUNTIMES[backend].missing() or (missing_exporter() if backend in _EXPORTED else None)
+
+
+def available_backends() -> list[str]:
+    """The backends whose packages are installed here (``torch`` always)."""
+    return [backend for backend in _RUNTIMES if _missing(backend) is None]
+
+
+def _export(model: torch.nn.Module, input_size: tuple[int, ...], dynamic: bool, cache_root: Path | None):
+    """The model's ONNX export for ``input_size`` (``C x H x W``), from the cache or made now."""
+    size = input_size[:1] if dynamic else input_size
+    name = 'dynamic' if dynamic else 'x'.join(map(str, input_size[1:]))
+    with backend_torch.eval_mode(model):
+        return cached_export(export_folder(model, cache_root), name, lambda: export_onnx(model, size))
+
+
+class InferenceModel:
+    """A model compiled for one backend and precision, called like the model: ``B x C x H x W`` float32 images in,
+    the model's own outputs out (logits for a classifier, the ``{'np', 'hv', 'tp'}`` dict for a segmenter; CPU
+    tensors from the ONNX backends).
+
+    Attributes:
+        model: the eager model, always run (and exported) in eval mode, whatever mode it is in; its weights
+            are read when an input size is first exported, so compile again after changing them.
+        backend, precision: what runs (after any fallback): ``'torch'``, ``'onnxruntime'`` or ``'openvino'``;
+            ``'fp32'`` or ``'bf16'``.
+        threads: intra-op threads of the backend.
+        device: where inputs are computed (the CPU for the ONNX backends).
+        dynamic: one export with symbolic height and width, instead of one per input size.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        backend: str,
+        precision: str,
+        threads: int,
+        dynamic: bool = False,
+        cache_root: Path | None = None,
+    ):
+        self.model, self.backend, self.precision, self.threads = model, backend, precision, threads
+        self.dynamic, self._cache_root = dynamic, cache_root
+        self.device = next(model.parameters()).device if backend == 'torch' else torch.device('cpu')
+        self._forwards: dict[object, Callable] = {}  # per input size (or 'dynamic'): images -> outputs
+
+    def __repr__(self) -> str:
+        return f'InferenceModel({model_name(self.model)}, backend={self.backend!r}, precision={self.precision!r})'
+
+    def __call__(self, images: torch.Tensor):
+        if self.backend == 'torch':
+            return backend_torch.forward(self.model, images, self.precision, self.threads)
+        return self._forward_for(tuple(images.shape[1:]))(images)
+
+    def prepare(self, input_size: Sequence[int]) -> None:
+        """Export (or take from the cache) and load the graph for ``C x H x W`` inputs now; raises if it cannot."""
+        if self.backend != 'torch':
+            self._load(tuple(input_size))
+
+    def _load(self, input_size: tuple[int, ...]) -> None:
+        data, record = _export(self.model, input_size, self.dynamic, self._cache_root)
+        run = _RUNTIMES[self.backend].load(data, self.precision, self.threads)
+        names, as_dict = record['outputs'], record['dict']
+
+        def forward(images: torch.Tensor):
+            outputs = [torch.from_numpy(o) for o in run(images.detach().cpu().float().contiguous().numpy())]
+            return dict(zip(names, outputs)) if as_dict else outputs[0]
+
+        self._forwards['dynamic' if self.dynamic else input_size] = forward
+
+    def _forward_for(self, input_size: tuple[int, ...]) -> Callable:
+        key = 'dynamic' if self.dynamic else input_size
+        if key not in self._forwards:
+            try:
+                self._load(input_size)
+            except Exception as e:  # torch.export, onnxscript and the runtimes fail in many types
+                what = f'{self.backend} cannot run {model_name(self.model)} at {"x".join(map(str, input_size[1:]))}'
+                if self.dynamic:
+                    warnings.warn(
+                        f'{what} with symbolic sizes ({_first_line(e)}); one export per size', InferenceWarning
+                    )
+                    self.dynamic = False
+                    return self._forward_for(input_size)
+                warnings.warn(f'{what} ({_first_line(e)}); torch runs that size', InferenceWarning, stacklevel=3)
+                self._forwards[key] = lambda images: backend_torch.forward(
+                    self.model, images, self.precision, self.threads
+                )
+        return self._forwards[key]
+
+
+def check_backend(backend: str, precision: str) -> None:
+    """Raise :class:`InferenceError` for a request that can never work: an unknown backend or precision, or a
+    precision the backend does not run (checked before any work starts)."""
+    if backend not in BACKENDS:
+        raise InferenceError(f'unknown backend {backend!r}; choose one of {", ".join(BACKENDS)}')
+    if precision not in PRECISIONS:
+        raise InferenceError(f'unknown precision {precision!r}; choose one of {", ".join(PRECISIONS)}')
+    if backend != 'auto' and precision not in _RUNTIMES[backend].PRECISIONS:
+        raise InferenceError(
+            f'{backend} runs {", ".join(_RUNTIMES[backend].PRECISIONS)} only; for {precision} choose openvino (on '
+            'CPUs with bf16 instructions) or torch'
+        )
+
+
+def compile(
+    model: torch.nn.Module,
+    backend: str = 'auto',
+    precision: str = 'fp32',
+    *,
+    input_size: Sequence[int] | None = None,
+    batch_size: int = 8,
+    dynamic: bool = False,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> InferenceModel:
+    """``model`` ready for inference on a backend: a callable with the model's own output contract.
+
+    Args:
+        model: any zoo (or timm) model; it runs in eval mode, its own mode untouched.
+        backend: ``'torch'`` (eager PyTorch, on any device), ``'onnxruntime'`` or ``'openvino'`` (exported to
+            ONNX once, run on the CPU), or ``'auto'``: every installed backend (and precision, see below) timed
+            on a ``batch_size x input_size`` probe, the fastest whose outputs stay within
+            :data:`~zoo.inference.TOLERANCE` of eager fp32 taken, the choice and figures logged in one line
+            (logger ``zoo.inference``).
+        precision: ``'fp32'``, or ``'bf16'`` (torch autocast; OpenVINO on CPUs with bf16 instructions). ONNX
+            Runtime runs fp32 only. With ``'auto'``, ``'bf16'`` lets bf16 candidates compete with fp32 ones.
+        input_size: ``C x H x W`` of the inputs to prepare and probe (default: the model's
+            ``pretrained_cfg['input_size']``); other sizes are exported when first seen.
+        batch_size: the probe's batch for ``'auto'``.
+        dynamic: one export with symbolic height and width instead of one per input size (slower to export;
+            falls back to one per size where torch.export cannot express the model's size arithmetic).
+        threads: intra-op threads of the backend (default: ``torch.get_num_threads()``).
+        cache_dir: where exports are kept (default :func:`zoo.inference.cache_dir`).
+
+    A backend that is not installed, or that cannot convert the model, falls back to torch with one
+    :class:`InferenceWarning` line; so does OpenVINO's bf16 to fp32 on a CPU without bf16. A request that can never
+    work (an unknown name, bf16 on ONNX Runtime, an ONNX backend for a model on a GPU) is an
+    :class:`InferenceError`.
+    """
+    check_backend(backend, precision)
+    device = next(model.parameters()).device
+    if backend in _EXPORTED and device.type != 'cpu':
+        raise InferenceError(
+            f'{backend} runs on the CPU but the model is on {device}; move it there (model.cpu()) or use torch'
+        )
+    threads = threads or torch.get_num_threads()
+    if backend == 'torch':
+        return InferenceModel(model, 'torch', precision, threads)
+    input_size = tuple(input_size or getattr(model, 'pretrained_cfg', {}).get('input_size') or ())
+    if len(input_size) != 3:
+        raise InferenceError(f'compile needs input_size=(C, H, W) for {model_name(model)}, got {input_size}')
+    cache_root = Path(cache_dir) if cache_dir is not None else None
+    name = model_name(model)
+    if backend == 'auto':
+        return _choose(model, precision, input_size, batch_size, threads, dynamic, cache_root)
+    missing = _missing(backend)
+    if missing:
+        warnings.warn(f'{backend}: {missing}; running torch {precision}', InferenceWarning, stacklevel=2)
+        return InferenceModel(model, 'torch', precision, threads)
+    lacks = _RUNTIMES[backend].lacks(precision)
+    if lacks:
+        warnings.warn(f'{backend} {precision}: {lacks}; running {backend} fp32', InferenceWarning, stacklevel=2)
+        precision = 'fp32'
+    network = InferenceModel(model, backend, precision, threads, dynamic, cache_root)
+    try:
+        network.prepare(input_size)
+    except Exception as e:  # torch.export, onnxscript and the runtimes fail in many types
+        warnings.warn(f'{backend} cannot run {name} ({_first_line(e)}); running torch', InferenceWarning, stacklevel=2)
+        return InferenceModel(model, 'torch', precision, threads)
+    return network
+
+
+def _choose(model, precision, input_size, batch_size, threads, dynamic, cache_root) -> InferenceModel:
+    precisions = ('fp32', 'bf16') if precision == 'bf16' else ('fp32',)
+    candidates = [InferenceModel(model, 'torch', p, threads) for p in precisions]
+    notes = []
+    exporters = list(_EXPORTED)
+    if next(model.parameters()).device.type != 'cpu':
+        notes.append(f'{", ".join(exporters)}: CPU only')
+        exporters = []
+    for backend in exporters:
+        missing = _missing(backend)
+        if missing:
+            notes.append(f'{backend}: {missing}')
+            continue
+        for p in precisions:
+            if p not in _RUNTIMES[backend].PRECISIONS or _RUNTIMES[backend].lacks(p):
+                continue
+            network = InferenceModel(model, backend, p, threads, dynamic, cache_root)
+            try:
+                network.prepare(input_size)
+            except Exception as e:  # as in compile
+                notes.append(f'{backend}: {_first_line(e)}')
+                break
+            candidates.append(network)
+    probe = torch.rand((batch_size, *input_size), generator=torch.Generator().manual_seed(0)).to(candidates[0].device)
+    return choose_fastest(candidates, probe, notes, model_name(model))

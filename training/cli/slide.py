@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
+
+from .backend import add_backend_options, one_line_messages
 
 
 def add_commands(sub) -> None:
@@ -28,6 +28,7 @@ def add_commands(sub) -> None:
     p.add_argument('--all-tiles', action='store_true', help='process every tile, not only those with tissue')
     p.add_argument('--label-image', action='store_true', help='also write a pyramidal OME-TIFF of nucleus ids')
     p.add_argument('--device', help="where to run, e.g. 'cuda' (default: cpu)")
+    add_backend_options(p)
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.set_defaults(func=cmd_segment_slide)
 
@@ -50,12 +51,7 @@ def cmd_segment_slide(args) -> None:
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             _fail(f'--{name.replace("_", "-")} must be positive')
 
-    def show_warning(message, *_args, **_kwargs):
-        print(f'zoo segment-slide: warning: {message}', file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show_warning
-        warnings.simplefilter('always', SlideWarning)
+    with one_line_messages('segment-slide', SlideWarning):
         result = segment_slide(
             args.name,
             args.slide,
@@ -69,6 +65,8 @@ def cmd_segment_slide(args) -> None:
             detect_tissue=not args.all_tiles,
             label_image=args.label_image,
             device=args.device,
+            backend=args.backend,
+            precision=args.precision,
             progress=not args.no_progress,
         )
     res, t = result.resolution, result.timings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..inference import check_backend, compile, model_fingerprint
 from .geojson import write_nuclei
 from .label_image import write_label_image
 from .merge import resolve_duplicates
@@ -44,14 +44,6 @@ def _file_size(path: str) -> int | None:
     return os.path.getsize(path) if os.path.isfile(path) else None
 
 
-def _model_fingerprint(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _type_names(model: torch.nn.Module, type_names: Sequence[str] | None) -> list[str] | None:
     num_types = getattr(model, 'num_types', 0) or 0
     if not num_types:
@@ -75,6 +67,8 @@ def segment_slide(
     label_image: bool = False,
     type_names: Sequence[str] | None = None,
     device: str | torch.device | None = None,
+    backend: str = 'torch',
+    precision: str = 'fp32',
     progress: bool = True,
 ) -> SlideResult:
     """Segment the nuclei of a whole slide; write ``<stem>.geojson``, ``<stem>.csv`` (and ``<stem>_labels.ome.tif``).
@@ -96,8 +90,12 @@ def segment_slide(
         label_image: also write a pyramidal OME-TIFF of nucleus ids at the working resolution.
         type_names: names of the model's nuclear types (default: its ``label_names``, else ``Type k``).
         device: where to run; the model is moved there.
+        backend, precision: how the network runs (:func:`zoo.inference.compile`): ``'torch'`` (eager, the
+            default), ``'onnxruntime'``, ``'openvino'`` or ``'auto'`` (the fastest here within tolerance of eager
+            fp32); ``'fp32'`` or ``'bf16'``. A resumed run may use another backend than the batches before it.
         progress: show a progress bar with ETA on stderr.
     """
+    check_backend(backend, precision)
     owned = not isinstance(slide, Slide)
     slide = open_slide(slide) if owned else slide  # a bad slide fails before the model loads
     if slide_mpp is not None:
@@ -123,6 +121,8 @@ def segment_slide(
             label_image=label_image,
             type_names=_type_names(model, type_names),
             device=device,
+            backend=backend,
+            precision=precision,
             progress=progress,
         )
     finally:
@@ -144,6 +144,8 @@ def _segment_open_slide(
     label_image,
     type_names,
     device,
+    backend,
+    precision,
     progress,
 ) -> SlideResult:
     start = time.perf_counter()
@@ -162,14 +164,15 @@ def _segment_open_slide(
         store.check_meta(
             {
                 'slide': f'{Path(slide.path).name} {slide.level_dimensions[0]} {_file_size(slide.path)}',
-                'model': _model_fingerprint(model),
+                'model': model_fingerprint(model),
                 'resolution': f'level {resolution.level} x{resolution.scale:.6g} {resolution.size}',
                 'tiles': f'{tile}/{overlap} batch {batch_size} tissue {detect_tissue} {len(tiles)}',
             },
             str(store_path),
         )
+        network = compile(model, backend, precision, input_size=(3, *grid.tile_size), batch_size=batch_size)
         tiles_run = run_tiles(
-            model,
+            network,
             lambda left, top, w, h: read_working(slide, resolution, left, top, w, h),
             grid,
             tiles,

@@ -30,7 +30,7 @@ def output_error(outputs, reference) -> float:
     """Largest absolute difference over all outputs, each divided by max(1, the reference output's largest
     magnitude)."""
     return max(
-        float((a.float() - b.float()).abs().max()) / max(1.0, float(b.abs().max()))
+        float((a.detach().float() - b.detach().float()).abs().max()) / max(1.0, float(b.detach().abs().max()))
         for a, b in zip(_leaves(outputs), _leaves(reference))
     )
 

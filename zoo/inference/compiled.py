@@ -24,8 +24,9 @@ PRECISIONS = ('fp32', 'bf16')
 
 
 def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f'{type(error).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
+    """The error's type and first telling line (OpenVINO's messages open with the C++ files they passed through)."""
+    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith('Exception from src/')]
+    return f'{type(error).__name__}: {lines[0].strip()[:200] if lines else ""}'.rstrip(': ')
 
 
 def _missing(backend: str) -> str | None:

@@ -190,7 +190,7 @@ def test_a_model_that_does_not_convert_runs_on_torch_with_one_warning_line(tmp_p
     with pytest.warns(InferenceWarning) as caught:
         network = compile(model, 'onnxruntime', input_size=(3, 8, 8), cache_dir=tmp_path)
     [warning] = caught
-    assert str(warning.message).startswith('onnxruntime cannot run DataDependent (') and '\n' not in str(
+    assert str(warning.message).startswith('onnxruntime cannot run DataDependent at 8x8 (') and '\n' not in str(
         warning.message
     )
     assert str(warning.message).endswith('); running torch') and network.backend == 'torch'

@@ -3,6 +3,7 @@ called like the model itself."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from . import backend_onnxruntime, backend_openvino, backend_torch
 from .auto import choose_fastest
 from .cache import cached_export, export_folder, model_name
 from .errors import InferenceError, InferenceWarning
-from .onnx_export import export_onnx, missing_exporter
+from .onnx_export import EXPORT_BATCH, export_onnx, missing_exporter
 
 __all__ = ['BACKENDS', 'PRECISIONS', 'InferenceModel', 'available_backends', 'check_backend', 'compile']
 
@@ -41,10 +42,9 @@ def available_backends() -> list[str]:
 
 def _export(model: torch.nn.Module, input_size: tuple[int, ...], dynamic: bool, cache_root: Path | None):
     """The model's ONNX export for ``input_size`` (``C x H x W``), from the cache or made now."""
-    size = input_size[:1] if dynamic else input_size
     name = 'dynamic' if dynamic else 'x'.join(map(str, input_size[1:]))
     with backend_torch.eval_mode(model):
-        return cached_export(export_folder(model, cache_root), name, lambda: export_onnx(model, size))
+        return cached_export(export_folder(model, cache_root), name, lambda: export_onnx(model, input_size, dynamic))
 
 
 class InferenceModel:
@@ -59,7 +59,8 @@ class InferenceModel:
             ``'fp32'`` or ``'bf16'``.
         threads: intra-op threads of the backend.
         device: where inputs are computed (the CPU for the ONNX backends).
-        dynamic: one export with symbolic height and width, instead of one per input size.
+        dynamic: one export with symbolic height and width for every size it runs, instead of one per input
+            size (a size the symbolic graph cannot run gets its own export).
     """
 
     def __init__(
@@ -74,7 +75,8 @@ class InferenceModel:
         self.model, self.backend, self.precision, self.threads = model, backend, precision, threads
         self.dynamic, self._cache_root = dynamic, cache_root
         self.device = next(model.parameters()).device if backend == 'torch' else torch.device('cpu')
-        self._forwards: dict[object, Callable] = {}  # per input size (or 'dynamic'): images -> outputs
+        self._forwards: dict[tuple[int, ...], Callable] = {}  # per input size: images -> outputs
+        self._dynamic_graph: Callable | None = None
 
     def __repr__(self) -> str:
         return f'InferenceModel({model_name(self.model)}, backend={self.backend!r}, precision={self.precision!r})'
@@ -82,15 +84,43 @@ class InferenceModel:
     def __call__(self, images: torch.Tensor):
         if self.backend == 'torch':
             return backend_torch.forward(self.model, images, self.precision, self.threads)
-        return self._forward_for(tuple(images.shape[1:]))(images)
+        size = tuple(images.shape[1:])
+        if size not in self._forwards:
+            try:
+                self.prepare(size)
+            except Exception as e:  # torch.export, onnxscript and the runtimes fail in many types
+                warnings.warn(f'{self._cannot(size, e)}; torch runs that size', InferenceWarning, stacklevel=2)
+                self._forwards[size] = functools.partial(
+                    backend_torch.forward, self.model, precision=self.precision, threads=self.threads
+                )
+        return self._forwards[size](images)
 
     def prepare(self, input_size: Sequence[int]) -> None:
-        """Export (or take from the cache) and load the graph for ``C x H x W`` inputs now; raises if it cannot."""
-        if self.backend != 'torch':
-            self._load(tuple(input_size))
+        """Export (or take from the cache), load and try the graph for ``C x H x W`` inputs now; raises if the
+        backend cannot run them."""
+        size = tuple(input_size)
+        if self.backend == 'torch' or size in self._forwards:
+            return
+        example = torch.rand((EXPORT_BATCH, *size), generator=torch.Generator().manual_seed(0))
+        if self.dynamic:
+            try:
+                self._dynamic_graph = self._dynamic_graph or self._load(size, dynamic=True)
+                self._dynamic_graph(example)  # OpenVINO checks a symbolic graph's shapes when it runs
+                self._forwards[size] = self._dynamic_graph
+                return
+            except Exception as e:  # as in __call__
+                self.dynamic = self._dynamic_graph is not None  # an export that failed is not tried again
+                warnings.warn(f'{self._cannot(size, e)} with symbolic sizes; exporting that size', InferenceWarning)
+        forward = self._load(size, dynamic=False)
+        forward(example)
+        self._forwards[size] = forward
 
-    def _load(self, input_size: tuple[int, ...]) -> None:
-        data, record = _export(self.model, input_size, self.dynamic, self._cache_root)
+    def _cannot(self, size: tuple[int, ...], error: BaseException) -> str:
+        where = 'x'.join(map(str, size[1:]))
+        return f'{self.backend} cannot run {model_name(self.model)} at {where} ({_first_line(error)})'
+
+    def _load(self, input_size: tuple[int, ...], dynamic: bool) -> Callable:
+        data, record = _export(self.model, input_size, dynamic, self._cache_root)
         run = _RUNTIMES[self.backend].load(data, self.precision, self.threads)
         names, as_dict = record['outputs'], record['dict']
 
@@ -98,26 +128,7 @@ class InferenceModel:
             outputs = [torch.from_numpy(o) for o in run(images.detach().cpu().float().contiguous().numpy())]
             return dict(zip(names, outputs)) if as_dict else outputs[0]
 
-        self._forwards['dynamic' if self.dynamic else input_size] = forward
-
-    def _forward_for(self, input_size: tuple[int, ...]) -> Callable:
-        key = 'dynamic' if self.dynamic else input_size
-        if key not in self._forwards:
-            try:
-                self._load(input_size)
-            except Exception as e:  # torch.export, onnxscript and the runtimes fail in many types
-                what = f'{self.backend} cannot run {model_name(self.model)} at {"x".join(map(str, input_size[1:]))}'
-                if self.dynamic:
-                    warnings.warn(
-                        f'{what} with symbolic sizes ({_first_line(e)}); one export per size', InferenceWarning
-                    )
-                    self.dynamic = False
-                    return self._forward_for(input_size)
-                warnings.warn(f'{what} ({_first_line(e)}); torch runs that size', InferenceWarning, stacklevel=3)
-                self._forwards[key] = lambda images: backend_torch.forward(
-                    self.model, images, self.precision, self.threads
-                )
-        return self._forwards[key]
+        return forward
 
 
 def check_backend(backend: str, precision: str) -> None:
@@ -182,7 +193,6 @@ def compile(
     if len(input_size) != 3:
         raise InferenceError(f'compile needs input_size=(C, H, W) for {model_name(model)}, got {input_size}')
     cache_root = Path(cache_dir) if cache_dir is not None else None
-    name = model_name(model)
     if backend == 'auto':
         return _choose(model, precision, input_size, batch_size, threads, dynamic, cache_root)
     missing = _missing(backend)
@@ -197,7 +207,7 @@ def compile(
     try:
         network.prepare(input_size)
     except Exception as e:  # torch.export, onnxscript and the runtimes fail in many types
-        warnings.warn(f'{backend} cannot run {name} ({_first_line(e)}); running torch', InferenceWarning, stacklevel=2)
+        warnings.warn(f'{network._cannot(input_size, e)}; running torch', InferenceWarning, stacklevel=2)
         return InferenceModel(model, 'torch', precision, threads)
     return network
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -40,22 +42,36 @@ def missing_exporter() -> str | None:
     return None
 
 
-def export_onnx(model: torch.nn.Module, input_size: tuple[int, ...] | None) -> tuple[bytes, dict]:
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter narrates its steps (stdout, INFO logs) and warns about its internals (sympy, guards); none of it
+    concerns the user, whose one line is the export's result or failure."""
+    loggers = [logging.getLogger(name) for name in ('torch', 'onnxscript', 'onnx_ir')]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def export_onnx(model: torch.nn.Module, input_size: tuple[int, int, int], dynamic: bool) -> tuple[bytes, dict]:
     """The ONNX bytes of ``model`` (on the CPU, in eval mode: the caller sets it) and a record: its output names
-    and whether the model returns a dict of them. ``input_size`` is ``(C, H, W)`` for a fixed-size export, or
-    ``(C,)`` for symbolic heights and widths (exported from a 256 px example)."""
-    channels, *size = input_size
-    example = torch.rand((EXPORT_BATCH, channels, *(size or (256, 256))), generator=torch.Generator().manual_seed(0))
+    and whether the model returns a dict of them. The example input is ``input_size`` (``C x H x W``), and the
+    export is for that size, or with ``dynamic`` for any height and width."""
+    example = torch.rand((EXPORT_BATCH, *input_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = model(example)
     names = list(outputs) if isinstance(outputs, dict) else ['output']
     dims = {0: torch.export.Dim('batch')}
-    if not size:
+    if dynamic:
         dims.update({2: torch.export.Dim('height'), 3: torch.export.Dim('width')})
     start = time.perf_counter()
-    # The exporter narrates its steps on stdout and warns about internals; neither concerns the user.
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter('ignore')
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         program = torch.onnx.export(
             model,
             (example,),
@@ -68,11 +84,11 @@ def export_onnx(model: torch.nn.Module, input_size: tuple[int, ...] | None) -> t
         )
         path = Path(tmp) / 'model.onnx'
         program.save(path, external_data=False)
-        data = path.read_bytes() if not size else _explicit_ceil_padding(path.read_bytes())
+        data = path.read_bytes() if dynamic else _explicit_ceil_padding(path.read_bytes())
     record = {
         'outputs': names,
         'dict': isinstance(outputs, dict),
-        'input_size': [channels, *size] if size else [channels, 'height', 'width'],
+        'input_size': [input_size[0], 'height', 'width'] if dynamic else list(input_size),
         'torch': torch.__version__,
         'seconds': round(time.perf_counter() - start, 1),
     }

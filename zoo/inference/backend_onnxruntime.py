@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import numpy as np
 
 NAME = 'onnxruntime'
+PACKAGES = ('onnxruntime',)  # what must be installed besides the exporter's
 PRECISIONS = ('fp32',)
-
-
-def missing() -> str | None:
-    try:
-        importlib.import_module('onnxruntime')
-    except ImportError:
-        return "onnxruntime is not installed (pip install 'cuttlefish-mrl-zoo[fast]')"
-    return None
 
 
 def lacks(precision: str) -> str | None:

@@ -3,23 +3,15 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from functools import cache
 
 import numpy as np
 
 NAME = 'openvino'
+PACKAGES = ('openvino',)  # what must be installed besides the exporter's
 PRECISIONS = ('fp32', 'bf16')
 _HINT = {'fp32': 'f32', 'bf16': 'bf16'}  # set explicitly: OpenVINO's own default is bf16 on AMX CPUs
-
-
-def missing() -> str | None:
-    try:
-        importlib.import_module('openvino')
-    except ImportError:
-        return "openvino is not installed (pip install 'cuttlefish-mrl-zoo[fast]')"
-    return None
 
 
 @cache

@@ -9,11 +9,8 @@ from collections.abc import Iterator
 import torch
 
 NAME = 'torch'
+PACKAGES = ()
 PRECISIONS = ('fp32', 'bf16')
-
-
-def missing() -> str | None:
-    return None
 
 
 def lacks(precision: str) -> str | None:

@@ -4,6 +4,7 @@ called like the model itself."""
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,8 @@ from . import backend_onnxruntime, backend_openvino, backend_torch
 from .auto import choose_fastest
 from .cache import cached_export, export_folder, model_name
 from .errors import InferenceError, InferenceWarning
-from .onnx_export import EXPORT_BATCH, export_onnx, missing_exporter
+from .onnx_export import EXPORT_BATCH, export_onnx
+from .onnx_export import PACKAGES as EXPORTER_PACKAGES
 
 __all__ = ['BACKENDS', 'PRECISIONS', 'InferenceModel', 'available_backends', 'check_backend', 'compile']
 
@@ -32,7 +34,12 @@ def _first_line(error: BaseException) -> str:
 
 def _missing(backend: str) -> str | None:
     """Why ``backend`` cannot run here (a package not installed), or ``None``."""
-    return _RUNTIMES[backend].missing() or (missing_exporter() if backend in _EXPORTED else None)
+    for package in _RUNTIMES[backend].PACKAGES + (EXPORTER_PACKAGES if backend in _EXPORTED else ()):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            return f"{package} is not installed (pip install 'cuttlefish-mrl-zoo[fast]')"
+    return None
 
 
 def available_backends() -> list[str]:

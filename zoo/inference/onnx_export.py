@@ -15,7 +15,6 @@ on the 4x4 maps of a 128 px tile or a 28 px image.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
 import tempfile
@@ -26,20 +25,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ['EXPORT_BATCH', 'export_onnx', 'missing_exporter']
+__all__ = ['EXPORT_BATCH', 'PACKAGES', 'export_onnx']
 
 EXPORT_BATCH = 2  # the example's batch: a batch of 1 would be specialised as a constant, not a dimension
-_INSTALL_HINT = "pip install 'cuttlefish-mrl-zoo[fast]'"
-
-
-def missing_exporter() -> str | None:
-    """Why models cannot be exported to ONNX here (a missing package), or ``None``."""
-    for package in ('onnx', 'onnxscript'):
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            return f'the ONNX export needs {package}, which is not installed ({_INSTALL_HINT})'
-    return None
+PACKAGES = ('onnx', 'onnxscript')  # torch.onnx.export(dynamo=True) needs both
 
 
 @contextlib.contextmanager

@@ -220,20 +220,15 @@ def compile(
 
 
 def _choose(model, precision, input_size, batch_size, threads, dynamic, cache_root) -> InferenceModel:
-    precisions = ('fp32', 'bf16') if precision == 'bf16' else ('fp32',)
-    candidates = [InferenceModel(model, 'torch', p, threads) for p in precisions]
-    notes = []
-    exporters = list(_EXPORTED)
-    if next(model.parameters()).device.type != 'cpu':
-        notes.append(f'{", ".join(exporters)}: CPU only')
-        exporters = []
-    for backend in exporters:
-        missing = _missing(backend)
+    device = next(model.parameters()).device
+    candidates, notes = [], []
+    for backend, runtime in _RUNTIMES.items():  # torch fp32 first: the reference
+        missing = 'CPU only' if backend in _EXPORTED and device.type != 'cpu' else _missing(backend)
         if missing:
             notes.append(f'{backend}: {missing}')
             continue
-        for p in precisions:
-            if p not in _RUNTIMES[backend].PRECISIONS or _RUNTIMES[backend].lacks(p):
+        for p in ('fp32', 'bf16') if precision == 'bf16' else ('fp32',):
+            if p not in runtime.PRECISIONS or (device.type == 'cpu' and runtime.lacks(p)):
                 continue
             network = InferenceModel(model, backend, p, threads, dynamic, cache_root)
             try:
@@ -242,5 +237,5 @@ def _choose(model, precision, input_size, batch_size, threads, dynamic, cache_ro
                 notes.append(f'{backend}: {_first_line(e)}')
                 break
             candidates.append(network)
-    probe = torch.rand((batch_size, *input_size), generator=torch.Generator().manual_seed(0)).to(candidates[0].device)
+    probe = torch.rand((batch_size, *input_size), generator=torch.Generator().manual_seed(0)).to(device)
     return choose_fastest(candidates, probe, notes, model_name(model))

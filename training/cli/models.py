@@ -109,17 +109,17 @@ def cmd_predict(args) -> None:
             return
         config = resolve_data_config({}, model=model)
         network = compile(model, args.backend, args.precision, input_size=config['input_size'], batch_size=1)
-    transform = create_transform(**config)
-    labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
-    for path in args.images:
-        image = _read_checked(path, model)
-        image = Image.fromarray(to_grey(image) if config['input_size'][0] == 1 else image)
-        with torch.inference_mode():
-            probs = network(transform(image).unsqueeze(0)).softmax(-1)[0]
-        top = probs.topk(min(args.topk, probs.numel()))
-        print(path)
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f'  {p * 100:6.2f}%  {labels[i]}')
+        transform = create_transform(**config)
+        labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+        for path in args.images:
+            image = _read_checked(path, model)
+            image = Image.fromarray(to_grey(image) if config['input_size'][0] == 1 else image)
+            with torch.inference_mode():
+                probs = network(transform(image).unsqueeze(0)).softmax(-1)[0]
+            top = probs.topk(min(args.topk, probs.numel()))
+            print(path)
+            for p, i in zip(top.values.tolist(), top.indices.tolist()):
+                print(f'  {p * 100:6.2f}%  {labels[i]}')
 
 
 def _segment(model, args) -> None:

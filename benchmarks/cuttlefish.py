@@ -5,7 +5,9 @@ speed-up), the measured ratios of train-step and inference throughput (median, w
 repeats, dense and factorized timed alternately) and how much of the MAC bound each ratio reaches.
 Ranks: those a real Cuttlefish run chose where one exists (published weights record them, or
 ``--ranks-from NAME=RUN_DIR`` names a run); otherwise the uniform rank 1/4 on the paper's layer set, labelled
-as such. On CUDA the steps run under bf16 autocast (``--amp``), with channels-last activations.
+as such. On CUDA the steps run under bf16 autocast (``--amp``), with channels-last activations. On the CPU,
+inference is also timed on every installed ``zoo.inference`` backend (ONNX Runtime, OpenVINO; fp32), dense and
+factorized alternately: whether a factorized network is faster depends on the runtime.
 
     python benchmarks/cuttlefish.py [--quick] [--device cuda] [--ranks-from cf_resnet18=runs/NAME]
 """
@@ -22,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import zoo  # noqa: E402
+from zoo.inference import available_backends, compile  # noqa: E402
 from zoo.profile import count_macs, median_seconds  # noqa: E402
 
 # (model, CPU batch, GPU batch, image size for timing); ImageNet models are timed at 224 on both.
@@ -80,7 +83,21 @@ def _step(model, batch: int, size: int, train: bool, device, amp: torch.dtype | 
 
 def _throughputs(dense, low, batch, size, train, device, amp, repeats) -> tuple[list[float], list[float]]:
     """Images/s of both models over ``repeats``, timed alternately so a change of load affects both alike."""
-    steps = [_step(m, batch, size, train, device, amp) for m in (dense, low)]
+    return _rates([_step(m, batch, size, train, device, amp) for m in (dense, low)], batch, repeats)
+
+
+def _backend_throughputs(dense, low, backend, batch, size, repeats) -> tuple[list[float], list[float]] | None:
+    """Inference images/s of both models exported to ``backend`` (fp32), timed alternately; ``None`` when the
+    backend cannot run them (``zoo.inference`` fell back to torch)."""
+    input_size = (dense.pretrained_cfg['input_size'][0], size, size)
+    networks = [compile(m, backend, input_size=input_size) for m in (dense, low)]
+    if any(network.backend != backend for network in networks):
+        return None
+    x = torch.randn(batch, *input_size)
+    return _rates([lambda n=n: n(x) for n in networks], batch, repeats)
+
+
+def _rates(steps, batch: int, repeats: int) -> tuple[list[float], list[float]]:
     for step in steps:  # warm-up (cuDNN autotuning, allocator)
         median_seconds(step, repeats=1, warmup=2)
     times = ([], [])
@@ -117,12 +134,14 @@ def main() -> None:
     repeats = args.repeats or (3 if args.quick else 7)
     models = MODELS[:3] if args.quick else MODELS
     out = args.out or Path(__file__).parent / 'results' / f'cuttlefish{"_cuda" if device.type == "cuda" else ""}.md'
+    # The export backends run on the CPU, fp32: their columns say whether factorizing pays on each.
+    backends = [b for b in available_backends() if b != 'torch'] if device.type == 'cpu' else []
     header = (
         '| model | ranks | params full | params low-rank | size ratio | MACs full | MACs low-rank | '
         'MAC ratio (ideal) | train img/s full | train img/s low-rank | train speed-up (min-max) | '
         'train / MAC bound | infer img/s full | infer img/s low-rank | inference speed-up (min-max) | '
         'infer / MAC bound |'
-    )
+    ) + ''.join(f' {b} img/s full | {b} img/s low-rank | {b} speed-up (min-max) |' for b in backends)
     lines = [header, '|' + '---|' * (header.count('|') - 1)]
     for name, cpu_batch, gpu_batch, size in models:
         batch = gpu_batch if device.type == 'cuda' else cpu_batch
@@ -156,6 +175,13 @@ def main() -> None:
                 _cell(full, factorized),
                 f'{speedup / mac_ratio:.2f}',
             ]
+        for backend in backends:
+            rates = _backend_throughputs(dense, low, backend, batch, size, repeats)
+            if rates is None:
+                row += ['fell back to torch', '-', '-']
+                continue
+            full, factorized = rates
+            row += [f'{statistics.median(full):.1f}', f'{statistics.median(factorized):.1f}', _cell(full, factorized)]
         lines.append('| ' + ' | '.join(row) + ' |')
         print(lines[-1], flush=True)
         if not args.quick:  # row by row: a run stopped early keeps what it measured
@@ -170,7 +196,8 @@ def main() -> None:
         f'({"quick mode" if args.quick else "full mode"}); throughput is the median of {repeats} repeats (each the '
         f'median of 3 steps) after warm-up, dense and factorized timed alternately; speed-ups are the median and '
         f"min-max of the per-repeat ratios. MACs at the model's default input size; their ratio is the ideal "
-        f'speed-up, and "/ MAC bound" is the measured speed-up divided by it.\n'
+        f'speed-up, and "/ MAC bound" is the measured speed-up divided by it. Backend columns: both models '
+        f'exported to ONNX (fp32, `zoo.inference.compile`) and run by that runtime, timed alternately as above.\n'
     )
     print(note)
     if not args.quick:

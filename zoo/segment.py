@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
+from .inference import check_backend, compile
 from .io import atomic_file, atomic_write_bytes, read_image
 from .slide import (
     ArraySlide,
@@ -66,6 +67,8 @@ def predict_maps(
     overlap: int = 64,
     batch_size: int = 4,
     device: str | torch.device | None = None,
+    backend: str = 'torch',
+    precision: str = 'fp32',
 ) -> dict[str, np.ndarray | None]:
     """NP probability, HV maps and TP probabilities of a whole image by blended sliding-window inference.
 
@@ -77,6 +80,8 @@ def predict_maps(
         overlap: pixels shared by neighbouring tiles, at most half a tile.
         batch_size: tiles per forward pass (``zoo.slide.check_tiling`` bounds all three).
         device: where to run; the model is moved there. Default: where the model's parameters are.
+        backend, precision: how the network runs (:func:`zoo.inference.compile`): ``'torch'`` (eager, the
+            default), ``'onnxruntime'``, ``'openvino'`` or ``'auto'``; ``'fp32'`` or ``'bf16'``.
 
     Returns:
         ``np``: ``H x W`` float32 nuclear probability; ``hv``: ``2 x H x W`` float32;
@@ -85,35 +90,31 @@ def predict_maps(
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}')
     check_tiling(tile, overlap, batch_size)
+    check_backend(backend, precision)
     if device is not None:
         model.to(device)
-    device = next(model.parameters()).device
     height, width = image.shape[:2]
     tile_h, tile_w = min(tile, height), min(tile, width)
+    network = compile(model, backend, precision, input_size=(3, tile_h, tile_w), batch_size=batch_size)
     origins = [(top, left) for top in tile_starts(height, tile, overlap) for left in tile_starts(width, tile, overlap)]
     window = torch.from_numpy(np.outer(blend_window(tile_h, overlap), blend_window(tile_w, overlap)))
 
     sums: dict[str, torch.Tensor] = {}
     weight_sum = torch.zeros(height, width)
-    was_training = model.training
-    model.eval()
-    try:
-        for first in range(0, len(origins), batch_size):
-            batch_origins = origins[first : first + batch_size]
-            tiles = np.stack([image[top : top + tile_h, left : left + tile_w] for top, left in batch_origins])
-            maps = forward_tiles(model, tiles, device)
-            maps['np'] = maps['np'][:, None]
-            for name, value in maps.items():
-                if value is None:
-                    continue
-                value = torch.from_numpy(value)
-                total = sums.setdefault(name, torch.zeros(value.shape[1], height, width))
-                for (top, left), tile_value in zip(batch_origins, value):
-                    total[:, top : top + tile_h, left : left + tile_w] += tile_value * window
-            for top, left in batch_origins:
-                weight_sum[top : top + tile_h, left : left + tile_w] += window
-    finally:
-        model.train(was_training)
+    for first in range(0, len(origins), batch_size):
+        batch_origins = origins[first : first + batch_size]
+        tiles = np.stack([image[top : top + tile_h, left : left + tile_w] for top, left in batch_origins])
+        maps = forward_tiles(network, tiles, network.device)
+        maps['np'] = maps['np'][:, None]
+        for name, value in maps.items():
+            if value is None:
+                continue
+            value = torch.from_numpy(value)
+            total = sums.setdefault(name, torch.zeros(value.shape[1], height, width))
+            for (top, left), tile_value in zip(batch_origins, value):
+                total[:, top : top + tile_h, left : left + tile_w] += tile_value * window
+        for top, left in batch_origins:
+            weight_sum[top : top + tile_h, left : left + tile_w] += window
     result = {name: total.div_(weight_sum).numpy() for name, total in sums.items()}  # in place: no second copy
     return {'np': result['np'][0], 'hv': result['hv'], 'tp': result.get('tp')}
 
@@ -126,6 +127,8 @@ def predict_instances(
     batch_size: int = 4,
     device: str | torch.device | None = None,
     progress: bool = False,
+    backend: str = 'torch',
+    precision: str = 'fp32',
 ) -> tuple[np.ndarray, dict[int, dict]]:
     """Instance map and per-instance information of an image, tile by tile (see :mod:`zoo.slide`).
 
@@ -135,6 +138,7 @@ def predict_instances(
         tile, overlap, batch_size, device: as for :func:`predict_maps`; a nucleus is found whole when it is
             smaller than ``overlap``. An image that fits one tile is post-processed whole.
         progress: show a progress bar with ETA on stderr.
+        backend, precision: as for :func:`predict_maps`.
 
     Returns:
         ``inst_map``: ``H x W`` int32, 0 = background, nuclei ``1..N`` in tile order; ``inst_info``:
@@ -142,14 +146,16 @@ def predict_instances(
         :func:`zoo.hovernet.postprocess.hovernet_postprocess` reports them, in image coordinates.
     """
     check_tiling(tile, overlap, batch_size)
+    check_backend(backend, precision)
     slide = ArraySlide(image)
     if device is not None:
         model.to(device)
     grid = TileGrid(image.shape[1], image.shape[0], tile, overlap)
+    network = compile(model, backend, precision, input_size=(3, *grid.tile_size), batch_size=batch_size)
     store = NucleusStore()
     try:
         read_tile = lambda left, top, width, height: slide.read(0, left, top, width, height)  # noqa: E731
-        run_tiles(model, read_tile, grid, range(len(grid)), store, batch_size=batch_size, progress=progress)
+        run_tiles(network, read_tile, grid, range(len(grid)), store, batch_size=batch_size, progress=progress)
         resolve_duplicates(store, grid)
         nuclei = [nucleus for index in range(len(grid)) for nucleus in store.nuclei(index)]
         ids = {nucleus.id: inst_id for inst_id, nucleus in enumerate(nuclei, start=1)}

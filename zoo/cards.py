@@ -202,7 +202,7 @@ def _spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str
 def compression_section(data: Mapping[str, Any]) -> str:
     """The dense network and the compressed one side by side, and the decision for each layer, from what
     ``zoo compress`` recorded: ``source``, ``rule``, ``epochs``, ``plan_cpu_minutes``, ``finetune_cpu_minutes``,
-    ``cpu_minutes``, ``timing`` (``batch``, ``input_size``, ``repeats``, ``device``), ``split``, ``models``
+    ``measure_cpu_minutes``, ``timing`` (``batch``, ``input_size``, ``repeats``, ``device``), ``split``, ``models``
     (``dense`` and ``compressed``: ``params``, ``macs``, ``seconds`` as median/min/max, ``metrics``), ``speedup``
     (median/min/max of the per-repeat ratios) and ``layers`` (one row per candidate layer)."""
     models, timing, layers = data['models'], data['timing'], data['layers']
@@ -214,7 +214,8 @@ def compression_section(data: Mapping[str, Any]) -> str:
         f'where a factorization would not be smaller or, timed on {timing["device"]}, not faster), then '
         f'{data["epochs"]} epoch(s) of distillation from the dense network. CPU minutes: '
         f'{data["plan_cpu_minutes"]:.1f} to plan (stable ranks, timing layers), {data["finetune_cpu_minutes"]:.1f} '
-        f'of fine-tuning, {data["cpu_minutes"]:.1f} in all (evaluation and timing included).',
+        f'of fine-tuning (training steps of every process), {data["measure_cpu_minutes"]:.1f} to evaluate and time '
+        'both networks.',
         '',
         f'Both networks measured by the same code: {data["split"]}; one forward pass of a batch of '
         f'{timing["batch"]} x {tuple(timing["input_size"])} in eager PyTorch on {timing["device"]}, the two timed '

@@ -122,7 +122,9 @@ def test_any_timm_classifier(name, stage):
     assert set(factorizable_layers(model)) - set(select_layers(model, 'all')) == {cfg['first_conv'], cfg['classifier']}
 
 
-@pytest.mark.parametrize('name', zoo.list_models())
+@pytest.mark.parametrize(
+    'name', ['cf_resnet18', 'cf_vgg19', 'cf_deit_small', 'mrl_nano', 'mrl_seg_nano', 'hovernet', 'hovernet_fast']
+)
 def test_every_family_rebuilds_its_compressed_architecture(name):
     """Per-layer ranks, encoder and decoder alike, are an argument of every zoo architecture: built with them (on
     the meta device, no weights) it has exactly the factorized network's tensors."""

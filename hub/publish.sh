@@ -45,4 +45,14 @@ $ZOO publish runs/stardist_mrl_seg_nano hub/mrl_seg_nano_stardist --fp16 --overw
   --intended-use "Checking the segmentation pipeline end to end (tiled inference, post-processing, metrics, fine-tuning) and a starting point to fine-tune on your own annotated images with zoo finetune." \
   --limitations "Trained on ten 128x128 tiles of one fluorescence image (about 80 nuclei): it has not seen H&E, other stains, magnifications or scanners, and its figures come from 4 tiles of that same image (about 30 nuclei), so they say little about generalisation. Not for diagnostic use. For H&E, fine-tune on Kumar, CoNSeP or CPM-17 (zoo finetune); the MRL paper's DICE 0.843/0.855/0.892 on those datasets are not reproduced here."
 
+# Compressed after training (zoo compress, training/compress.py): each layer's rank from the stable rank of its
+# trained weights, SVD initialisation, distillation from the dense weights; the run directory runs/compress-<folder>
+# is resumed, so with a finished run this only re-measures and republishes.
+$ZOO compress cf_resnet18_fmnist.full_rank hub/cf_resnet18_fmnist_compressed --data fashion_mnist --ranks scaled \
+  --target-macs 2 --no-profile --epochs 6 --register cf_resnet18_fmnist.compressed --overwrite \
+  --set optim.lr=0.02 --set log.progress=false --set log.tensorboard=false
+$ZOO compress mrl_seg_nano.stardist hub/mrl_seg_nano_stardist_compressed --data stardist --ranks scaled \
+  --register mrl_seg_nano.stardist_compressed --overwrite \
+  --set optim.lr=1e-4 --set log.progress=false --set log.tensorboard=false
+
 $ZOO cards

@@ -81,13 +81,14 @@ from zoo.io import atomic_write_bytes
 from zoo.layers import (
     LowRankLayer,
     add_frobenius_decay_,
-    factorizable_layers,
     factorize_,
     full_rank,
-    low_rank_like,
+    scaled_rank,
+    select_layers,
+    stable_rank,
     weight_matrix,
 )
-from zoo.profile import paired_median_seconds
+from zoo.profile import profile_layers
 
 from .callbacks import Callback
 from .errors import RecipeError
@@ -98,11 +99,8 @@ if TYPE_CHECKING:
 __all__ = [
     'PRESETS',
     'SwitchRule',
-    'stable_rank',
-    'scaled_rank',
     'ema',
     'is_stable',
-    'profile_layers',
     'CuttlefishSwitch',
 ]
 
@@ -148,23 +146,6 @@ PRESETS = {
     ),
 }
 _RULE_KEYS = ('window', 'last_n', 'epsilon', 'relaxed', 'estimate_at')
-
-
-@torch.no_grad()
-def stable_rank(matrix: torch.Tensor) -> int:
-    """``floor(‖W‖²_F / σ_max²)``; σ_max² is the top eigenvalue of the smaller Gram matrix (float64)."""
-    w = matrix.detach().double()
-    gram = w @ w.t() if w.shape[0] <= w.shape[1] else w.t() @ w
-    top = torch.linalg.eigvalsh(gram)[-1].item()
-    if top <= 0:
-        return 0
-    # The small tolerance keeps an exact integer ratio (e.g. an orthogonal matrix) from flooring one lower.
-    return int(math.floor(gram.trace().item() / top + 1e-9))
-
-
-def scaled_rank(sr: int, xi: float, full: int, floor: float = 0.0) -> int:
-    rank = min(full, math.ceil(xi * sr))
-    return max(rank, int(math.floor(floor * full)), 1)
 
 
 def ema(values: Sequence[float], span: int) -> np.ndarray:
@@ -249,49 +230,6 @@ class SwitchRule:
             if switch is not None:
                 return switch
         return None
-
-
-def profile_layers(
-    layers: dict[str, nn.Module],
-    ranks: dict[str, int],
-    input_shapes: dict[str, tuple],
-    repeats: int = 7,
-    mid_norm: bool = False,
-    amp_dtype: torch.dtype | None = None,
-) -> list[dict]:
-    """Time forward + backward of each layer dense and factorized at its rank on its recorded input,
-    under the training's autocast dtype (``amp_dtype``) if it uses one."""
-    rows = []
-    for name, layer in layers.items():
-        device = layer.weight.device
-        # Inside a network every layer also computes the gradient of its input; without requires_grad
-        # the dense layer would skip it while the factorized pair still pays it between its factors.
-        x = torch.randn(input_shapes[name], device=device, requires_grad=True)
-        dense, low = layer, low_rank_like(layer, ranks[name], mid_norm)
-
-        def step(module):
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = module(x)
-            out.float().sum().backward()
-
-        dense_s, low_s = paired_median_seconds(lambda: step(dense), lambda: step(low), repeats)
-        dense.zero_grad(set_to_none=True)
-        m, n = weight_matrix(layer).shape
-        rows.append(
-            dict(
-                layer=name,
-                shape=f'{m}x{n}',
-                full_rank=min(m, n),
-                rank=ranks[name],
-                dense_ms=dense_s * 1e3,
-                low_rank_ms=low_s * 1e3,
-                speedup=dense_s / low_s,
-                params_ratio=ranks[name] * (m + n) / (m * n),
-            )
-        )
-    return rows
 
 
 class CuttlefishSwitch(Callback):
@@ -387,23 +325,11 @@ class CuttlefishSwitch(Callback):
 
     # ------------------------------------------------------------------------------------ tracking
 
-    @staticmethod
-    def _select(model: nn.Module, spec: str | Sequence[str]) -> dict[str, nn.Module]:
-        if spec == 'paper':
-            return factorizable_layers(model, model.low_rank_candidates())
-        if spec == 'all':
-            cfg = getattr(model, 'pretrained_cfg', {})
-            stem_and_head = [cfg.get('first_conv') or (), cfg.get('classifier') or ()]
-            skip = {name for names in stem_and_head for name in ((names,) if isinstance(names, str) else names)}
-            return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
-        # A single name or pattern is one entry, not a sequence of characters.
-        return factorizable_layers(model, [spec] if isinstance(spec, str) else spec)
-
     def _candidates(self, model: nn.Module) -> dict[str, nn.Module]:
-        return self._select(model, self.settings['layers'])
+        return select_layers(model, self.settings['layers'])
 
     def _deciders(self, model: nn.Module) -> dict[str, nn.Module]:
-        return self._select(model, self.settings.get('track') or self.settings['layers'])
+        return select_layers(model, self.settings.get('track') or self.settings['layers'])
 
     def _tracked(self, model: nn.Module) -> dict[str, nn.Module]:
         """Every layer whose stable rank is recorded: the candidates (for their ranks) and the deciders."""

@@ -246,7 +246,7 @@ def _check_arguments(cls: type, args: Mapping[str, Any], where: str) -> None:
             raise RecipeError(f'{where}.{name}: expected {expected}, got {args[name]!r}') from None
 
 
-def _check_model(section: Mapping[str, Any], task: str) -> None:
+def _check_model(section: Mapping[str, Any], task: str, task_args: Mapping[str, Any]) -> None:
     """Build the model on the meta device: unknown names and arguments fail here, not after data loading."""
     import torch
 
@@ -266,8 +266,8 @@ def _check_model(section: Mapping[str, Any], task: str) -> None:
             raise RecipeError(f'model.args.{unexpected[1]}: {name} takes no such argument') from e
         raise RecipeError(f'model.args of {name} ({", ".join(args) or "none given"}): {e}') from e
     architecture = model.pretrained_cfg.get('architecture', name)
-    trains = MODEL_TASKS[task]
-    if zoo.model_task(architecture) != trains:
+    trains = MODEL_TASKS[task] or MODEL_TASKS.get(task_args.get('task'))
+    if trains is not None and zoo.model_task(architecture) != trains:
         fitting = ', '.join(n for n in zoo.list_models() if zoo.model_task(n) == trains)
         raise RecipeError(
             f'model.name: {name} is a model for {zoo.model_task(architecture)}, but task {task!r} trains models '
@@ -308,7 +308,7 @@ def validate_recipe(recipe: Mapping[str, Any]) -> dict:
                 callback(**checked[section])  # its own checks (choices, conflicts); building it does no work
             except (TypeError, ValueError) as e:
                 raise RecipeError(f'{section}: {e}') from None
-    _check_model(checked['model'], task)
+    _check_model(checked['model'], task, checked['task']['args'])
     return checked
 
 

@@ -16,11 +16,14 @@ __all__ = ['CALLBACKS', 'MODEL_TASKS', 'TASKS', 'load']
 TASKS: dict[str, str] = {
     'classification': 'training.tasks:ClassificationTask',
     'nuclei-segmentation': 'training.segmentation:NucleiSegmentationTask',
+    'distillation': 'training.distill:DistillationTask',
 }
 # The kind of zoo model (``zoo.model_task``) each task trains; recipes pairing another kind are refused.
-MODEL_TASKS: dict[str, str] = {
+# ``None``: the kind of the task it wraps (``task.args.task``).
+MODEL_TASKS: dict[str, str | None] = {
     'classification': 'image-classification',
     'nuclei-segmentation': 'nuclei-segmentation',
+    'distillation': None,
 }
 # A recipe section -> the callback class it enables with its settings.
 CALLBACKS: dict[str, str] = {

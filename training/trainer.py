@@ -124,13 +124,16 @@ class Trainer:
                 split.to_device(self.device)
         self.model_name = recipe['model']['name']
         self.model_args = dict(recipe['model']['args'])
-        # A name with a tag ('mrl_seg_nano.stardist') starts from those published weights, architecture included.
-        published = zoo.get_weights(self.model_name) if '.' in self.model_name else None
+        # A name with a tag ('mrl_seg_nano.stardist') starts from those published weights, architecture included,
+        # and so does a published folder ('local-dir:PATH', 'hf-hub:ORG/NAME'), whose config.json holds them.
+        folder = self.model_name.startswith(('local-dir:', 'hf-hub:'))
+        published = zoo.get_weights(self.model_name) if '.' in self.model_name and not folder else None
         if published is not None:
             self.model_args = {**published.model_args, **self.model_args}
-            if self.ctx.is_main:
-                _log.info('starting from the published weights %s (sha256 %s)', self.model_name, published.sha256)
-        self.model = zoo.create_model(self.model_name, pretrained=published is not None, **self.model_args)
+        if (published is not None or folder) and self.ctx.is_main:
+            sha256 = f' (sha256 {published.sha256})' if published is not None else ''
+            _log.info('starting from the published weights %s%s', self.model_name, sha256)
+        self.model = zoo.create_model(self.model_name, pretrained=published is not None or folder, **self.model_args)
         self._place_model()
         _seed_all(recipe['seed'] + self.ctx.rank)  # then a different augmentation stream per rank
         self.lr_schedule = _lr_schedule(recipe)
@@ -142,6 +145,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # of every rank: what a shared machine's wall time overstates
         self.callbacks: list[Callback] = [*build_callbacks(recipe), *callbacks]
         self.amp_dtype = self._amp_dtype(recipe['amp'])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -222,6 +226,7 @@ class Trainer:
             history=self.history,
             best=self.best,
             train_seconds=self.train_seconds,
+            train_cpu_seconds=self.train_cpu_seconds,
             world_size=self.ctx.world_size,
             no_weight_decay=[i for i, p in enumerate(self.model.parameters()) if id(p) in self.no_weight_decay],
             optimizer=self.optimizer.state_dict(),
@@ -291,6 +296,7 @@ class Trainer:
         self.scaler.load_state_dict(state['scaler'])
         self.epoch, self.warmup_from = state['epoch'], state['warmup_from']
         self.history, self.best, self.train_seconds = state['history'], state['best'], state['train_seconds']
+        self.train_cpu_seconds = state.get('train_cpu_seconds', float('nan'))  # not recorded before it was added
         set_rng_state(checkpoint.rng)
         if self.ctx.is_main:
             done = f'epochs 0-{self.epoch - 1} are done' if self.epoch > 1 else 'epoch 0 is done'
@@ -507,10 +513,11 @@ class Trainer:
             (callback.on_resume if resumed else callback.on_fit_start)(self)
         while self.epoch < self.recipe['epochs']:
             epoch = self.epoch
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             row = dict(epoch=epoch, **self.train_epoch(epoch))
             row['epoch_seconds'] = time.perf_counter() - start
             self.train_seconds += row['epoch_seconds']
+            self.train_cpu_seconds += self.ctx.all_reduce_sums(dict(cpu=time.process_time() - start_cpu))['cpu']
             row.update(self.evaluate())
             row['params'] = sum(p.numel() for p in self.model.parameters())
             # The best weights are the ones just evaluated: save them before a callback may change the
@@ -540,6 +547,7 @@ class Trainer:
             main_metric=self.task.main_metric,
             recipe=self.recipe,
             train_seconds=self.train_seconds,
+            train_cpu_seconds=self.train_cpu_seconds,
             world_size=self.ctx.world_size,
             device=describe_device(self.device),
             allreduce=self.recipe['distributed']['allreduce'] if self.ctx.distributed else 'none',

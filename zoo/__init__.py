@@ -10,6 +10,7 @@ from . import (
 )
 from ._builder import check_weights_fit, create_model
 from ._registry import UnknownModelError, get_weights, list_models, list_weights, model_info, model_task
+from .compression import CompressionError, CompressionPlan, compress, plan_compression
 from .hub import ConfigError, Weights, WeightsError, WeightsHashError, WeightsShapeError
 
 __version__ = '0.1.0'
@@ -21,6 +22,10 @@ __all__ = [
     'get_weights',
     'list_weights',
     'check_weights_fit',
+    'compress',
+    'plan_compression',
+    'CompressionPlan',
+    'CompressionError',
     'hub',
     'Weights',
     'UnknownModelError',

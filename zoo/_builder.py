@@ -50,6 +50,7 @@ from ._registry import (
 )
 from .hub import CONFIG_NAME, WEIGHTS_NAME, ConfigError, Weights, WeightsError, WeightsShapeError
 from .hub_config import MAX_MODEL_ELEMENTS, WEIGHT_SOURCE_KEYS
+from .layers import factorize_
 
 __all__ = ['build_zoo_model', 'check_weights_fit', 'create_model']
 
@@ -190,6 +191,18 @@ def _names_registered(cfg: dict, weights: Weights) -> bool:
     return all(cfg.get(k) == v for k, v in timm_source_fields(weights).items())
 
 
+def _ranks_to_factorize(requested: Mapping[str, int], published: Mapping[str, int], name: str) -> dict[str, int]:
+    """The requested ranks of layers the weights hold dense; a layer they hold factorized keeps its rank."""
+    changed = sorted(k for k, rank in published.items() if requested.get(k) != rank)
+    if changed:
+        asked = {k: requested.get(k) for k in changed}
+        raise WeightsShapeError(
+            f'{name}: these weights hold {", ".join(f"{k} at rank {published[k]}" for k in changed)}; ranks can '
+            f'factorize the layers they hold dense, not change those (asked: {asked})'
+        )
+    return {k: rank for k, rank in requested.items() if k not in published}
+
+
 def check_weights_fit(model: torch.nn.Module, path: Path, name: str, ignore: tuple[str, ...] = ()) -> None:
     """Compare a safetensors file's tensor names and shapes with ``model``'s; raise listing every problem."""
     _check_shapes(_Located(Path(path), None, name).shapes(), model, name, path, ignore)
@@ -314,6 +327,14 @@ def build_zoo_model(
         kwargs.setdefault(key, value)
 
     state_dict = None
+    svd_ranks = {}
+    if pretrained:
+        # Layers the weights hold dense that the caller asks to factorize load dense, then become the truncated
+        # SVD of their weights: how a trained network is compressed (zoo.compress) and rebuilt to fine-tune it.
+        asked_ranks = dict(kwargs.get('ranks') or {})
+        svd_ranks = _ranks_to_factorize(asked_ranks, published_args.get('ranks') or {}, located.name)
+        if svd_ranks:
+            kwargs['ranks'] = {k: v for k, v in asked_ranks.items() if k not in svd_ranks}
     if pretrained or published_args:
         model_kwargs = {k: v for k, v in kwargs.items() if k not in _WRAPPER_KWARGS}
         reference = _build_on_meta(model_cls, variant, cfg, model_kwargs, where if published_args else None)
@@ -343,6 +364,9 @@ def build_zoo_model(
         **{k: cfg.get(k) for k in WEIGHT_SOURCE_KEYS if k in cfg},
     }
     arch_args = {k: v for k, v in published_args.items() if k in config_args(variant)}
+    if svd_ranks:
+        factorize_(model, svd_ranks, init='svd')
+        arch_args['ranks'] = asked_ranks
     update_model_args(model, **arch_args)  # what timm.models.save_for_hf exports as model_args
     model.input_domain = located.input_domain if located else None
     model.microns_per_pixel = located.microns_per_pixel if located else None

@@ -41,7 +41,8 @@ class ModelCard:
     ``metrics`` maps a split name (e.g. ``'Fashion-MNIST test split (10,000 images)'``) to ``{metric: value}``;
     ``figures`` are image files copied next to the card and embedded in it; ``model_id`` is the registered
     name that loads these weights (``'cf_resnet18_fmnist.cuttlefish'``), when there is one; ``num_params``
-    and ``macs`` are filled in by ``zoo.publish.publish``.
+    and ``macs`` are filled in by ``zoo.publish.publish``. ``compression`` holds what ``zoo compress`` measured
+    of the dense network and of these weights side by side (see :func:`compression_section`).
     """
 
     title: str
@@ -65,6 +66,7 @@ class ModelCard:
     microns_per_pixel: float | None = None
     num_params: int | None = None
     macs: int | None = None
+    compression: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.input_domain is not None and self.input_domain not in INPUT_DOMAINS:
@@ -179,6 +181,7 @@ def render_card(
         lines += ['## Reproduce', '', '```bash', card.command.strip(), '```', '']
     for title, body in [
         ('Training', card.training),
+        ('Compression', compression_section(card.compression) if card.compression else ''),
         ('Intended use', card.intended_use),
         ('Limitations', card.limitations),
         *card.extra_sections.items(),
@@ -189,6 +192,63 @@ def render_card(
         lines += [f'![{Path(figure).stem}]({figure_prefix}{Path(figure).name})', '']
     if card.paper_ids:
         lines += ['## Papers', '', *[f'- {p}' for p in card.paper_ids], '']
+    return '\n'.join(lines)
+
+
+def _spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    median, low, high = (v * scale for v in values)
+    return f'{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})'
+
+
+def compression_section(data: Mapping[str, Any]) -> str:
+    """The dense network and the compressed one side by side, and the decision for each layer, from what
+    ``zoo compress`` recorded: ``source``, ``rule``, ``epochs``, ``plan_cpu_minutes``, ``finetune_cpu_minutes``,
+    ``measure_cpu_minutes``, ``timing`` (``batch``, ``input_size``, ``repeats``, ``device``), ``split``, ``models``
+    (``dense`` and ``compressed``: ``params``, ``macs``, ``seconds`` as median/min/max, ``metrics``), ``speedup``
+    (median/min/max of the per-repeat ratios) and ``layers`` (one row per candidate layer)."""
+    models, timing, layers = data['models'], data['timing'], data['layers']
+    metrics = list(models['dense']['metrics'])
+    factorized = [row for row in layers if row['factorize']]
+    lines = [
+        f'`{data["source"]}` compressed by `zoo compress`: ranks from the {data["rule"]}; {len(factorized)} of '
+        f'{len(layers)} candidate layers factorized by truncated SVD of their trained weights (the others stay dense '
+        f'where a factorization would not be smaller or, timed on {timing["device"]}, not faster), then '
+        f'{data["epochs"]} epoch(s) of distillation from the dense network. CPU minutes: '
+        f'{data["plan_cpu_minutes"]:.1f} to plan (stable ranks, timing layers), {data["finetune_cpu_minutes"]:.1f} '
+        f'of fine-tuning (training steps of every process), {data["measure_cpu_minutes"]:.1f} to evaluate and time '
+        'both networks.',
+        '',
+        f'Both networks measured by the same code: {data["split"]}; one forward pass of a batch of '
+        f'{timing["batch"]} x {tuple(timing["input_size"])} in eager PyTorch on {timing["device"]}, the two timed '
+        f'alternately, median (min-max) of {timing["repeats"]} repeats on a machine shared with other jobs.',
+        '',
+        '| network | parameters | MACs per image | ms per batch | ' + ' | '.join(metrics) + ' |',
+        '|---|---:|---:|---:|' + '---:|' * len(metrics),
+    ]
+    for name, label in (('dense', f'dense `{data["source"]}`'), ('compressed', 'compressed (these weights)')):
+        row = models[name]
+        values = ' | '.join(f'{row["metrics"][k]:.4g}' for k in metrics)
+        lines.append(
+            f'| {label} | {row["params"]:,} | {row["macs"] / 1e6:,.1f} M | {_spread(row["seconds"], 1e3)} | {values} |'
+        )
+    dense, compressed = models['dense'], models['compressed']
+    lines += [
+        '',
+        f'{dense["params"] / compressed["params"]:.2f}x fewer parameters, {dense["macs"] / compressed["macs"]:.2f}x '
+        f"fewer MACs, {_spread(data['speedup'], digits=2)}x the dense network's speed.",
+        '',
+        '| layer | full rank | stable rank | rank | factorized | dense ms | low-rank ms | speed-up | note |',
+        '|---|---:|---:|---:|---|---:|---:|---:|---|',
+    ]
+    for row in layers:
+        timed = '- | - | -'
+        if 'speedup' in row:
+            timed = f'{row["dense_ms"]:.2f} | {row["low_rank_ms"]:.2f} | {row["speedup"]:.2f}'
+
+        lines.append(
+            f'| {row["layer"]} | {row["full_rank"]} | {row["stable_rank"]} | {row["rank"] or "-"} | '
+            f'{"yes" if row["factorize"] else "no"} | {timed} | {row.get("note", "")} |'
+        )
     return '\n'.join(lines)
 
 

@@ -40,7 +40,7 @@ def test_amp_training_on_cuda(tmp_path, amp):
 
 
 def test_cuttlefish_profiler_times_layers_on_cuda():
-    from training.cuttlefish import profile_layers
+    from zoo.profile import profile_layers
 
     model = zoo.create_model('cf_resnet18', num_classes=10).cuda()
     names = ['layer3.0.conv2', 'layer4.1.conv2']

@@ -14,10 +14,8 @@ from training.cuttlefish import (
     SwitchRule,
     ema,
     is_stable,
-    scaled_rank,
-    stable_rank,
 )
-from zoo.layers import LowRankConv2d
+from zoo.layers import LowRankConv2d, scaled_rank, stable_rank
 
 
 def test_stable_rank_definition():
@@ -335,7 +333,7 @@ def test_layer_patterns_that_match_nothing_are_named():
 
 def test_profiler_times_what_training_runs():
     """The timed step computes the input gradient (as inside a network) under the training's autocast."""
-    from training.cuttlefish import profile_layers
+    from zoo.profile import profile_layers
 
     conv = torch.nn.Conv2d(16, 32, 3, padding=1)
     seen = []

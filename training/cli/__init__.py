@@ -1,4 +1,5 @@
-"""``zoo`` command line: models, predictions, slides and cohorts, evaluation, publishing and training.
+"""``zoo`` command line: models, predictions, slides and cohorts, evaluation, publishing, training and
+compression.
 
 Each command group lives in its own module and adds its sub-commands with ``add_commands``.
 
@@ -23,12 +24,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import evaluate, models, publish, slide, train
+from . import compress, evaluate, models, publish, slide, train
 
 __all__ = ['main', 'user_errors']
 
 # Commands that continue where they stopped when run again (checkpoints), which Ctrl-C's message says.
-_RESUMABLE = {'train', 'finetune'}
+_RESUMABLE = {'train', 'finetune', 'compress'}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog='zoo', description=__doc__.splitlines()[0])
     parser.add_argument('--debug', action='store_true', help='show tracebacks of user errors')
     sub = parser.add_subparsers(dest='subcommand', required=True)
-    for group in (models, publish, slide, train, evaluate):
+    for group in (models, publish, slide, train, evaluate, compress):
         group.add_commands(sub)
     for command in sub.choices.values():  # `zoo train --debug ...` as well as `zoo --debug train ...`
         command.add_argument(
@@ -69,6 +70,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         InferenceError,
         SlideError,
         RunError,
+        zoo.CompressionError,
     )
 
 

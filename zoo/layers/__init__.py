@@ -11,6 +11,9 @@ from .low_rank import (
     full_rank,
     low_rank_like,
     resolve_ranks,
+    scaled_rank,
+    select_layers,
+    stable_rank,
     svd_factors,
     weight_matrix,
 )
@@ -26,6 +29,9 @@ __all__ = [
     'full_rank',
     'low_rank_like',
     'resolve_ranks',
+    'scaled_rank',
+    'select_layers',
+    'stable_rank',
     'svd_factors',
     'weight_matrix',
 ]

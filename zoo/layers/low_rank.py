@@ -8,6 +8,7 @@ splits the singular values evenly: ``U = U_r·√Σ_r``, ``V = V_r·√Σ_r``, s
 """
 
 import fnmatch
+import math
 from collections.abc import Iterable, Mapping
 from typing import Self
 
@@ -22,11 +23,14 @@ __all__ = [
     'weight_matrix',
     'factorize_',
     'factorizable_layers',
+    'select_layers',
     'svd_factors',
     'frobenius_norm_sq',
     'add_frobenius_decay_',
     'low_rank_like',
     'resolve_ranks',
+    'stable_rank',
+    'scaled_rank',
 ]
 
 
@@ -45,6 +49,25 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         return module.weight.reshape(module.weight.shape[0], -1)
     raise TypeError(f'{type(module).__name__} has no weight matrix; expected Conv2d, Linear or a low-rank layer')
+
+
+@torch.no_grad()
+def stable_rank(matrix: torch.Tensor) -> int:
+    """``floor(‖W‖²_F / σ_max²)``; σ_max² is the top eigenvalue of the smaller Gram matrix (float64)."""
+    w = matrix.detach().double()
+    gram = w @ w.t() if w.shape[0] <= w.shape[1] else w.t() @ w
+    top = torch.linalg.eigvalsh(gram)[-1].item()
+    if top <= 0:
+        return 0
+    # The small tolerance keeps an exact integer ratio (e.g. an orthogonal matrix) from flooring one lower.
+    return int(math.floor(gram.trace().item() / top + 1e-9))
+
+
+def scaled_rank(sr: int, xi: float, full: int, floor: float = 0.0) -> int:
+    """Cuttlefish's rank ``min(full, ceil(ξ·sr))``, at least ``floor·full`` and 1; ``ξ = full / sr(W at
+    initialisation)`` maps a random matrix to full rank."""
+    rank = min(full, math.ceil(xi * sr))
+    return max(rank, int(math.floor(floor * full)), 1)
 
 
 def svd_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,11 +266,16 @@ def _norm_affine(norm: nn.Module, rank: int, like: torch.Tensor) -> tuple[torch.
 
 def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Module]:
     """Dense ``Conv2d`` (groups=1) and ``Linear`` layers of ``model`` by qualified name, optionally only
-    those matching ``names`` (exact names or shell-style patterns such as ``'blocks.*.mlp.fc*'``)."""
+    those matching ``names`` (exact names or shell-style patterns such as ``'blocks.*.mlp.fc*'``).
+
+    Only layers of exactly these types count: a subclass may compute something else from its weight (timm's
+    ``Conv2dSame`` pads in its forward, ``StdConv2d`` standardises the weight, ``MultiheadAttention`` reads
+    ``out_proj.weight`` itself), and the factors inside a low-rank layer are already factorized."""
+    factorized = tuple(f'{n}.' for n, m in model.named_modules() if isinstance(m, LowRankLayer))
     layers = {
         n: m
         for n, m in model.named_modules()
-        if (isinstance(m, nn.Conv2d) and m.groups == 1) or isinstance(m, nn.Linear)
+        if (type(m) is nn.Linear or (type(m) is nn.Conv2d and m.groups == 1)) and not n.startswith(factorized)
     }
     if names is None:
         return layers
@@ -261,6 +289,21 @@ def factorizable_layers(model: nn.Module, names: Iterable[str] | None = None) ->
     for pattern in names:
         picked.update((n, m) for n, m in layers.items() if fnmatch.fnmatchcase(n, pattern))
     return picked
+
+
+def select_layers(model: nn.Module, spec: str | Iterable[str] = 'all') -> dict[str, nn.Module]:
+    """The factorizable layers a spec names: ``'all'`` (every one but the stem and the classifier that the
+    model's timm ``pretrained_cfg`` names as ``first_conv`` and ``classifier``), ``'paper'`` (the model's
+    ``low_rank_candidates()``, Cuttlefish's hand-picked set) or names / shell-style patterns."""
+    if spec == 'paper':
+        return factorizable_layers(model, model.low_rank_candidates())
+    if spec == 'all':
+        cfg = getattr(model, 'pretrained_cfg', {})
+        stem_and_head = [cfg.get('first_conv') or (), cfg.get('classifier') or ()]
+        skip = {name for names in stem_and_head for name in ((names,) if isinstance(names, str) else names)}
+        return {n: m for n, m in factorizable_layers(model).items() if n not in skip}
+    # A single name or pattern is one entry, not a sequence of characters.
+    return factorizable_layers(model, [spec] if isinstance(spec, str) else spec)
 
 
 def low_rank_like(

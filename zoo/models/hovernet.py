@@ -70,7 +70,7 @@ hovernet_original  HoVer-Net's     (the paper's decoders)     45.03M    543.61G
 
 import difflib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import timm
@@ -85,6 +85,7 @@ from .._arguments import check_count, check_counts, check_head, check_rate
 from .._builder import build_zoo_model
 from .._registry import UnknownModelError, split_tag, zoo_cfgs
 from ..hub import WeightsError
+from ..layers import factorize_
 
 __all__ = ['HoVerNet', 'TimmHoVerNet', 'DecoderBlock', 'EncoderError']
 
@@ -320,6 +321,8 @@ class HoVerNet(nn.Module):
         in_chans: input channels.
         same_size: mirror-pad the input so that the output has its size (the zoo's convention); ``False`` is the
             reference's valid forward (270 -> 80, 256 -> 164).
+        ranks: per-layer ranks by module name (what ``zoo.compress`` chose); those layers become low-rank
+            factorizations (``zoo.layers``).
     """
 
     __jit_unused_properties__ = ['_model_args', 'num_types']
@@ -331,6 +334,7 @@ class HoVerNet(nn.Module):
         num_classes: int = 0,
         in_chans: int = 3,
         same_size: bool = True,
+        ranks: Mapping[str, int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -367,6 +371,8 @@ class HoVerNet(nn.Module):
         ]
         self.decoder = nn.ModuleDict(self._branches(num_classes, **dd))
         self.upsample2x = UpSample2x(**dd)
+        if ranks:
+            factorize_(self, ranks, init='random')
         self.apply(self._init_weights)
 
     def _branches(self, num_classes: int, **dd) -> dict[str, nn.Module]:
@@ -567,6 +573,8 @@ class TimmHoVerNet(nn.Module):
             Hugging Face cache), a path loads them from that safetensors file. Not a reconstruction argument: a
             published model's own weights replace the encoder's.
         drop_path_rate: the encoder's stochastic depth.
+        ranks: per-layer ranks by module name, encoder (``encoder.*``) and decoder alike (what ``zoo.compress``
+            chose); those layers become low-rank factorizations (``zoo.layers``).
     """
 
     __jit_unused_properties__ = ['_model_args', 'num_types']
@@ -581,6 +589,7 @@ class TimmHoVerNet(nn.Module):
         encoder_args: dict | None = None,
         encoder_pretrained: bool | str = False,
         drop_path_rate: float | None = None,
+        ranks: Mapping[str, int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
@@ -657,6 +666,8 @@ class TimmHoVerNet(nn.Module):
         self.branch_dims = (s4, s2, s1)
         outputs = {'np': 2, 'hv': 2} | ({'tp': num_classes} if num_classes else {})
         self.branches = nn.ModuleDict({name: _Branch(*self.branch_dims, chs, **dd) for name, chs in outputs.items()})
+        if ranks:
+            factorize_(self, ranks, init='random')
 
     @property
     def num_types(self) -> int:
@@ -844,10 +855,10 @@ default_cfgs = zoo_cfgs(
         'mrl_seg_small': _mrl_cfg(),
     },
     # What a published config.json may set: the architecture, never where weights or code come from.
-    config_args=('encoder', 'encoder_args', 'decoder_dims', 'num_classes', 'in_chans', 'drop_path_rate'),
+    config_args=('encoder', 'encoder_args', 'decoder_dims', 'num_classes', 'in_chans', 'drop_path_rate', 'ranks'),
 ) | zoo_cfgs(
     {'hovernet_original': _paper_cfg(), 'hovernet_fast': _paper_cfg()},
-    config_args=('num_classes', 'in_chans', 'same_size'),
+    config_args=('num_classes', 'in_chans', 'same_size', 'ranks'),
 )
 
 

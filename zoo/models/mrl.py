@@ -59,7 +59,7 @@ heads are Swin's, so parameters match size for size; MACs are about 30 % lower b
 its projections run on regional tokens (1/49 of the positions), not on every pixel.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,7 @@ from ..datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
 )
+from ..layers import factorize_
 
 __all__ = ['MRL', 'MRLBlock', 'MRLStage', 'PadToMultiple', 'RegionalMixer', 'RegionalAttention', 'GroupedFFN']
 
@@ -238,6 +239,8 @@ class MRL(nn.Module):
         mlp_ratio: FFN width / block width.
         ffn_groups: group count of the FFN's 1x1 convolutions (1 = dense).
         ls_init_value: layer-scale initial value, ``None`` for no layer scale.
+        ranks: per-layer ranks by module name (what ``zoo.compress`` chose); those layers become low-rank
+            factorizations (``zoo.layers``).
         device, dtype: where and in which precision the parameters are created (timm's convention).
     """
 
@@ -258,6 +261,7 @@ class MRL(nn.Module):
         output_stride: int = 32,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        ranks: Mapping[str, int] | None = None,
         device=None,
         dtype=None,
     ):
@@ -328,6 +332,8 @@ class MRL(nn.Module):
         self.norm = LayerNorm2d(in_chs, **dd)
         self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
+        if ranks:
+            factorize_(self, ranks, init='random')
         self.apply(self._init_weights)
 
     @staticmethod
@@ -448,6 +454,7 @@ CONFIG_ARGS = (
     'output_stride',
     'drop_rate',
     'drop_path_rate',
+    'ranks',
 )
 
 

@@ -13,7 +13,8 @@ import zoo
 from training.cli import main
 from training.distill import DistillationTask, distillation_loss
 from training.trainer import Trainer
-from zoo.hub import read_config, sha256_file
+from zoo._registry import read_config
+from zoo.hub import sha256_file
 
 # One short epoch on the stardist tiles (fluorescence) with small patches, timed once on one small image.
 QUICK = [

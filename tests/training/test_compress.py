@@ -121,3 +121,36 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     )
     _refused(capsys, ['compress', 'cf_resnet18_fmnist.full_rank', *where, '--data', 'stardist'], '--data stardist:')
     assert not out.exists() and not run.exists()
+
+
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (['--epochs', '0'], "argument --epochs: must be a whole number >= 1, got '0'"),
+        (['--repeats', '-2'], "argument --repeats: must be a whole number >= 1, got '-2'"),
+        (['--batch-size', '1.5'], "argument --batch-size: must be a whole number >= 1, got '1.5'"),
+        (['--input-size', '4'], "argument --input-size: must be a whole number >= 8, got '4'"),
+        (
+            ['--target-macs', 'inf'],
+            "argument --target-macs: expected how many times fewer MACs, a number above 1, got 'inf'",
+        ),
+        (
+            ['--ranks', 'nan'],
+            "argument --ranks: expected 'stable', 'scaled' or a ratio of full rank in (0, 1], got 'nan'",
+        ),
+    ],
+)
+def test_numeric_options_are_checked_as_the_command_line_is_parsed(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(['compress', 'cf_resnet18_fmnist.full_rank', str(tmp_path / 'out'), '--data', 'fashion_mnist', *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f'zoo compress: error: {message} (see zoo compress --help)\n'
+    assert not (tmp_path / 'out').exists()
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / 'notes.txt').write_text('kept')
+    with pytest.raises(SystemExit):
+        main(['compress', 'cf_resnet18_fmnist.full_rank', str(tmp_path / 'notes.txt'), '--data', 'fashion_mnist'])
+    assert 'notes.txt is a file, not a folder' in capsys.readouterr().err
+    assert (tmp_path / 'notes.txt').read_text() == 'kept'

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
+
+from .options import output_folder, whole_number
 
 
 def _ranks(text: str) -> str | float:
@@ -23,7 +26,7 @@ def _above_one(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 1:
+    if not (math.isfinite(value) and value > 1):
         raise argparse.ArgumentTypeError(f'expected how many times fewer MACs, a number above 1, got {text!r}')
     return value
 
@@ -38,7 +41,7 @@ def add_commands(sub) -> None:
         'same command again resumes an interrupted compression.',
     )
     p.add_argument('model', help="the trained model: a published name ('cf_resnet18_fmnist.full_rank') or folder")
-    p.add_argument('out', help='the hub folder to write, e.g. hub/NAME')
+    p.add_argument('out', type=output_folder, help='the hub folder to write, e.g. hub/NAME')
     p.add_argument(
         '--data',
         required=True,
@@ -59,9 +62,11 @@ def add_commands(sub) -> None:
         metavar='R',
         help='scale those ranks to the largest that need at most 1/R of the dense MACs',
     )
-    p.add_argument('--epochs', type=int, help="epochs of distillation (default: the recipe's)")
+    p.add_argument('--epochs', type=whole_number(1), help="epochs of distillation (default: the recipe's)")
     p.add_argument('--recipe', help='a distillation recipe (default: compress_classifier or compress_segmenter)')
-    p.add_argument('--run-dir', help='where the fine-tuning runs (default: runs/compress-<OUT name>)')
+    p.add_argument(
+        '--run-dir', type=output_folder, help='where the fine-tuning runs (default: runs/compress-<OUT name>)'
+    )
     p.add_argument(
         '--no-profile',
         dest='profile',
@@ -69,11 +74,21 @@ def add_commands(sub) -> None:
         help='factorize every layer that gets smaller, without timing it on this machine',
     )
     p.add_argument(
-        '--batch-size', type=int, help='images per batch when timing layers and networks (default: data.eval_batch)'
+        '--batch-size',
+        type=whole_number(1),
+        help='images per batch when timing layers and networks (default: data.eval_batch)',
     )
-    p.add_argument('--input-size', type=int, help="image side when timing (default: the model's input size)")
-    p.add_argument('--repeats', type=int, default=10, help='alternating repeats of each timing (default: 10)')
-    p.add_argument('--register', metavar='ARCH.TAG', help='register the folder under this name in the index of its hub directory (zoo/manifest.json for hub/)')
+    p.add_argument(
+        '--input-size', type=whole_number(8), help="image side when timing (default: the model's input size)"
+    )
+    p.add_argument(
+        '--repeats', type=whole_number(1), default=10, help='alternating repeats of each timing (default: 10)'
+    )
+    p.add_argument(
+        '--register',
+        metavar='ARCH.TAG',
+        help='register the folder under this name in the index of its hub directory (zoo/manifest.json for hub/)',
+    )
     p.add_argument('--overwrite', action='store_true', help='replace OUT if it exists (atomically)')
     p.add_argument('--title')
     p.add_argument('--summary')
@@ -89,7 +104,7 @@ def add_commands(sub) -> None:
 
 
 def _command(args) -> str:
-    words = ['zoo', 'compress', args.model, args.out, '--data', args.data, '--ranks', str(args.ranks)]
+    words = ['zoo', 'compress', args.model, str(args.out), '--data', args.data, '--ranks', str(args.ranks)]
     for flag, value in (('--target-macs', args.target_macs), ('--epochs', args.epochs), ('--recipe', args.recipe)):
         if value is not None:
             words += [flag, str(value)]

@@ -145,8 +145,9 @@ def compress_model(
     summary: str | None = None,
     command: str = '',
 ) -> Weights | None:
-    """Compress ``model_name`` into the hub folder ``out_dir`` (see the module docstring); returns its manifest entry
-    (registered as ``register_as`` in the index of ``out_dir``'s hub directory when given), ``None`` on ranks other than 0.
+    """Compress ``model_name`` into the hub folder ``out_dir`` (see the module docstring); returns its manifest
+    entry (registered as ``register_as`` in the index of ``out_dir``'s hub directory when given), ``None`` on ranks
+    other than 0.
     Layers are profiled and both networks timed on ``batch_size`` images (default: the recipe's evaluation batch)
     of ``input_size`` pixels a side (default: the model's), ``repeats`` times."""
     out_dir = Path(out_dir)

@@ -356,7 +356,7 @@ class CuttlefishSwitch(Callback):
                 zoo.create_model(trainer.model_name, **dict(trainer.model_args, ranks={}))
         except TypeError as e:
             raise ValueError(
-                f'Cuttlefish needs an architecture that takes per-layer ranks (the cf_* models); '
+                f'Cuttlefish needs an architecture that takes per-layer ranks (every zoo family does); '
                 f'{trainer.model_name} does not: {e}'
             ) from e
         if not self._deciders(trainer.model):

@@ -277,7 +277,9 @@ def test_checkpoints_of_the_old_detector_are_refused():
         CuttlefishSwitch().load_state_dict(old)
 
 
-def test_cuttlefish_refuses_architectures_without_ranks(tmp_path):
+def test_cuttlefish_tracks_an_mrl_network_now_that_every_family_takes_ranks(tmp_path):
+    """MRL nets take per-layer ranks (zoo compress rebuilds every family from its ranks), so the switch tracks
+    their attention and MLP layers instead of refusing them."""
     from training.recipe import load_recipe
     from training.trainer import Trainer
 
@@ -291,8 +293,11 @@ def test_cuttlefish_refuses_architectures_without_ranks(tmp_path):
             'cuttlefish.preset=short',
         ],
     )
-    with pytest.raises(ValueError, match='Cuttlefish needs an architecture that takes per-layer ranks'):
-        Trainer(recipe, tmp_path / 'run').fit()
+    trainer = Trainer(recipe, tmp_path / 'run')
+    trainer.fit()
+    switch = trainer.callbacks[0]
+    assert switch.history and all(len(h) == 2 for h in switch.history.values())  # at initialisation, after epoch 0
+    assert any('.attn.' in name for name in switch.history) and any('.ffn.' in name for name in switch.history)
 
 
 @pytest.mark.parametrize(

@@ -108,9 +108,10 @@ def generated_slide(folder: Path, side: int) -> Path:
 
 
 def before_code(revision: str, folder: Path) -> Path:
-    """The ``zoo`` package as it was at ``revision`` (git archive), importable from the returned folder."""
+    """The ``zoo`` package and ``hub/`` (its weights and their index then) as they were at ``revision`` (git
+    archive), importable from the returned folder."""
     archive = subprocess.run(
-        ['git', '-C', str(REPO_ROOT), 'archive', revision, 'zoo'], check=True, capture_output=True
+        ['git', '-C', str(REPO_ROOT), 'archive', revision, 'zoo', 'hub'], check=True, capture_output=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter='data')
@@ -119,7 +120,7 @@ def before_code(revision: str, folder: Path) -> Path:
 
 def run_before(code: Path, slide: Path, out: Path) -> dict:
     command = [sys.executable, '-c', _BEFORE_RUN, str(code), MODEL, str(slide), str(out), str(THREADS), str(MPP)]
-    env = dict(os.environ, ZOO_HUB_DIR=str(REPO_ROOT / 'hub'))
+    env = dict(os.environ, ZOO_HUB_DIR=str(code / 'hub'))
     result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(result.stdout.splitlines()[-1])
 

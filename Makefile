@@ -34,6 +34,7 @@ bench: $(STAMP) data
 	$(PY) benchmarks/mrl.py
 	$(PY) benchmarks/allreduce.py
 	$(PY) benchmarks/slide.py
+	$(PY) benchmarks/compress.py
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -445,6 +445,28 @@ def test_train_onto_a_full_disk_leaves_nothing_half_written(capsys, tmp_path, mo
     assert [p.name for p in run_dir.rglob('*') if p.is_file()] == ['.lock']
 
 
+def test_a_disk_that_fills_while_saving_leaves_no_staging_folder(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    fsync = os.fsync
+
+    def full_for_best(fd):  # the disk fills up as best/ is written, after recipe.yaml and the first epoch
+        if '.best.partial' in os.readlink(f'/proc/self/fd/{fd}'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', full_for_best)
+    run_dir = tmp_path / 'run'
+    assert main(['train', '--recipe', 'fmnist_resnet18', '--run-dir', str(run_dir), *TINY_TRAIN]) == 2
+    assert _one_error_line(capsys, 'train') == (
+        f'zoo train: error: {run_dir / ".best.partial" / "model.safetensors"}: No space left on device; free some '
+        'space or write elsewhere'
+    )
+    # the staging folder of best/ is gone; only complete files and the run-directory lock remain
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith('.')) == ['.lock']
+
+
 @pytest.mark.parametrize(
     'argv,option',
     [

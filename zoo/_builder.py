@@ -50,6 +50,7 @@ from ._registry import (
 )
 from .hub import CONFIG_NAME, WEIGHTS_NAME, ConfigError, Weights, WeightsError, WeightsShapeError
 from .hub_config import MAX_MODEL_ELEMENTS, WEIGHT_SOURCE_KEYS
+from .io import refuse_special_file
 from .layers import factorize_
 
 __all__ = ['build_zoo_model', 'check_weights_fit', 'create_model']
@@ -150,6 +151,7 @@ def _from_file(path: Path, name: str) -> _Located:
             f'{name}: {path} is a folder; name its {WEIGHTS_NAME} (checkpoint_path={str(path / WEIGHTS_NAME)!r}), '
             f'or load the folder as "local-dir:{path}"'
         )
+    refuse_special_file(path)
     if not path.is_file():
         raise WeightsError(f'{name}: {path} does not exist')
     if (path.parent / CONFIG_NAME).is_file():

@@ -468,6 +468,41 @@ def test_a_disk_that_fills_while_saving_leaves_no_staging_folder(capsys, tmp_pat
 
 
 @pytest.mark.parametrize(
+    'command,special,argv',
+    [
+        ('predict', 'x.png', [CLASSIFIER, '{special}']),
+        ('predict', 'model/config.json', ['local-dir:{tmp}/model', '{tmp}/x.png']),
+        ('segment-slide', 'x.svs', [SEGMENTER, '{special}', '--out', '{tmp}/out']),
+        ('segment-slides', 'slides.txt', [SEGMENTER, '{special}', '--out', '{tmp}/out']),
+        ('publish', 'w.safetensors', ['{special}', '{tmp}/out', '--model', 'cf_resnet18']),
+        ('train', 'r.yaml', ['--recipe', '{special}', '--run-dir', '{tmp}/run']),
+    ],
+    ids=['image', 'config', 'slide', 'slide_list', 'weights', 'recipe'],
+)
+def test_a_named_pipe_given_as_a_file_is_refused_without_reading_it(capsys, tmp_path, command, special, argv):
+    import os
+    import signal
+
+    special = tmp_path / special
+    special.parent.mkdir(exist_ok=True)
+    os.mkfifo(special)  # opening it for reading would wait for a writer forever
+    argv = [a.format(special=special, tmp=tmp_path) for a in argv]
+
+    def hung(*_):
+        raise TimeoutError(f'zoo {command} opened {special}')
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        assert main([command, *argv]) == 2
+    finally:
+        signal.alarm(0)
+    assert _one_error_line(capsys, command) == (
+        f'zoo {command}: error: {special}: is a named pipe (FIFO), not a regular file; give a file'
+    )
+
+
+@pytest.mark.parametrize(
     'argv,option',
     [
         (['segment-slide', SEGMENTER, 'slide.svs', '--out', '{file}'], '--out'),

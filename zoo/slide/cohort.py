@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .._arguments import check_count
 from ..hub import sha256_file
 from ..inference import model_sha256
-from ..io import ImageReadError, atomic_write_bytes
+from ..io import ImageReadError, atomic_write_bytes, refuse_special_file
 from .errors import SlideError
 from .reading import SLIDE_SUFFIXES
 from .summary import RECORD_SUFFIX, SUMMARY_NAME, slide_figures, write_cohort_summary
@@ -77,6 +77,7 @@ def list_slides(sources: Sequence[str | Path], exclude: str | Path | None = None
     exclude = Path(exclude).resolve() if exclude is not None else None
     slides: dict[Path, Path] = {}
     for source in map(Path, sources):
+        refuse_special_file(source)
         if source.is_dir():
             found = sorted(
                 path

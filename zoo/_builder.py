@@ -249,8 +249,9 @@ def _build_on_meta(model_cls, variant: str, cfg: dict, kwargs: Mapping[str, Any]
     return model
 
 
-def _check_values(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path):
-    """Weights are data: a floating tensor of the architecture needs floating values, all of them finite."""
+def check_weight_values(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path):
+    """Weights are data: a floating tensor of ``expected`` (the architecture's state dict) needs floating values
+    in ``tensors``, all of them finite; otherwise :class:`WeightsError` names ``name``, ``path`` and the tensor."""
     for key, tensor in tensors.items():
         model_tensor = expected.get(key)
         if model_tensor is not None and model_tensor.is_floating_point() and not tensor.is_floating_point():
@@ -344,7 +345,7 @@ def build_zoo_model(
         found = located.shapes()
         _check_shapes(found, reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
         state_dict, expected = located.load(), reference.state_dict()
-        _check_values(state_dict, expected, located.name, located.path)
+        check_weight_values(state_dict, expected, located.name, located.path)
         # timm drops the classifier whenever num_classes differs from the cfg's; a file whose head already fits
         # (e.g. a fine-tuned checkpoint of another class count) keeps it.
         head = {

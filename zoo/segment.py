@@ -32,6 +32,7 @@ from .slide import (
     ArraySlide,
     NucleusStore,
     TileGrid,
+    check_segmenter,
     check_tiling,
     forward_tiles,
     paint_labels,
@@ -89,6 +90,7 @@ def predict_maps(
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}')
+    check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
     if device is not None:
@@ -145,6 +147,7 @@ def predict_instances(
         ``{id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}`` as
         :func:`zoo.hovernet.postprocess.hovernet_postprocess` reports them, in image coordinates.
     """
+    check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
     slide = ArraySlide(image)

@@ -500,7 +500,7 @@ def test_segment_slide_refuses_bounds_and_a_classifier_before_reading_the_slide(
     assert main(['segment-slide', 'cf_resnet18_fmnist', missing]) == 2
     assert capsys.readouterr().err == (
         'zoo segment-slide: error: cf_resnet18_fmnist is a model for image-classification; segmenting a slide needs '
-        'a nuclei segmentation model, e.g. mrl_seg_nano.stardist\n'
+        'a nuclei segmentation model, e.g. mrl_seg_nano.stardist, mrl_seg_nano.stardist_compressed\n'
     )
     with pytest.raises(SlideError, match='^cf_resnet18 is a model for image-classification'):  # built, not named
         segment_slide(zoo.create_model('cf_resnet18', device='meta'), missing, tmp_path / 'out')

@@ -77,11 +77,12 @@ def check_slide_arguments(
     for name, value in (('mpp', mpp), ('slide_mpp', slide_mpp)):
         if value is not None:
             check_positive(name, value, error=SlideError)
-    _check_segmenter(model)
+    check_segmenter(model)
 
 
-def _check_segmenter(model: torch.nn.Module | str) -> None:
-    """Refuse a zoo model of another task, by its name."""
+def check_segmenter(model: torch.nn.Module | str, what: str = 'a slide') -> None:
+    """Refuse a zoo model of another task (a classifier), by its name: segmenting ``what`` needs a nuclei
+    segmentation model. A network of the caller's own passes."""
     name = model if isinstance(model, str) else getattr(model, 'pretrained_cfg', {}).get('architecture')
     if not isinstance(model, str) and name not in list_models():
         return  # a network of the caller's own
@@ -89,7 +90,7 @@ def _check_segmenter(model: torch.nn.Module | str) -> None:
     if task != 'nuclei-segmentation':
         published = [n for n in list_models(tags=True) if model_task(n) == 'nuclei-segmentation']
         raise SlideError(
-            f'{name} is a model for {task}; segmenting a slide needs a nuclei segmentation model, e.g. '
+            f'{name} is a model for {task}; segmenting {what} needs a nuclei segmentation model, e.g. '
             f'{", ".join(published)}'
         )
 

@@ -333,7 +333,7 @@ def test_ctrl_c_exits_130_and_says_the_run_resumes(capsys, monkeypatch):
         (['optim.name=sgdd'], "optim.name: 'sgdd' is not one of 'sgd', 'adamw'; did you mean 'sgd'?"),
         (['schedule.decay=cosinee'], "schedule.decay: 'cosinee' is not one of 'step', 'cosine', 'constant'; did"),
         (['distributed.allreduce=tourus'], "distributed.allreduce: 'tourus' is not one of 'torus', 'ring'; did you"),
-        (['task.name=detection'], "task.name: unknown task 'detection'; available: ['classification', 'nuclei-"),
+        (['task.name=detection'], "task.name: unknown task 'detection'; available: ['classification', 'distillation'"),
         (['batch.stages=[[0,'], "override 'batch.stages=[[0,': the value '[[0,' is not valid YAML"),
         (['model.args.foo=1'], 'model.args.foo: cf_resnet18_fmnist takes no such argument'),
         (['cuttlefish.presett=short'], "cuttlefish.presett: unknown key; CuttlefishSwitch takes: ['epsilon', "),

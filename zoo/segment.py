@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
+from ._arguments import check_device
 from .inference import check_backend, compile
 from .io import atomic_file, atomic_write_bytes, read_image
 from .slide import (
@@ -93,6 +94,7 @@ def predict_maps(
     check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device)
     if device is not None:
         model.to(device)
     height, width = image.shape[:2]
@@ -150,6 +152,7 @@ def predict_instances(
     check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device)
     slide = ArraySlide(image)
     if device is not None:
         model.to(device)

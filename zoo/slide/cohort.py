@@ -328,7 +328,7 @@ def segment_slides(
     worker that records the last slide of the list writes ``cohort.csv``.
     """
     chosen = _with_defaults(options)
-    arguments = ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp', 'backend', 'precision')
+    arguments = ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp', 'backend', 'precision', 'device')
     check_slide_arguments(model, *(chosen[k] for k in arguments))
     out_dir = Path(out_dir)
     if isinstance(slides, (str, Path)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .._arguments import check_count, check_positive
+from .._arguments import check_count, check_device, check_positive
 from .._registry import check_model_name, list_models, model_task
 from ..inference import check_backend, compile, model_sha256
 from .errors import SlideError
@@ -67,12 +67,14 @@ def check_slide_arguments(
     slide_mpp,
     backend: str,
     precision: str,
+    device=None,
 ) -> None:
     """Refuse, before any slide is read or weights are loaded, what :func:`segment_slide` cannot work with:
     tiling (:func:`zoo.slide.tiles.check_tiling`), reader threads, resolutions, the backend
-    (:func:`zoo.inference.check_backend`), and a model of another task."""
+    (:func:`zoo.inference.check_backend`), a device this machine does not have, and a model of another task."""
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device, error=SlideError)
     check_count('workers', workers, 0, MAX_WORKERS, error=SlideError)
     for name, value in (('mpp', mpp), ('slide_mpp', slide_mpp)):
         if value is not None:
@@ -142,7 +144,7 @@ def segment_slide(
             fp32); ``'fp32'`` or ``'bf16'``. A resumed run may use another backend than the batches before it.
         progress: show a progress bar with ETA on stderr.
     """
-    check_slide_arguments(model, tile, overlap, batch_size, workers, mpp, slide_mpp, backend, precision)
+    check_slide_arguments(model, tile, overlap, batch_size, workers, mpp, slide_mpp, backend, precision, device)
     owned = not isinstance(slide, Slide)
     slide = open_slide(slide) if owned else slide  # a bad slide fails before the model loads
     if slide_mpp is not None:

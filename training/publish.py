@@ -41,10 +41,13 @@ def load_run_model(run_dir: Path, info: dict | None = None) -> tuple[torch.nn.Mo
     run_dir = Path(run_dir)
     info = info or read_run_info(run_dir)
     model = zoo.create_model(_architecture(info['model_name']), **info['model_args'])
-    zoo.check_weights_fit(model, run_dir / 'best' / 'model.safetensors', info['model_name'])
+    path = run_dir / 'best' / 'model.safetensors'
+    zoo.check_weights_fit(model, path, info['model_name'])
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(run_dir / 'best' / 'model.safetensors')))
+    state = load_file(str(path))
+    zoo.check_weight_values(state, model.state_dict(), info['model_name'], path)  # before any evaluation
+    model.load_state_dict(state)
     return model, info
 
 

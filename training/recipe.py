@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
 
+from zoo.io import refuse_special_file
+
 from .errors import RecipeError
 from .registry import CALLBACKS, MODEL_TASKS, TASKS, load
 
@@ -343,6 +345,7 @@ def bundled_recipes() -> dict[str, Path]:
 
 def _resolve(path_or_name: str) -> Path:
     path = Path(path_or_name)
+    refuse_special_file(path)
     if path.is_file():
         return path
     bundled = bundled_recipes()

@@ -502,6 +502,11 @@ class Trainer:
         self._claim_run_dir()
         try:
             return self._fit()
+        except BaseException:
+            if self.ctx.is_main:  # a write that failed (a full disk) leaves no half-written folder behind
+                self.checkpoints.remove_leftovers()
+                self.runlog.remove_leftovers()
+            raise
         finally:
             self.lock.release()
 

@@ -8,7 +8,7 @@ from . import (
     hub,
     models,  # noqa: F401  (registers the architectures)
 )
-from ._builder import check_weights_fit, create_model
+from ._builder import check_weight_values, check_weights_fit, create_model
 from ._registry import UnknownModelError, get_weights, list_models, list_weights, model_info, model_task
 from .compression import CompressionError, CompressionPlan, compress, plan_compression
 from .hub import ConfigError, Weights, WeightsError, WeightsHashError, WeightsShapeError
@@ -21,6 +21,7 @@ __all__ = [
     'model_task',
     'get_weights',
     'list_weights',
+    'check_weight_values',
     'check_weights_fit',
     'compress',
     'plan_compression',

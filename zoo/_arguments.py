@@ -1,5 +1,6 @@
-"""Checks of numeric arguments against their meaning, run before any work: a value that cannot work (a negative
-class count, no input channels, a NaN ratio, a zero tile) is one error naming the argument and what it must be,
+"""Checks of numeric arguments (and devices) against their meaning, run before any work: a value that cannot work (a
+negative class count, no input channels, a NaN ratio, a zero tile, a GPU that is not there) is one error naming
+the argument and what it must be,
 not a failure deep in torch, a hang or a silently wrong result. ``error`` is the exception type the caller's users
 expect (``ValueError`` by default; a subclass such as ``zoo.slide.SlideError`` for the slide pipeline)."""
 
@@ -7,7 +8,9 @@ import math
 import numbers
 from collections.abc import Sequence
 
-__all__ = ['check_count', 'check_counts', 'check_finite', 'check_head', 'check_positive', 'check_rate']
+import torch
+
+__all__ = ['check_count', 'check_counts', 'check_device', 'check_finite', 'check_head', 'check_positive', 'check_rate']
 
 
 def _is_count(value, minimum: int, maximum: int | None = None) -> bool:
@@ -57,3 +60,19 @@ def check_head(num_classes, in_chans) -> None:
     """A classifier of ``num_classes`` outputs (0: none) on images of ``in_chans`` channels."""
     check_count('num_classes', num_classes, 0)
     check_count('in_chans', in_chans)
+
+
+def check_device(value, error: type[ValueError] = ValueError) -> None:
+    """``value`` (``None``: wherever the model is) names a device that torch has here."""
+    if value is None:
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise error(f"device {value!r} is not a device torch knows; e.g. 'cpu', 'cuda', 'cuda:1'") from None
+    if device.type == 'cpu':
+        return
+    module = getattr(torch, device.type, None)
+    count = module.device_count() if module is not None and module.is_available() else 0
+    if count == 0 or (device.index is not None and device.index >= count):
+        raise error(f'device {value!r}: this machine has {count} {device.type} device(s); run on cpu (the default)')

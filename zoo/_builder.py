@@ -50,6 +50,7 @@ from ._registry import (
 )
 from .hub import CONFIG_NAME, WEIGHTS_NAME, ConfigError, Weights, WeightsError, WeightsShapeError
 from .hub_config import MAX_MODEL_ELEMENTS, WEIGHT_SOURCE_KEYS
+from .io import refuse_special_file
 from .layers import factorize_
 
 __all__ = ['build_zoo_model', 'check_weights_fit', 'create_model']
@@ -150,6 +151,7 @@ def _from_file(path: Path, name: str) -> _Located:
             f'{name}: {path} is a folder; name its {WEIGHTS_NAME} (checkpoint_path={str(path / WEIGHTS_NAME)!r}), '
             f'or load the folder as "local-dir:{path}"'
         )
+    refuse_special_file(path)
     if not path.is_file():
         raise WeightsError(f'{name}: {path} does not exist')
     if (path.parent / CONFIG_NAME).is_file():
@@ -247,8 +249,9 @@ def _build_on_meta(model_cls, variant: str, cfg: dict, kwargs: Mapping[str, Any]
     return model
 
 
-def _check_values(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path):
-    """Weights are data: a floating tensor of the architecture needs floating values, all of them finite."""
+def check_weight_values(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], name: str, path):
+    """Weights are data: a floating tensor of ``expected`` (the architecture's state dict) needs floating values
+    in ``tensors``, all of them finite; otherwise :class:`WeightsError` names ``name``, ``path`` and the tensor."""
     for key, tensor in tensors.items():
         model_tensor = expected.get(key)
         if model_tensor is not None and model_tensor.is_floating_point() and not tensor.is_floating_point():
@@ -342,7 +345,7 @@ def build_zoo_model(
         found = located.shapes()
         _check_shapes(found, reference, located.name, located.path, _adaptable(cfg, kwargs, published_args))
         state_dict, expected = located.load(), reference.state_dict()
-        _check_values(state_dict, expected, located.name, located.path)
+        check_weight_values(state_dict, expected, located.name, located.path)
         # timm drops the classifier whenever num_classes differs from the cfg's; a file whose head already fits
         # (e.g. a fine-tuned checkpoint of another class count) keeps it.
         head = {

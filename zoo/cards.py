@@ -9,6 +9,7 @@ hub directory and its copy in ``model_cards/`` (``zoo cards``; ``zoo cards --che
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from ._registry import read_config
-from .hub import CARD_DATA_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from .hub import CARD_DATA_NAME, CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ConfigError, document_error
 from .io import atomic_write_bytes
 
 __all__ = ['ModelCard', 'INPUT_DOMAINS', 'read_card', 'render_card', 'sync_cards']
@@ -67,6 +69,7 @@ class ModelCard:
     num_params: int | None = None
     macs: int | None = None
     compression: Mapping[str, Any] = field(default_factory=dict)
+    __pydantic_config__ = ConfigDict(extra='forbid')  # how read_card checks a card.json: no unknown keys
 
     def __post_init__(self):
         if self.input_domain is not None and self.input_domain not in INPUT_DOMAINS:
@@ -78,8 +81,25 @@ class ModelCard:
         return json.dumps(data, indent=2) + '\n'
 
 
+_CARD = TypeAdapter(ModelCard)
+
+
 def read_card(folder: Path) -> ModelCard:
-    return ModelCard(**json.loads((Path(folder) / CARD_DATA_NAME).read_text()))
+    """The card data of a published folder. A ``card.json`` that is not a card (not JSON, an unknown key, a
+    wrong type) or that names a figure other than an image stored next to it raises :class:`~zoo.hub.ConfigError`
+    naming the file and the key."""
+    folder = Path(folder)
+    path = folder / CARD_DATA_NAME
+    try:
+        card = _CARD.validate_json(path.read_bytes())
+    except ValidationError as e:
+        raise document_error(e, str(path)) from None
+    for figure in card.figures:
+        if Path(figure).name != figure or not (folder / figure).is_file():
+            raise ConfigError(
+                f'{path}: figures: {figure!r} is not an image file in {folder}; a card shows only its own'
+            )
+    return card
 
 
 def _metadata(card: ModelCard, architecture: str) -> str:
@@ -260,9 +280,21 @@ def render_folder(folder: Path, figure_prefix: str = '') -> str:
 
 def sync_cards(hub: Path, model_cards: Path, check: bool = False) -> list[Path]:
     """Render ``README.md`` of every card folder in ``hub`` and ``model_cards/<folder>.md``; with ``check`` only
-    report the files that differ from what would be rendered. Returns the files written (or stale)."""
+    report the files that differ from what would be rendered. Returns the files written (or stale). A ``hub``
+    without a card to render (missing, a file, no folder with a ``card.json``) raises ``FileNotFoundError``."""
+    folders = sorted(p.parent for p in Path(hub).glob(f'*/{CARD_DATA_NAME}'))
+    if not folders:
+        hub = Path(hub)
+        problem = (
+            f'no folder in it has a {CARD_DATA_NAME}'
+            if hub.is_dir()
+            else 'is a file, not a hub directory'
+            if hub.exists()
+            else 'no such hub directory'
+        )
+        raise FileNotFoundError(errno.ENOENT, problem, str(hub))
     changed = []
-    for folder in sorted(p.parent for p in Path(hub).glob(f'*/{CARD_DATA_NAME}')):
+    for folder in folders:
         relative = Path('..', Path(hub).name, folder.name).as_posix() + '/'
         for path, text in (
             (folder / CARD_NAME, render_folder(folder)),

@@ -43,7 +43,7 @@ import torch
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from .io import atomic_file, atomic_write_bytes
+from .io import atomic_file, atomic_write_bytes, refuse_special_file
 
 __all__ = [
     'CARD_DATA_NAME',
@@ -341,6 +341,7 @@ def _local_file(source: Source, filename: str) -> Path:
             raise _Unavailable(f'{folder} is not here (a checkout of the zoo holds it in hub/)')
         _inside(folder, hub_dir(), 'a hub folder')
     path = folder / filename
+    refuse_special_file(path)
     if not path.is_file():
         pickles = [name for name in _PICKLE_NAMES if (folder / name).is_file()]
         hint = (

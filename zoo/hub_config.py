@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from timm.models import PretrainedCfg
 
 from .hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, ConfigError, Sha256, WeightsError, document_error
+from .io import refuse_special_file
 
 __all__ = [
     'MAX_ARG',
@@ -189,6 +190,7 @@ def load_config(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
     if path.is_dir() or path.name != CONFIG_NAME:
         path = path / CONFIG_NAME
+    refuse_special_file(path)
     try:
         return path, json.loads(path.read_text())
     except FileNotFoundError:

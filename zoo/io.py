@@ -12,9 +12,11 @@ killed process leaves no half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import threading
@@ -37,6 +39,7 @@ __all__ = [
     'replace_dir',
     'save_safetensors',
     'read_image',
+    'refuse_special_file',
     'to_grey',
     'max_image_pixels',
     'ImageReadError',
@@ -113,6 +116,27 @@ def save_safetensors(
     atomic_write_bytes(Path(path), safetensors_bytes(cpu, metadata=dict(metadata) if metadata else None))
 
 
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, 'a named pipe (FIFO)'),
+    (stat.S_ISSOCK, 'a socket'),
+    (stat.S_ISCHR, 'a character device'),
+    (stat.S_ISBLK, 'a block device'),
+)
+
+
+def refuse_special_file(path: str | Path) -> None:
+    """Raise ``OSError`` naming ``path`` if it is a named pipe, a socket or a device, before anything opens it:
+    reading one can block forever or never end. A missing path or a folder passes (its reader says what it
+    expected)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, unreadable, a NUL in the name: opening it reports that
+        return
+    kind = next((kind for is_kind, kind in _SPECIAL_FILES if is_kind(mode)), None)
+    if kind is not None:
+        raise OSError(errno.EINVAL, f'is {kind}, not a regular file; give a file', str(path))
+
+
 class ImageReadError(ValueError):
     """An image file that cannot be used as input; the one-line message names the file and what to do."""
 
@@ -165,6 +189,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     limit = max_pixels or max_image_pixels()
     if path.is_dir():
         raise ImageReadError(f'{path}: is a directory, not an image file')
+    refuse_special_file(path)
     try:
         with open(path, 'rb') as file:
             magic = file.read(4)

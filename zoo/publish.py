@@ -28,7 +28,7 @@ import torch
 from timm.models import PretrainedCfg
 from timm.models._hub import save_config_for_hf  # the config.json writer behind timm's save_for_hf
 
-from ._builder import _check_values
+from ._builder import check_weight_values
 from ._registry import base_cfg, config_args, split_tag
 from .cards import ModelCard, render_card
 from .hub import (
@@ -106,7 +106,7 @@ def publish(
     check_target(folder, architecture, register_as, overwrite)
     export = copy.deepcopy(model).to(dtype) if dtype is not None else model
     tensors = export.state_dict()
-    _check_values(tensors, tensors, architecture, 'the model to publish')
+    check_weight_values(tensors, tensors, architecture, 'the model to publish')
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f'.{folder.name}.partial-'))
     try:

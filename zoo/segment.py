@@ -26,12 +26,14 @@ import torch
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
+from ._arguments import check_device
 from .inference import check_backend, compile
 from .io import atomic_file, atomic_write_bytes, read_image
 from .slide import (
     ArraySlide,
     NucleusStore,
     TileGrid,
+    check_segmenter,
     check_tiling,
     forward_tiles,
     paint_labels,
@@ -89,8 +91,10 @@ def predict_maps(
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f'expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}')
+    check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device)
     if device is not None:
         model.to(device)
     height, width = image.shape[:2]
@@ -145,8 +149,10 @@ def predict_instances(
         ``{id: {'bbox', 'centroid', 'contour', 'type', 'type_prob'}}`` as
         :func:`zoo.hovernet.postprocess.hovernet_postprocess` reports them, in image coordinates.
     """
+    check_segmenter(model, 'an image')
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device)
     slide = ArraySlide(image)
     if device is not None:
         model.to(device)

@@ -333,7 +333,7 @@ def test_ctrl_c_exits_130_and_says_the_run_resumes(capsys, monkeypatch):
         (['optim.name=sgdd'], "optim.name: 'sgdd' is not one of 'sgd', 'adamw'; did you mean 'sgd'?"),
         (['schedule.decay=cosinee'], "schedule.decay: 'cosinee' is not one of 'step', 'cosine', 'constant'; did"),
         (['distributed.allreduce=tourus'], "distributed.allreduce: 'tourus' is not one of 'torus', 'ring'; did you"),
-        (['task.name=detection'], "task.name: unknown task 'detection'; available: ['classification', 'nuclei-"),
+        (['task.name=detection'], "task.name: unknown task 'detection'; available: ['classification', 'distillation'"),
         (['batch.stages=[[0,'], "override 'batch.stages=[[0,': the value '[[0,' is not valid YAML"),
         (['model.args.foo=1'], 'model.args.foo: cf_resnet18_fmnist takes no such argument'),
         (['cuttlefish.presett=short'], "cuttlefish.presett: unknown key; CuttlefishSwitch takes: ['epsilon', "),
@@ -443,6 +443,63 @@ def test_train_onto_a_full_disk_leaves_nothing_half_written(capsys, tmp_path, mo
     )
     # no partial recipe.yaml, no temporary file; only the run-directory lock, which holds no results
     assert [p.name for p in run_dir.rglob('*') if p.is_file()] == ['.lock']
+
+
+def test_a_disk_that_fills_while_saving_leaves_no_staging_folder(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    fsync = os.fsync
+
+    def full_for_best(fd):  # the disk fills up as best/ is written, after recipe.yaml and the first epoch
+        if '.best.partial' in os.readlink(f'/proc/self/fd/{fd}'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', full_for_best)
+    run_dir = tmp_path / 'run'
+    assert main(['train', '--recipe', 'fmnist_resnet18', '--run-dir', str(run_dir), *TINY_TRAIN]) == 2
+    assert _one_error_line(capsys, 'train') == (
+        f'zoo train: error: {run_dir / ".best.partial" / "model.safetensors"}: No space left on device; free some '
+        'space or write elsewhere'
+    )
+    # the staging folder of best/ is gone; only complete files and the run-directory lock remain
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith('.')) == ['.lock']
+
+
+@pytest.mark.parametrize(
+    'command,special,argv',
+    [
+        ('predict', 'x.png', [CLASSIFIER, '{special}']),
+        ('predict', 'model/config.json', ['local-dir:{tmp}/model', '{tmp}/x.png']),
+        ('segment-slide', 'x.svs', [SEGMENTER, '{special}', '--out', '{tmp}/out']),
+        ('segment-slides', 'slides.txt', [SEGMENTER, '{special}', '--out', '{tmp}/out']),
+        ('publish', 'w.safetensors', ['{special}', '{tmp}/out', '--model', 'cf_resnet18']),
+        ('train', 'r.yaml', ['--recipe', '{special}', '--run-dir', '{tmp}/run']),
+    ],
+    ids=['image', 'config', 'slide', 'slide_list', 'weights', 'recipe'],
+)
+def test_a_named_pipe_given_as_a_file_is_refused_without_reading_it(capsys, tmp_path, command, special, argv):
+    import os
+    import signal
+
+    special = tmp_path / special
+    special.parent.mkdir(exist_ok=True)
+    os.mkfifo(special)  # opening it for reading would wait for a writer forever
+    argv = [a.format(special=special, tmp=tmp_path) for a in argv]
+
+    def hung(*_):
+        raise TimeoutError(f'zoo {command} opened {special}')
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        assert main([command, *argv]) == 2
+    finally:
+        signal.alarm(0)
+    assert _one_error_line(capsys, command) == (
+        f'zoo {command}: error: {special}: is a named pipe (FIFO), not a regular file; give a file'
+    )
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,21 @@ def test_publish_run_refuses_before_it_re_evaluates(tmp_path):
     assert existing.read_text() == 'kept' and sorted(os.listdir(hub)) == ['manifest.json']
 
 
+def test_publish_run_refuses_nan_weights_before_it_re_evaluates(tmp_path, capsys):
+    import torch
+
+    run = _run_without_weights(tmp_path)  # its recipe cannot be evaluated: only a refusal before that passes
+    state = {k: v.contiguous() for k, v in trained_model().state_dict().items()}
+    state['fc.weight'][0, 0] = torch.nan
+    save_file(state, str(run / 'best' / 'model.safetensors'))
+    assert main(['publish', str(run), str(tmp_path / 'out')]) == 2
+    assert _one_line(capsys, 'zoo publish: error: ') == (
+        f'zoo publish: error: {ARCH}: {run / "best" / "model.safetensors"}: fc.weight holds 1 NaN or infinite values '
+        f'of {state["fc.weight"].numel():,}; the weights are damaged (or their training diverged)'
+    )
+    assert not (tmp_path / 'out').exists()
+
+
 def test_unverified_weights_warn_in_one_line(tmp_path, capsys):
     assert main(_publish_args(_weights_file(tmp_path), tmp_path / 'out')) == 0
     err = capsys.readouterr().err.splitlines()

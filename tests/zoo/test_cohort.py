@@ -92,6 +92,80 @@ def test_workers_come_from_torchrun_and_slurm_array_variables():
         worker_shard(stepped | {'SLURM_ARRAY_TASK_ID': '8', 'SLURM_ARRAY_TASK_COUNT': '3'})
 
 
+@pytest.mark.parametrize(
+    'environ,message',
+    [
+        ({'RANK': 'abc', 'WORLD_SIZE': '2'}, "$RANK must be a whole number >= 0, got 'abc' (as torchrun sets it)"),
+        ({'RANK': '-1', 'WORLD_SIZE': '2'}, "$RANK must be a whole number >= 0, got '-1' (as torchrun sets it)"),
+        ({'WORLD_SIZE': ''}, "$WORLD_SIZE must be a whole number >= 1, got '' (as torchrun sets it)"),
+        ({'RANK': '0', 'WORLD_SIZE': '0'}, "$WORLD_SIZE must be a whole number >= 1, got '0' (as torchrun sets it)"),
+        (
+            {'SLURM_ARRAY_TASK_ID': 'x', 'SLURM_ARRAY_TASK_COUNT': '2'},
+            "$SLURM_ARRAY_TASK_ID must be a whole number >= 0, got 'x' (as a SLURM job array sets it)",
+        ),
+        (
+            {'SLURM_ARRAY_TASK_ID': '0'},
+            '$SLURM_ARRAY_TASK_COUNT must be a whole number >= 1, it is not set (as a SLURM job array sets it)',
+        ),
+        (
+            {'SLURM_ARRAY_TASK_ID': '0', 'SLURM_ARRAY_TASK_COUNT': '0'},
+            "$SLURM_ARRAY_TASK_COUNT must be a whole number >= 1, got '0' (as a SLURM job array sets it)",
+        ),
+        (
+            {'SLURM_ARRAY_TASK_ID': '0', 'SLURM_ARRAY_TASK_COUNT': '2', 'SLURM_ARRAY_TASK_STEP': '0'},
+            "$SLURM_ARRAY_TASK_STEP must be a whole number >= 1, got '0' (as a SLURM job array sets it)",
+        ),
+        (
+            {'SLURM_ARRAY_TASK_ID': '0', 'SLURM_ARRAY_TASK_COUNT': '2', 'SLURM_ARRAY_TASK_STEP': '-1'},
+            "$SLURM_ARRAY_TASK_STEP must be a whole number >= 1, got '-1' (as a SLURM job array sets it)",
+        ),
+        (
+            {'SLURM_ARRAY_TASK_ID': '0', 'SLURM_ARRAY_TASK_COUNT': '2', 'SLURM_ARRAY_TASK_MIN': 'one'},
+            "$SLURM_ARRAY_TASK_MIN must be a whole number >= 0, got 'one' (as a SLURM job array sets it)",
+        ),
+    ],
+)
+def test_a_bad_worker_variable_is_one_error_naming_it(environ, message):
+    with pytest.raises(SlideError) as error:
+        worker_shard(environ)
+    assert str(error.value) == f'{message}; unset it to segment in one process'
+
+
+def test_a_rank_outside_the_world_is_refused():
+    with pytest.raises(SlideError) as error:
+        worker_shard({'RANK': '5', 'WORLD_SIZE': '2'})
+    assert str(error.value) == '$RANK must be below $WORLD_SIZE (2), got 5; both are set by torchrun'
+
+
+def test_a_bad_worker_variable_stops_zoo_segment_slides_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('SLURM_ARRAY_TASK_ID', '0')
+    monkeypatch.setenv('SLURM_ARRAY_TASK_COUNT', '2')
+    monkeypatch.setenv('SLURM_ARRAY_TASK_STEP', '-1')
+    out = tmp_path / 'out'
+    assert main(['segment-slides', MODEL, str(tmp_path), '--out', str(out), *OPTIONS]) == 2
+    assert capsys.readouterr().err == (
+        "zoo segment-slides: error: $SLURM_ARRAY_TASK_STEP must be a whole number >= 1, got '-1' (as a SLURM job "
+        'array sets it); unset it to segment in one process\n'
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    'slides,shard,error,message',
+    [
+        (None, (0, 1), TypeError, 'slides must be a slide, a folder, a list of slides or a sequence of them, got None'),
+        ('.', 3, TypeError, 'shard must be a pair (index, count) with 0 <= index < count, got 3'),
+        ('.', (2, 2), ValueError, 'the index of shard must be a whole number from 0 to 1, got 2'),
+        ('.', (0, 0), ValueError, 'the count of shard must be a whole number >= 1, got 0'),
+    ],
+)
+def test_segment_slides_refuses_bad_slides_and_shards_by_name(tmp_path, slides, shard, error, message):
+    with pytest.raises(error) as raised:
+        segment_slides(MODEL, slides, tmp_path / 'out', shard=shard)
+    assert str(raised.value) == message
+    assert not (tmp_path / 'out').exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A SLURM job array of two tasks, in this process
 

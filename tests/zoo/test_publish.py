@@ -233,3 +233,53 @@ def test_cards_render_into_both_places(tmp_path):
     assert '](../hub/mrl_seg_nano_stardist/stardist_dsb2018_r0_c0_overlay.png)' in card
     assert 'fluorescence microscopy of nuclei' in card  # the card states its input domain
     assert sync_cards(hub, tmp_path / 'model_cards', check=True) == []
+
+
+@pytest.mark.parametrize(
+    'hub,message',
+    [
+        ('nothing', '{hub}: no such hub directory; check the path'),
+        ('a_file', '{hub}: is a file, not a hub directory; check the path'),
+        ('.', '{hub}: no folder in it has a card.json; check the path'),
+    ],
+)
+def test_zoo_cards_refuses_a_hub_without_cards(capsys, tmp_path, hub, message):
+    from training.cli import main
+
+    (tmp_path / 'a_file').write_text('not a hub')
+    hub = tmp_path / hub
+    assert main(['cards', '--hub-dir', str(hub), '--model-cards', str(tmp_path / 'mc')]) == 2
+    assert capsys.readouterr().err == f'zoo cards: error: {message.format(hub=hub)}\n'
+    assert not (tmp_path / 'mc').exists()
+
+
+@pytest.mark.parametrize(
+    'change,message',
+    [
+        (
+            lambda card: card.update(figures=['../../../etc/passwd']),
+            "figures: '../../../etc/passwd' is not an image file in {folder}; a card shows only its own",
+        ),
+        (
+            lambda card: card.update(figures=['absent.png']),
+            "figures: 'absent.png' is not an image file in {folder}; a card shows only its own",
+        ),
+        (lambda card: card.update(evil=1), 'evil: unknown key'),
+        (lambda card: card.update(metrics='high'), "metrics: must be an object, got 'high'"),
+    ],
+    ids=['outside', 'absent', 'unknown', 'wrong_type'],
+)
+def test_a_card_json_that_is_not_a_card_is_refused_naming_the_key(capsys, tmp_path, change, message):
+    from training.cli import main
+
+    hub = tmp_path / 'hub'
+    shutil.copytree(hub_dir() / 'mrl_seg_nano_stardist', hub / 'mrl_seg_nano_stardist')
+    path = hub / 'mrl_seg_nano_stardist' / 'card.json'
+    card = json.loads(path.read_text())
+    change(card)
+    path.write_text(json.dumps(card))
+    readme = (hub / 'mrl_seg_nano_stardist' / 'README.md').read_bytes()
+    assert main(['cards', '--hub-dir', str(hub), '--model-cards', str(tmp_path / 'mc')]) == 2
+    message = message.format(folder=path.parent)
+    assert capsys.readouterr().err == f'zoo cards: error: {path}: {message}\n'  # before anything is written
+    assert (hub / 'mrl_seg_nano_stardist' / 'README.md').read_bytes() == readme and not (tmp_path / 'mc').exists()

@@ -9,6 +9,7 @@ import timm
 from _segment_oracle import PointwiseNet, disks, full_forward, oracle
 from PIL import Image
 
+import zoo
 from zoo.hovernet.metrics import aji
 from zoo.io import read_image
 from zoo.segment import (
@@ -151,3 +152,16 @@ def test_a_2000_pixel_image_runs_tile_by_tile():
     assert max(seen) <= (4, 3, 256, 256) and len(seen) == -(-(len(tile_starts(2000, 256, 64)) ** 2) // 4)
     assert aji(inst_map, pred) > 0.95
     assert peak < 2 * pred.nbytes, f'peak {peak / 2**20:.1f} MiB'  # blended NP + HV maps alone were 3 float maps
+
+
+@pytest.mark.parametrize('predict', [predict_instances, predict_maps])
+def test_a_classifier_is_refused_by_name(predict):
+    from zoo.slide import SlideError
+
+    classifier = zoo.create_model('cf_resnet18_fmnist')
+    with pytest.raises(SlideError) as error:
+        predict(classifier, np.zeros((64, 64, 3), np.uint8))
+    assert str(error.value) == (
+        'cf_resnet18_fmnist is a model for image-classification; segmenting an image needs a nuclei segmentation '
+        'model, e.g. mrl_seg_nano.stardist, mrl_seg_nano.stardist_compressed'
+    )

@@ -438,6 +438,8 @@ BAD_SLIDE_ARGUMENTS = [
     (dict(mpp=math.inf), 'mpp must be a finite number > 0, got inf'),
     (dict(mpp=0.0), 'mpp must be a finite number > 0, got 0.0'),
     (dict(slide_mpp=-0.5), 'slide_mpp must be a finite number > 0, got -0.5'),
+    (dict(device='gpu'), "device 'gpu' is not a device torch knows; e.g. 'cpu', 'cuda', 'cuda:1'"),
+    (dict(device='cuda:99'), "device 'cuda:99': this machine has "),  # nowhere 100 GPUs
 ]
 
 
@@ -494,13 +496,14 @@ def test_segment_slide_refuses_bounds_and_a_classifier_before_reading_the_slide(
         (['--tile', '8'], 'tile must be a whole number >= 32, got 8'),
         (['--overlap', '300'], 'overlap must be a whole number from 0 to 128, got 300'),
         (['--workers', '1000'], 'workers must be a whole number from 0 to 64, got 1000'),
+        (['--device', 'gpu'], "device 'gpu' is not a device torch knows; e.g. 'cpu', 'cuda', 'cuda:1'"),
     ]:
         assert main(['segment-slide', 'mrl_seg_nano.stardist', missing, *argv]) == 2
         assert capsys.readouterr().err == f'zoo segment-slide: error: {message}\n'
     assert main(['segment-slide', 'cf_resnet18_fmnist', missing]) == 2
     assert capsys.readouterr().err == (
         'zoo segment-slide: error: cf_resnet18_fmnist is a model for image-classification; segmenting a slide needs '
-        'a nuclei segmentation model, e.g. mrl_seg_nano.stardist\n'
+        'a nuclei segmentation model, e.g. mrl_seg_nano.stardist, mrl_seg_nano.stardist_compressed\n'
     )
     with pytest.raises(SlideError, match='^cf_resnet18 is a model for image-classification'):  # built, not named
         segment_slide(zoo.create_model('cf_resnet18', device='meta'), missing, tmp_path / 'out')

@@ -44,7 +44,7 @@ from .store import NucleusStore
 from .summary import write_cohort_summary
 from .tiles import TileGrid, check_tiling, tile_starts
 from .tissue import tissue_mask
-from .whole_slide import SlideResult, segment_slide
+from .whole_slide import SlideResult, check_segmenter, segment_slide
 
 __all__ = [
     'ArraySlide',
@@ -60,6 +60,7 @@ __all__ = [
     'TiffSlide',
     'TileGrid',
     'Timings',
+    'check_segmenter',
     'check_tiling',
     'choose_resolution',
     'forward_tiles',

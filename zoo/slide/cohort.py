@@ -23,16 +23,17 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from .._arguments import check_count
 from ..hub import sha256_file
 from ..inference import model_sha256
-from ..io import ImageReadError, atomic_write_bytes
+from ..io import ImageReadError, atomic_write_bytes, refuse_special_file
 from .errors import SlideError
 from .reading import SLIDE_SUFFIXES
 from .summary import RECORD_SUFFIX, SUMMARY_NAME, slide_figures, write_cohort_summary
@@ -76,6 +77,7 @@ def list_slides(sources: Sequence[str | Path], exclude: str | Path | None = None
     exclude = Path(exclude).resolve() if exclude is not None else None
     slides: dict[Path, Path] = {}
     for source in map(Path, sources):
+        refuse_special_file(source)
         if source.is_dir():
             found = sorted(
                 path
@@ -124,15 +126,41 @@ def _check_names(slides: Sequence[Path]) -> None:
             )
 
 
+def _environment_number(environ: Mapping[str, str], name: str, default: int | None, minimum: int) -> int:
+    """The whole number in ``environ[name]``, ``default`` when it is not set (``None``: it must be set)."""
+    text = environ.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        value = int(text)
+    except (TypeError, ValueError):  # not set, or not a number
+        value = None
+    if value is None or value < minimum:
+        got = 'it is not set' if text is None else f'got {text!r}'
+        launcher = 'a SLURM job array' if name.startswith('SLURM') else 'torchrun'
+        raise SlideError(
+            f'${name} must be a whole number >= {minimum}, {got} (as {launcher} sets it); unset it to segment in '
+            'one process'
+        )
+    return value
+
+
 def worker_shard(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
     """This process's place among a cohort's workers, ``(index, count)``: rank ``RANK`` of ``WORLD_SIZE``
     (torchrun) within task ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` of the
-    ``SLURM_ARRAY_TASK_COUNT`` tasks of a SLURM job array; ``(0, 1)`` for a process on its own."""
-    rank, ranks = int(environ.get('RANK', 0)), int(environ.get('WORLD_SIZE', 1))
+    ``SLURM_ARRAY_TASK_COUNT`` tasks of a SLURM job array; ``(0, 1)`` for a process on its own. A variable that
+    is not a whole number in its range (or ``SLURM_ARRAY_TASK_COUNT`` missing beside ``SLURM_ARRAY_TASK_ID``)
+    raises :class:`SlideError` naming it."""
+    rank = _environment_number(environ, 'RANK', 0, 0)
+    ranks = _environment_number(environ, 'WORLD_SIZE', 1, 1)
+    if rank >= ranks:
+        raise SlideError(f'$RANK must be below $WORLD_SIZE ({ranks}), got {rank}; both are set by torchrun')
     if 'SLURM_ARRAY_TASK_ID' not in environ:
         return rank, ranks
-    task, first = int(environ['SLURM_ARRAY_TASK_ID']), int(environ.get('SLURM_ARRAY_TASK_MIN', 0))
-    step, tasks = int(environ.get('SLURM_ARRAY_TASK_STEP', 1)), int(environ['SLURM_ARRAY_TASK_COUNT'])
+    task = _environment_number(environ, 'SLURM_ARRAY_TASK_ID', None, 0)
+    first = _environment_number(environ, 'SLURM_ARRAY_TASK_MIN', 0, 0)
+    step = _environment_number(environ, 'SLURM_ARRAY_TASK_STEP', 1, 1)
+    tasks = _environment_number(environ, 'SLURM_ARRAY_TASK_COUNT', None, 1)
     position, gap = divmod(task - first, step)
     if gap or not 0 <= position < tasks:
         raise SlideError(
@@ -266,7 +294,8 @@ def _log(line: str) -> None:
 def _run_device(device):
     """``'cuda'`` means this process's GPU: the one of its ``LOCAL_RANK`` on the node."""
     if str(device) == 'cuda' and torch.cuda.is_available():
-        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
+        local_rank = _environment_number(os.environ, 'LOCAL_RANK', 0, 0)
+        return torch.device('cuda', local_rank % torch.cuda.device_count())
     return device
 
 
@@ -299,16 +328,25 @@ def segment_slides(
     worker that records the last slide of the list writes ``cohort.csv``.
     """
     chosen = _with_defaults(options)
-    arguments = ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp', 'backend', 'precision')
+    arguments = ('tile', 'overlap', 'batch_size', 'workers', 'mpp', 'slide_mpp', 'backend', 'precision', 'device')
     check_slide_arguments(model, *(chosen[k] for k in arguments))
     out_dir = Path(out_dir)
-    all_slides = list_slides([slides] if isinstance(slides, (str, Path)) else slides, exclude=out_dir)
+    if isinstance(slides, (str, Path)):
+        slides = [slides]
+    if not isinstance(slides, Iterable):
+        raise TypeError(f'slides must be a slide, a folder, a list of slides or a sequence of them, got {slides!r}')
+    if shard is None:
+        index, count = worker_shard()
+    elif not (isinstance(shard, Sequence) and len(shard) == 2):
+        raise TypeError(f'shard must be a pair (index, count) with 0 <= index < count, got {shard!r}')
+    else:
+        index, count = shard
+        check_count('the count of shard', count)
+        check_count('the index of shard', index, 0, count - 1)
+    all_slides = list_slides(slides, exclude=out_dir)
     _check_names(all_slides)
-    index, count = shard or worker_shard()
-    if not 0 <= index < count:
-        raise ValueError(f'shard must be (index, count) with 0 <= index < count, got {shard}')
     parameters = _parameters(chosen)
-    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+    local_processes = _environment_number(os.environ, 'LOCAL_WORLD_SIZE', 1, 1)
     if local_processes > 1:  # torchrun's default OMP_NUM_THREADS=1 would leave most cores idle
         cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // local_processes))

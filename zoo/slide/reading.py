@@ -11,7 +11,7 @@ import numpy as np
 import tifffile
 
 from .._arguments import check_positive
-from ..io import read_image
+from ..io import read_image, refuse_special_file
 from .errors import SlideError
 
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
@@ -239,6 +239,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     if mpp is not None:
         check_positive('mpp', mpp, error=SlideError)
     path = Path(path)
+    refuse_special_file(path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, 'no such slide file', str(path))
     slide = _open(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .._arguments import check_count, check_positive
+from .._arguments import check_count, check_device, check_positive
 from .._registry import check_model_name, list_models, model_task
 from ..inference import check_backend, compile, model_sha256
 from .errors import SlideError
@@ -67,21 +67,24 @@ def check_slide_arguments(
     slide_mpp,
     backend: str,
     precision: str,
+    device=None,
 ) -> None:
     """Refuse, before any slide is read or weights are loaded, what :func:`segment_slide` cannot work with:
     tiling (:func:`zoo.slide.tiles.check_tiling`), reader threads, resolutions, the backend
-    (:func:`zoo.inference.check_backend`), and a model of another task."""
+    (:func:`zoo.inference.check_backend`), a device this machine does not have, and a model of another task."""
     check_tiling(tile, overlap, batch_size)
     check_backend(backend, precision)
+    check_device(device, error=SlideError)
     check_count('workers', workers, 0, MAX_WORKERS, error=SlideError)
     for name, value in (('mpp', mpp), ('slide_mpp', slide_mpp)):
         if value is not None:
             check_positive(name, value, error=SlideError)
-    _check_segmenter(model)
+    check_segmenter(model)
 
 
-def _check_segmenter(model: torch.nn.Module | str) -> None:
-    """Refuse a zoo model of another task, by its name."""
+def check_segmenter(model: torch.nn.Module | str, what: str = 'a slide') -> None:
+    """Refuse a zoo model of another task (a classifier), by its name: segmenting ``what`` needs a nuclei
+    segmentation model. A network of the caller's own passes."""
     name = model if isinstance(model, str) else getattr(model, 'pretrained_cfg', {}).get('architecture')
     if not isinstance(model, str) and name not in list_models():
         return  # a network of the caller's own
@@ -89,7 +92,7 @@ def _check_segmenter(model: torch.nn.Module | str) -> None:
     if task != 'nuclei-segmentation':
         published = [n for n in list_models(tags=True) if model_task(n) == 'nuclei-segmentation']
         raise SlideError(
-            f'{name} is a model for {task}; segmenting a slide needs a nuclei segmentation model, e.g. '
+            f'{name} is a model for {task}; segmenting {what} needs a nuclei segmentation model, e.g. '
             f'{", ".join(published)}'
         )
 
@@ -141,7 +144,7 @@ def segment_slide(
             fp32); ``'fp32'`` or ``'bf16'``. A resumed run may use another backend than the batches before it.
         progress: show a progress bar with ETA on stderr.
     """
-    check_slide_arguments(model, tile, overlap, batch_size, workers, mpp, slide_mpp, backend, precision)
+    check_slide_arguments(model, tile, overlap, batch_size, workers, mpp, slide_mpp, backend, precision, device)
     owned = not isinstance(slide, Slide)
     slide = open_slide(slide) if owned else slide  # a bad slide fails before the model loads
     if slide_mpp is not None:

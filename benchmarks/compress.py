@@ -82,6 +82,9 @@ def compare(tag: str, scratch: str | None, metrics: tuple[str, ...], batch: int,
         networks = [compile(m.eval(), backend, input_size=input_size, batch_size=batch) for m in models.values()]
         seconds[backend] = alternating_seconds([lambda n=n: n(inputs) for n in networks], repeats=repeats)
     cpu = card.compression
+    plan = f'{cpu["plan_cpu_minutes"]:.1f}'
+    # CPU minutes per row: dense, the SVD start, the published compression, Cuttlefish from scratch
+    minutes = ['-', plan, f'{plan} + {cpu["finetune_cpu_minutes"]:.1f} fine-tuning', '-']
     rows = []
     for i, (name, model) in enumerate(models.items()):
         measured = evaluate_weights(model, recipe)
@@ -95,11 +98,7 @@ def compare(tag: str, scratch: str | None, metrics: tuple[str, ...], batch: int,
                 ms={b: [t * 1e3 for t in times[i]] for b, times in seconds.items()},
                 speedup={b: [d / t for d, t in zip(times[0], times[i])] for b, times in seconds.items()},
                 gmacs=batch * macs / statistics.median(seconds['torch'][i]) / 1e9,
-                cpu='-'
-                if 'compressed' not in name
-                else f'{cpu["plan_cpu_minutes"]:.1f}'
-                if '0 epochs' in name
-                else f'{cpu["plan_cpu_minutes"]:.1f} + {cpu["finetune_cpu_minutes"]:.1f} fine-tuning',
+                cpu=minutes[i],
             )
         )
     return rows, dict(source=source, tag=tag, batch=batch, input_size=input_size, models=models)

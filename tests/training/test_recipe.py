@@ -80,7 +80,7 @@ def test_the_result_is_plain_data_that_round_trips_through_yaml(tmp_path):
         ),
         ('amp=fp32', "amp: 'fp32' is not one of 'auto', 'off', 'fp16', 'bf16'"),
         ('batch.rule=smtih', "batch.rule: 'smtih' is not one of 'linear', 'smith'; did you mean 'smith'?"),
-        ('task.name=clasification', "task.name: unknown task 'clasification'; available: ['classification', 'nuclei-"),
+        ('task.name=clasification', "task.name: unknown task 'clasification'; available: ['classification', 'distil"),
         ('optim=3', 'optim: must be a valid dictionary or instance of OptimSection, got 3'),
         ('optim.lrr=1', "override 'optim.lrr': unknown key; known here: ['betas', 'clip_grad_norm', 'lr', 'momentum'"),
         ('optimm.lr=1', "override 'optimm.lr': optimm: unknown key; known here: ['amp', 'batch'"),

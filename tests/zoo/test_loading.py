@@ -325,8 +325,9 @@ def test_wrong_architecture_lists_every_mismatch(published):
     with pytest.raises(WeightsShapeError) as e:
         zoo.create_model(ARCH, pretrained=True, weights=named, num_classes=10, widths=(8, 16, 32, 128))
     assert 'layer4.0.conv1.weight: file has (64, 32, 3, 3), model has (128, 32, 3, 3)' in str(e.value)
-    with pytest.raises(WeightsShapeError, match=r'missing layer3.0.conv1.conv_v.weight'):
-        zoo.create_model(ARCH, pretrained=True, weights=named, ranks={'layer3.0.conv1': 4}, **ARGS)
+    # Ranks for a layer the weights hold dense factorize it after loading (zoo compress's SVD start), not a mismatch.
+    small = zoo.create_model(ARCH, pretrained=True, weights=named, ranks={'layer3.0.conv1': 4}, **ARGS)
+    assert small.state_dict()['layer3.0.conv1.conv_v.weight'].shape[0] == 4
 
 
 def test_head_and_input_adaptation_the_caller_asks_for(published):

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.io
 
 from .readers import (
+    MAX_LABEL,
     DatasetLayoutError,
     NucleiSample,
     _as_label_map,
@@ -111,7 +112,17 @@ def _lizard_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
             found = sorted(name for name in contents if not name.startswith('__'))
             raise DatasetLayoutError(f"{path} has no key '{key}' (found keys: {found})")
     inst_map = _as_label_map(contents['inst_map'], path, "'inst_map'")
-    ids, classes = np.ravel(contents['id']).astype(np.int64), np.ravel(contents['class']).astype(np.int64)
+    ids, classes = (np.ravel(contents[key]) for key in ('id', 'class'))
+    for key, values in (('id', ids), ('class', classes)):
+        if not (np.issubdtype(values.dtype, np.number) and np.isfinite(values).all()):
+            raise DatasetLayoutError(f"{path}: '{key}' must hold whole numbers, got {values.dtype} values")
+        if not np.array_equal(values, np.round(values)):
+            raise DatasetLayoutError(
+                f"{path}: '{key}' must hold whole numbers, found {values[values != np.round(values)][0]:g}"
+            )
+    ids, classes = ids.astype(np.int64), classes.astype(np.int64)
+    if ids.size and (ids.min() < 1 or ids.max() > MAX_LABEL):
+        raise DatasetLayoutError(f"{path}: 'id' must be 1..{MAX_LABEL:,}, found {ids.min()}..{ids.max()}")
     if ids.shape != classes.shape:
         raise DatasetLayoutError(f"{path}: 'id' has {ids.size} entries but 'class' has {classes.size}")
     if classes.size and (classes.min() < 1 or classes.max() >= len(LIZARD_TYPE_NAMES)):
@@ -120,9 +131,11 @@ def _lizard_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     unlisted = np.setdiff1d(present, ids)
     if unlisted.size:
         raise DatasetLayoutError(f"{path}: instance ids {unlisted[:5].tolist()} of 'inst_map' are not in 'id'")
-    type_of = np.zeros(int(max(present.max(initial=0), ids.max(initial=0))) + 1, np.int32)
-    type_of[ids] = classes
-    return inst_map, type_of[inst_map]
+    # Types looked up per instance present (a table indexed by id would be as long as the largest id).
+    type_of = dict(zip(ids.tolist(), classes.tolist()))
+    labels, where = np.unique(inst_map, return_inverse=True)
+    types = np.array([type_of.get(label, 0) for label in labels.tolist()], np.int32)
+    return inst_map, types[where].reshape(inst_map.shape)
 
 
 def load_conic(root: str | Path, split: Literal['train', 'val', 'test', 'all'] = 'all') -> list[NucleiSample]:

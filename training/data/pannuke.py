@@ -26,7 +26,7 @@ import numpy as np
 
 from zoo.hovernet.metrics import remap_label
 
-from .readers import DatasetLayoutError, NucleiSample, _layout_error, _read, _require_dir
+from .readers import MAX_LABEL, DatasetLayoutError, NucleiSample, _layout_error, _read, _require_dir
 
 __all__ = ['PANNUKE_TYPE_NAMES', 'load_pannuke']
 
@@ -49,7 +49,7 @@ def _whole(array: np.ndarray, path: Path, what: str, high: float | None = None) 
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
         raise DatasetLayoutError(f'{path}: {what} must be numbers, got {values.dtype}')
     if values.size and (values.min() < 0 or (high is not None and values.max() > high)):
-        bounds = f'0..{high:g}' if high is not None else '>= 0'
+        bounds = f'0..{high:,.0f}' if high is not None else '>= 0'
         raise DatasetLayoutError(f'{path}: {what} must be {bounds}, found {values.min():g}..{values.max():g}')
     if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.round(values)):
         raise DatasetLayoutError(f'{path}: {what} must be whole numbers')
@@ -82,7 +82,7 @@ def load_pannuke(root: str | Path, fold: int) -> list[NucleiSample]:
     samples = []
     for index in range(images.shape[0]):
         image = _whole(images[index], paths[0], 'image values', high=255).astype(np.uint8)
-        channels = _whole(masks[index], paths[2], 'mask values')
+        channels = _whole(masks[index], paths[2], 'mask values', high=MAX_LABEL)
         inst_map = np.zeros(image.shape[:2], np.int32)
         type_map = np.zeros(image.shape[:2], np.int32)
         for channel in range(5):  # the sixth channel is background

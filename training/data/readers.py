@@ -151,6 +151,10 @@ def _read_image(path: Path) -> np.ndarray:
         raise DatasetLayoutError(str(error)) from error
 
 
+MAX_LABEL = int(np.iinfo(np.int32).max)
+MAX_VERTEX = 10**7  # pixels from the origin: beyond any slide's size, so a larger coordinate is a broken file
+
+
 def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     """A 2-D integer-valued array as int32, or a DatasetLayoutError naming the file."""
     array = np.asarray(array)
@@ -166,6 +170,8 @@ def _as_label_map(array: np.ndarray, path: Path, what: str) -> np.ndarray:
         raise DatasetLayoutError(f'{path}: {what} must hold integer ids, got non-integer {array.dtype} values')
     if array.size and array.min() < 0:
         raise DatasetLayoutError(f'{path}: {what} must be >= 0, found {array.min()}')
+    if array.size and array.max() > MAX_LABEL:  # int32 ids: a larger one would wrap around, silently
+        raise DatasetLayoutError(f'{path}: {what} must be at most {MAX_LABEL:,} (int32 ids), found {array.max():g}')
     return array.astype(np.int32)
 
 
@@ -286,7 +292,13 @@ def _imagescope_regions(path: Path) -> list[tuple[str | None, np.ndarray]]:
                 raise DatasetLayoutError(
                     f'{path}: Region {region.get("Id")} has a Vertex without numeric X/Y'
                 ) from error
-            regions.append((name, np.array(xy).reshape(-1, 2)))
+            xy = np.array(xy).reshape(-1, 2)
+            if not (np.isfinite(xy).all() and np.abs(xy).max(initial=0) <= MAX_VERTEX):
+                raise DatasetLayoutError(
+                    f'{path}: Region {region.get("Id")} has a Vertex at {xy[~(np.abs(xy) <= MAX_VERTEX)][0]:g}; '
+                    f'coordinates are finite pixels, at most {MAX_VERTEX:,} from the origin'
+                )
+            regions.append((name, xy))
     return regions
 
 

@@ -118,6 +118,13 @@ def _malformed_lizard(root: Path, kind: str) -> str:
         content['id'], content['class'] = content['id'][:3], content['class'][:3]
     elif kind == 'class beyond 6':
         content['class'][0, 0] = 7
+    elif kind == 'class not whole':
+        content['class'] = content['class'].astype(float)
+        content['class'][0, 0] = 2.5
+    elif kind == 'negative id':
+        content['id'][0, 0] = -1
+    elif kind == 'inst_map id beyond int32':
+        content['inst_map'] = content['inst_map'].astype(float) * 1e12
     else:  # inst_map of another size than the image
         content['inst_map'] = content['inst_map'][:-1]
     scipy.io.savemat(mat, {k: v for k, v in content.items() if not k.startswith('__')})
@@ -125,6 +132,9 @@ def _malformed_lizard(root: Path, kind: str) -> str:
         'id and class of different lengths': f"{mat}: 'id' has 4 entries but 'class' has 3",
         'instance without id': f"{mat}: instance ids [1] of 'inst_map' are not in 'id'",
         'class beyond 6': f"{mat}: 'class' must be 1..6, found",
+        'class not whole': f"{mat}: 'class' must hold whole numbers, found 2.5",
+        'negative id': f"{mat}: 'id' must be 1..2,147,483,647, found -1..",
+        'inst_map id beyond int32': f"{mat}: 'inst_map' must be at most 2,147,483,647 (int32 ids), found 4e+12",
         'inst_map of another size': f'label {mat} has shape (39, 48) but image',
     }[kind]
 
@@ -142,6 +152,9 @@ LIZARD_KINDS = [
     'id and class of different lengths',
     'instance without id',
     'class beyond 6',
+    'class not whole',
+    'negative id',
+    'inst_map id beyond int32',
     'inst_map of another size',
 ]
 

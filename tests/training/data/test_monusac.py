@@ -114,6 +114,10 @@ def _malformed(root: Path, kind: str) -> str:
     if kind == 'vertex without numbers':
         xml.write_text(annotation_xml(REGIONS).replace('X="14" Y="4"', 'X="fourteen" Y="4"'))
         return f'{xml}: Region 1 has a Vertex without numeric X/Y'
+    if kind in ('vertex nan', 'vertex far outside'):
+        value = 'nan' if kind == 'vertex nan' else '1e12'
+        xml.write_text(annotation_xml(REGIONS).replace('X="14" Y="4"', f'X="{value}" Y="4"'))
+        return f'{xml}: Region 1 has a Vertex at {float(value):g}; coordinates are finite pixels, at most 10,000,000'
     (folder / 'P1_001.tif').write_bytes(b'II*\x00 truncated')  # an unreadable image
     return f'{folder / "P1_001.tif"}: unreadable TIFF'
 
@@ -128,6 +132,8 @@ KINDS = [
     'annotation without a name',
     'unknown type',
     'vertex without numbers',
+    'vertex nan',
+    'vertex far outside',
     'unreadable image',
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import cv2
@@ -277,6 +278,22 @@ def test_folder_missing_label(tmp_path: Path) -> None:
         load_folder(tmp_path)
     assert str(tmp_path / 'labels' / 'a') in str(error.value)
     assert 'ROOT/images/<stem>' in str(error.value) and 'ROOT/labels/<stem>' in str(error.value)
+
+
+@pytest.mark.parametrize(
+    'ids, message',
+    [
+        (np.full((8, 8), 2**32 - 1, np.uint32), 'at most 2,147,483,647 (int32 ids), found 4.29497e+09'),
+        (np.full((8, 8), 1e20), 'at most 2,147,483,647 (int32 ids), found 1e+20'),
+        (np.full((8, 8), -3, np.int64), 'must be >= 0, found -3'),
+    ],
+)
+def test_instance_ids_that_do_not_fit_int32_are_refused_not_wrapped(tmp_path: Path, ids, message) -> None:
+    write_folder_sample(tmp_path, 'a', 2, with_types=False)
+    np.save(tmp_path / 'labels' / 'a.npy', np.broadcast_to(ids[:1, :1], (12, 10)))
+    with pytest.raises(DatasetLayoutError, match=re.escape(f'{tmp_path / "labels" / "a.npy"}: ')) as error:
+        load_folder(tmp_path)
+    assert message in str(error.value)
 
 
 def test_missing_root(tmp_path: Path) -> None:

@@ -103,7 +103,10 @@ def _malformed(root: Path, kind: str) -> str:
         return f'{image_path}: image values must be whole numbers'
     if kind == 'negative mask values':
         np.save(masks_path, -masks)
-        return f'{masks_path}: mask values must be >= 0, found'
+        return f'{masks_path}: mask values must be 0..2,147,483,647, found'
+    if kind == 'mask ids beyond int32':
+        np.save(masks_path, masks * 1e12)
+        return f'{masks_path}: mask values must be 0..2,147,483,647, found'
     np.save(masks_path, masks / 3)  # mask values not whole
     return f'{masks_path}: mask values must be whole numbers'
 
@@ -120,6 +123,7 @@ KINDS = [
     'image values beyond 255',
     'image values not whole',
     'negative mask values',
+    'mask ids beyond int32',
     'mask values not whole',
 ]
 

@@ -301,6 +301,8 @@ def build_zoo_model(
     """Build ``variant`` as timm's ``build_model_with_cfg`` does, with the zoo's weights handling (see the
     module docstring). ``weights`` names verified weights directly (e.g. ``Weights(sources=URL, sha256=...)``).
     ``device`` / ``dtype`` place the parameters, as for timm's own models."""
+    if not isinstance(pretrained, bool):  # a string such as 'no' is true: it would load weights nobody asked for
+        raise TypeError(f'pretrained must be True or False, got {pretrained!r}')
     requested = kwargs.pop('pretrained_cfg', None)
     overlay = kwargs.pop('pretrained_cfg_overlay', None)
     cache_dir = kwargs.pop('cache_dir', None)

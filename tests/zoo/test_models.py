@@ -10,6 +10,7 @@ TorchScript, torch.fx and fx-then-TorchScript.
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -474,6 +475,7 @@ BAD_ARGUMENTS = [
     ('mrl_seg_nano', dict(in_chans=0), 'in_chans must be a whole number >= 1, got 0'),
     ('mrl_seg_nano', dict(decoder_dims=(128, 64, 0, 32, 16)), 'decoder_dims must be whole numbers >= 1'),
     ('hovernet_fast', dict(num_classes=-1), 'num_classes must be a whole number >= 0, got -1'),
+    ('hovernet', dict(num_types=1), 'num_types=1 is the background alone: use 0 (no type branch) or at least 2'),
 ]
 
 
@@ -484,6 +486,12 @@ def test_arguments_that_cannot_build_a_working_network_are_refused_at_creation(n
     with pytest.raises(ValueError) as caught:
         zoo.create_model(name, device='meta', **kwargs)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize('pretrained', ['no', 1, None])
+def test_pretrained_is_true_or_false_not_a_truthy_value(pretrained):
+    with pytest.raises(TypeError, match=rf'^pretrained must be True or False, got {re.escape(repr(pretrained))}$'):
+        timm.create_model('cf_resnet18', pretrained=pretrained)
 
 
 @pytest.mark.parametrize('name', ['cf_resnet18', 'mrl_nano', 'mrl_seg_nano', 'hovernet_fast'])

@@ -771,6 +771,11 @@ def _num_types_to_classes(kwargs: dict) -> dict:
         if kwargs.get('num_classes', num_types) != num_types:
             raise ValueError(f'num_types={num_types} and num_classes={kwargs["num_classes"]} disagree')
         kwargs['num_classes'] = num_types
+    if kwargs.get('num_classes') == 1:  # a TP branch of background alone would type every nucleus as nothing
+        raise ValueError(
+            'num_types=1 is the background alone: use 0 (no type branch) or at least 2 (background '
+            'and the nuclear types)'
+        )
     # The architecture fixes the input contract: [0, 1] images, whatever an older config.json says.
     kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, **_UNIT_NORM)
     return kwargs

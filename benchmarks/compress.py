@@ -35,13 +35,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script from a checkout, installed or not
 sys.path.insert(0, str(REPO_ROOT / 'benchmarks'))
 
+from slide import SVS, matmul_gflops, run_today, summarise  # noqa: E402
+
 import zoo  # noqa: E402
 from training.publish import evaluate_weights  # noqa: E402
 from training.recipe import load_recipe  # noqa: E402
 from zoo.cards import read_card  # noqa: E402
 from zoo.hub import parse_source  # noqa: E402
 from zoo.inference import available_backends, compile  # noqa: E402
-from zoo.profile import alternating_seconds, count_macs, median_seconds  # noqa: E402
+from zoo.profile import alternating_seconds, count_macs  # noqa: E402
 
 THREADS = 2
 # Every installed fp32 backend, eager PyTorch first (the reference).
@@ -51,12 +53,6 @@ CASES = [
     ('cf_resnet18_fmnist.compressed', 'cf_resnet18_fmnist.cuttlefish_sr', ('top1',), 256),
     ('mrl_seg_nano.stardist_compressed', None, ('dice', 'pq'), 8),
 ]
-
-
-def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of one square matmul on this machine now: the limit the networks' rates are read against."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    return 2 * size**3 / median_seconds(lambda: a @ b, repeats=repeats) / 1e9
 
 
 def _spread(values: list[float]) -> str:
@@ -129,8 +125,6 @@ def slide_rates(dense: torch.nn.Module, compressed: torch.nn.Module, repeats: in
     benchmarks/slide.py's pipeline run, alternately."""
     import tempfile
 
-    from slide import SVS, run_today, summarise
-
     from zoo.slide import open_slide
 
     with open_slide(SVS) as slide:
@@ -177,7 +171,7 @@ def main() -> None:
         '',
         f'torch {torch.__version__}, {platform.machine()} with {os.cpu_count()} CPU cores, {THREADS} threads, '
         f'fp32 on {", ".join(BACKENDS)}; {repeats} repeats, the networks of a table timed in turn within each repeat. '
-        f'A 1024x1024 fp32 matmul ran at {matmul_gflops() / 2:.1f} GMAC/s in this run.',
+        f'A 1024x1024 fp32 matmul ran at {matmul_gflops(torch.float32, 1024) / 2:.1f} GMAC/s in this run.',
     ]
     for tag, scratch, metrics, batch in CASES:
         rows, info = compare(tag, scratch, metrics, batch, repeats)

@@ -311,7 +311,6 @@ def cohort_main(repeats: int) -> None:
     torch.set_num_threads(THREADS)
     model = zoo.create_model(MODEL, pretrained=False)
     flops_per_tile = 2 * count_macs(model, (3, TILE, TILE))
-    matrix = torch.randn(2048, 2048)
     runs, matmul, load = {1: [], 2: []}, [], [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as folder:
         slides = write_tissue_slides(Path(folder) / 'slides', 768, 640, LARGE_TISSUE_CORNERS)
@@ -324,7 +323,7 @@ def cohort_main(repeats: int) -> None:
             for processes in runs:
                 runs[processes].append(run_cohort(Path(folder) / 'slides', processes))
                 print(f'repeat {repeat + 1}/{repeats}: {processes} process(es): {runs[processes][-1]["wall"]:.1f} s')
-            matmul.append(2 * 2048**3 / median_seconds(lambda: matrix @ matrix, repeats=5) / 1e9)
+            matmul.append(matmul_gflops(torch.float32))
             load.append(os.getloadavg()[0])
     ceiling = statistics.median(matmul)
     lines = [

@@ -81,6 +81,7 @@ from zoo.io import atomic_write_bytes
 from zoo.layers import (
     LowRankLayer,
     add_frobenius_decay_,
+    factorization_is_smaller,
     factorize_,
     full_rank,
     scaled_rank,
@@ -406,11 +407,7 @@ class CuttlefishSwitch(Callback):
 
     def _decide(self, layers: dict[str, nn.Module], amp_dtype: torch.dtype | None = None) -> dict[str, int]:
         ranks = {n: self._rank(n, self.history[n][-1]) for n in layers}
-        smaller = {
-            n: r
-            for n, r in ranks.items()
-            if r * sum(weight_matrix(layers[n]).shape) < math.prod(weight_matrix(layers[n]).shape)
-        }
+        smaller = {n: r for n, r in ranks.items() if factorization_is_smaller(layers[n], r)}
         if self.settings['profile'] and smaller:
             # The timing inputs must not move the training's random stream (data order, augmentation).
             devices = [layer.weight.device for layer in layers.values() if layer.weight.is_cuda][:1]

@@ -40,7 +40,15 @@ import torch.nn as nn
 from timm.models._input import update_model_args
 
 from ._registry import config_args
-from .layers import LowRankLayer, factorize_, select_layers, stable_rank, weight_matrix
+from .layers import (
+    LowRankLayer,
+    factorization_is_smaller,
+    factorize_,
+    full_rank,
+    select_layers,
+    stable_rank,
+    weight_matrix,
+)
 from .profile import count_macs, profile_layers
 
 __all__ = ['CompressionError', 'CompressionPlan', 'compress', 'plan_compression', 'RANK_RULES']
@@ -90,7 +98,7 @@ class _Candidate:
 
     @property
     def full(self) -> int:
-        return min(self.shape)
+        return full_rank(self.layer)
 
     def rank(self, scale: float = 1.0) -> int:
         return min(self.full, max(1, math.ceil(scale * self.base_rank - 1e-9)))
@@ -101,8 +109,7 @@ class _Candidate:
         return self.positions * (m * n if rank is None else rank * (m + n))
 
     def smaller(self, rank: int) -> bool:
-        m, n = self.shape
-        return rank * (m + n) < m * n
+        return factorization_is_smaller(self.layer, rank)
 
 
 def _record_layers(model: nn.Module, layers: Mapping[str, nn.Module], x: torch.Tensor) -> dict[str, tuple]:

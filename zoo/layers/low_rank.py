@@ -20,6 +20,7 @@ __all__ = [
     'LowRankLinear',
     'LowRankLayer',
     'full_rank',
+    'factorization_is_smaller',
     'weight_matrix',
     'factorize_',
     'factorizable_layers',
@@ -40,6 +41,13 @@ def full_rank(module: nn.Module) -> int:
         return min(module.out_features_, module.in_features_)
     out_features, in_features = weight_matrix(module).shape
     return min(out_features, in_features)
+
+
+def factorization_is_smaller(module: nn.Module, rank: int) -> bool:
+    """Whether factors of ``rank`` hold fewer weights than the layer's ``(out, in·k·k)`` matrix:
+    ``rank·(out + in·k·k) < out·in·k·k``."""
+    out_features, in_features = weight_matrix(module).shape
+    return rank * (out_features + in_features) < out_features * in_features
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
